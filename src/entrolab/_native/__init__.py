@@ -36,7 +36,7 @@ import torch
 __all__ = ["NativeKernels", "get", "status"]
 
 _SOURCE = Path(__file__).with_name("kernels.c")
-_ABI_VERSION = 1
+_ABI_VERSION = 3
 _BASE_FLAGS = [
     "-O3",
     "-std=gnu11",
@@ -155,7 +155,7 @@ class NativeKernels:
                 continue
             stats.argtypes = [_P, _P, _I, _I, _F, _P, _P, _P, _P]
             stats.restype = None
-            grad.argtypes = [_P, _P, _P, _P, _I, _I, _F, _P, _P, _P, _P, _P]
+            grad.argtypes = [_P, _P, _P, _P, _I, _I, _F, _P, _P, _P, _P, _P, _P]
             grad.restype = None
             self._stats[dtype] = stats
             self._grad[dtype] = grad
@@ -185,7 +185,7 @@ class NativeKernels:
     def stats(
         self, x: torch.Tensor, row_offsets: torch.Tensor, inv_t: float, chunk_rows: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-row (max, sum exp, sum exp * shifted, bad count) of ``x * inv_t``; rows at ``row_offsets``."""
+        """Per-row (raw max m, s = sum e^t, d = sum e^t t, bad count), t = (x - m) inv_t; rows at ``row_offsets``."""
         rows, width = row_offsets.numel(), x.shape[-1]
         m = torch.empty(rows, dtype=torch.float32)
         s = torch.empty(rows, dtype=torch.float32)
@@ -208,7 +208,8 @@ class NativeKernels:
         out: torch.Tensor,
         out_offsets: torch.Tensor,
         inv_t: float,
-        lse: torch.Tensor,
+        mx: torch.Tensor,
+        logs: torch.Tensor,
         ent: torch.Tensor,
         g_lp: torch.Tensor,
         g_h: torch.Tensor,
@@ -218,7 +219,7 @@ class NativeKernels:
         """Write d(g_lp * logp + g_h * H)/dx into ``out`` (may alias ``x``); float32 row vectors, int64 labels."""
         rows, width = row_offsets.numel(), x.shape[-1]
         fn = self._grad[x.dtype]
-        ptrs = [t.data_ptr() for t in (lse, ent, g_lp, g_h)]
+        ptrs = [t.data_ptr() for t in (mx, logs, ent, g_lp, g_h)]
         xb, ob, xo, oo, lb = x.data_ptr(), out.data_ptr(), row_offsets.data_ptr(), out_offsets.data_ptr(), labels.data_ptr()
 
         def part(a: int, b: int) -> None:
@@ -243,7 +244,7 @@ def _self_check(kernels: NativeKernels) -> str | None:
     ent = (s.log() - d / s).float()
     labels = torch.arange(5, dtype=torch.int64)
     ones = torch.ones(5)
-    kernels.grad(x32, off, out, off, 1.0, lse.float(), ent, ones, ones, labels, 5)
+    kernels.grad(x32, off, out, off, 1.0, m, s.log(), ent, ones, ones, labels, 5)
     p = torch.softmax(x, -1)
     logp = torch.log_softmax(x, -1)
     h = -(p * logp.nan_to_num(neginf=0.0)).sum(-1, keepdim=True)

@@ -8,9 +8,10 @@
  * quantities.
  *
  * Conventions: rows are contiguous along the vocabulary; row i starts at base + off[i] elements.  All statistics
- * are float32.  For row x (already multiplied by inv_t):
- *   m = max_j x_j,  s = sum_j exp(x_j - m),  d = sum_j exp(x_j - m) * (x_j - m)
- * so that lse = m + log s and H = log s - d / s (no 0 * inf products: terms with x_j = -inf contribute 0).
+ * are float32.  For a raw row x and inv_t = 1 / temperature, with t_j = (x_j - m) * inv_t:
+ *   m = max_j x_j (raw),  s = sum_j exp(t_j),  d = sum_j exp(t_j) * t_j
+ * so that lse = m * inv_t + log s and H = log s - d / s.  Subtracting the raw maximum before scaling keeps float32
+ * precision for shifted rows; terms with x_j = -inf contribute exactly 0 (no 0 * inf products).
  * bad[i] counts NaN and +inf entries of the row (the caller turns it into a ValueError).
  */
 #include <math.h>
@@ -70,7 +71,7 @@ void entrolab_stats_##NAME(const T *base, const int64_t *off, int64_t rows, int6
             int32_t bb = 0;                                                                                    \
             _Pragma("omp simd reduction(max:bm) reduction(+:bb)")                                              \
             for (int64_t j = 0; j < n; ++j) {                                                                  \
-                float v = LOAD(x[j0 + j]) * inv_t;                                                             \
+                float v = LOAD(x[j0 + j]);                                                                     \
                 buf[j] = v;                                                                                    \
                 bb += (v != v) | (v > 3.4028234e38f);                                                          \
                 bm = v > bm ? v : bm;                                                                          \
@@ -79,8 +80,8 @@ void entrolab_stats_##NAME(const T *base, const int64_t *off, int64_t rows, int6
             if (bb) continue;                                                                                  \
             if (bm > m) {                                                                                      \
                 if (s > 0.0f) {                                                                                \
-                    float r = expf(m - bm);                                                                    \
-                    d = r * (d + s * (m - bm));                                                                \
+                    float r = expf((m - bm) * inv_t);                                                          \
+                    d = r * (d + s * (m - bm) * inv_t);                                                        \
                     s = r * s;                                                                                 \
                 }                                                                                              \
                 m = bm;                                                                                        \
@@ -89,7 +90,7 @@ void entrolab_stats_##NAME(const T *base, const int64_t *off, int64_t rows, int6
             float bs = 0.0f, bd = 0.0f;                                                                        \
             _Pragma("omp simd reduction(+:bs,bd)")                                                             \
             for (int64_t j = 0; j < n; ++j) {                                                                  \
-                float t = buf[j] - m;                                                                          \
+                float t = (buf[j] - m) * inv_t;                                                                \
                 t = t < CLAMP_LO ? CLAMP_LO : t;                                                               \
                 float e = exp_neg(t);                                                                          \
                 bs += e;                                                                                       \
@@ -105,25 +106,26 @@ void entrolab_stats_##NAME(const T *base, const int64_t *off, int64_t rows, int6
     }                                                                                                          \
 }                                                                                                              \
                                                                                                                \
-/* dz_j = inv_t * (g_lp * [j == y] - p_j * (g_lp + g_h * (log p_j + H))),  log p_j = x_j - lse.               \
+/* dz_j = inv_t * (g_lp * [j == y] - p_j * (g_lp + g_h * (log p_j + H))),  log p_j = (x_j - m) inv_t - log s.  \
  * out may alias the input (in-place on a scratch tile).  label < 0 means no log-prob term for the row. */     \
 void entrolab_grad_##NAME(const T *base, const int64_t *off, T *out, const int64_t *out_off, int64_t rows,    \
-                          int64_t V, float inv_t, const float *lse, const float *ent, const float *g_lp,       \
-                          const float *g_h, const int64_t *label) {                                           \
+                          int64_t V, float inv_t, const float *mx, const float *logs, const float *ent,        \
+                          const float *g_lp, const float *g_h, const int64_t *label) {                         \
     for (int64_t i = 0; i < rows; ++i) {                                                                       \
         const T *x = base + off[i];                                                                            \
         T *o = out + out_off[i];                                                                               \
-        const float l = lse[i], h = ent[i], a = g_lp[i], b = g_h[i];                                           \
+        const float mi = mx[i], l = logs[i], h = ent[i], a = g_lp[i], b = g_h[i];                              \
         const float c = a + b * h;                                                                             \
+        const int64_t y = label[i];                                                                            \
         _Pragma("omp simd")                                                                                    \
         for (int64_t j = 0; j < V; ++j) {                                                                      \
-            float t = LOAD(x[j]) * inv_t - l;                                                                  \
+            float t = (LOAD(x[j]) - mi) * inv_t - l;                                                           \
             t = t < CLAMP_LO ? CLAMP_LO : t;                                                                   \
             float p = exp_neg(t);                                                                              \
-            o[j] = STORE(-inv_t * p * (c + b * t));                                                            \
+            /* the one-hot term is added before rounding to T: for p ~ 1 the two terms cancel */               \
+            float onehot = j == y ? a : 0.0f;                                                                  \
+            o[j] = STORE(inv_t * (onehot - p * (c + b * t)));                                                  \
         }                                                                                                      \
-        int64_t y = label[i];                                                                                  \
-        if (y >= 0 && y < V) o[y] = STORE(LOAD(o[y]) + inv_t * a);                                             \
     }                                                                                                          \
 }
 
@@ -136,4 +138,4 @@ DEFINE_KERNELS(bf16, bf16_t, bf16_to_f32, f32_to_bf16)
 DEFINE_KERNELS(f16, _Float16, H2F, F2H)
 #endif
 
-int entrolab_abi_version(void) { return 1; }
+int entrolab_abi_version(void) { return 3; }

@@ -1,12 +1,13 @@
 """Row primitives shared by the from-logits and fused-linear paths.
 
-A "row" is one categorical distribution over V entries, contiguous along V.  For rows ``x`` scaled by ``inv_t``
-(temperature first, always) the statistics are, in float32 (float64 for float64 input)::
+A "row" is one categorical distribution over V entries, contiguous along V.  For a raw row ``x`` and
+``inv_t = 1 / temperature`` the statistics are, in float32 (float64 for float64 input)::
 
-    m = max_j x_j,   s = sum_j exp(x_j - m),   d = sum_j exp(x_j - m) * (x_j - m)
-    lse = m + log s,   H = log s - d / s
+    m = max_j x_j (raw),   t_j = (x_j - m) * inv_t,   s = sum_j exp(t_j),   d = sum_j exp(t_j) * t_j
+    log p_j = t_j - log s,   lse = m * inv_t + log s,   H = log s - d / s
 
-The gradient of ``g_lp * log p_y + g_h * H`` with respect to the raw logits is
+Subtracting the raw maximum before scaling keeps float32 precision for shifted or large logits.  The gradient of
+``g_lp * log p_y + g_h * H`` with respect to the raw logits is
 ``inv_t * (g_lp * onehot(y) - p * (g_lp + g_h * (log p + H)))``.
 
 Two interchangeable implementations: the native CPU kernels (:mod:`entrolab._native`, one pass, no temporaries)
@@ -139,11 +140,12 @@ def torch_stats(xc: Tensor, inv_t: float) -> tuple[Tensor, Tensor, Tensor, Tenso
     """(m, s, d, bad) for the rows of ``xc`` (C, V) with one ``(C, V)`` temporary in the compute dtype."""
     cd = compute_dtype(xc.dtype)
     t = xc.to(cd, copy=True)  # (C, V) the one temporary
-    if inv_t != 1.0:
-        t.mul_(inv_t)
     m = t.amax(-1, keepdim=True)  # NaN propagates; +inf and all -inf rows give a non-finite max
     bad = ~torch.isfinite(m.squeeze(-1))
-    t.sub_(m).clamp_min_(_CLAMP_LO[cd])
+    t.sub_(m)
+    if inv_t != 1.0:
+        t.mul_(inv_t)
+    t.clamp_min_(_CLAMP_LO[cd])
     t.exp_()
     s = t.sum(-1)
     # sum e * (x - m) = sum e * log e = -sum entr(e); entr(0) = 0, so -inf entries contribute exactly 0.
@@ -178,32 +180,35 @@ def stats(x: Tensor, *, inv_t: float, chunk: int | None) -> tuple[Tensor, Tensor
     return out[0], out[1], out[2], bad_all
 
 
-def finish(m: Tensor, s: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
-    """(lse, H) from the row statistics; H is clamped at 0 from below (rounding can give -1e-8)."""
+def finish(s: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """(log s, H) from the row statistics; H is clamped at 0 from below (rounding can give -1e-8)."""
     log_s = s.log()
-    return m + log_s, (log_s - d / s).clamp_min(0.0)
+    return log_s, (log_s - d / s).clamp_min(0.0)
 
 
-def merge(m: Tensor, s: Tensor, d: Tensor, mb: Tensor, sb: Tensor, db: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def merge(
+    m: Tensor, s: Tensor, d: Tensor, mb: Tensor, sb: Tensor, db: Tensor, inv_t: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Combine the statistics of two disjoint column blocks of the same rows (the online log-sum-exp step)."""
     big = torch.maximum(m, mb)
     has_a, has_b = s > 0, sb > 0  # a block whose entries are all -inf has s = 0 and contributes nothing
-    ra = torch.where(has_a, torch.exp(m - big), 0.0)
-    rb = torch.where(has_b, torch.exp(mb - big), 0.0)
-    da = torch.where(has_a, d + s * (m - big), 0.0)
-    dbb = torch.where(has_b, db + sb * (mb - big), 0.0)
-    return big, ra * s + rb * sb, ra * da + rb * dbb
+    ka = torch.where(has_a, (m - big) * inv_t, 0.0)
+    kb = torch.where(has_b, (mb - big) * inv_t, 0.0)
+    ra = torch.where(has_a, torch.exp(ka), 0.0)
+    rb = torch.where(has_b, torch.exp(kb), 0.0)
+    return big, ra * s + rb * sb, ra * (d + s * ka) + rb * (db + sb * kb)
 
 
 def torch_grad_rows(
-    xc: Tensor, inv_t: float, lse: Tensor, ent: Tensor, g_lp: Tensor, g_h: Tensor, labels: Tensor
+    xc: Tensor, inv_t: float, mx: Tensor, logs: Tensor, ent: Tensor, g_lp: Tensor, g_h: Tensor, labels: Tensor
 ) -> Tensor:
     """Gradient rows (C, V) in the compute dtype for the rows ``xc``; ``labels < 0`` means no log-prob term."""
     cd = compute_dtype(xc.dtype)
     logp = xc.to(cd, copy=True)  # (C, V)
+    logp.sub_(mx.unsqueeze(1))
     if inv_t != 1.0:
         logp.mul_(inv_t)
-    logp.sub_(lse.unsqueeze(1)).clamp_min_(_CLAMP_LO[cd])
+    logp.sub_(logs.unsqueeze(1)).clamp_min_(_CLAMP_LO[cd])
     p = logp.exp()  # (C, V)
     grad = logp.add_(ent.unsqueeze(1)).mul_(g_h.unsqueeze(1)).add_(g_lp.unsqueeze(1)).mul_(p).mul_(-inv_t)
     has = labels >= 0
@@ -217,7 +222,8 @@ def grad_into(
     out: Tensor,
     *,
     inv_t: float,
-    lse: Tensor,
+    mx: Tensor,
+    logs: Tensor,
     ent: Tensor,
     g_lp: Tensor,
     g_h: Tensor,
@@ -234,7 +240,7 @@ def grad_into(
     if chunk is None:
         chunk = auto_row_chunk(num_rows, width, x.device, native=kernels is not None)
     if kernels is not None and out.dtype == x.dtype and out.is_contiguous():
-        f32 = [t.to(torch.float32).contiguous() for t in (lse, ent, g_lp, g_h)]
+        f32 = [t.to(torch.float32).contiguous() for t in (mx, logs, ent, g_lp, g_h)]
         off_x = row_offsets(x)
         off_o = off_x if out.data_ptr() == x.data_ptr() else row_offsets(out)
         kernels.grad(x, off_x, out, off_o, inv_t, *f32, labels.contiguous(), chunk)
@@ -247,7 +253,7 @@ def grad_into(
     for a in range(0, num_rows, step):
         b = min(a + step, num_rows)
         xc = gather_rows(x, x2, off, a, b)  # type: ignore[arg-type]
-        out2[a:b] = torch_grad_rows(xc, inv_t, lse[a:b], ent[a:b], g_lp[a:b], g_h[a:b], labels[a:b])
+        out2[a:b] = torch_grad_rows(xc, inv_t, mx[a:b], logs[a:b], ent[a:b], g_lp[a:b], g_h[a:b], labels[a:b])
 
 
 def describe_bad_row(x: Tensor, bad: Tensor, *, what: str) -> str:

@@ -28,17 +28,17 @@ class _LogprobEntropyFromLogits(torch.autograd.Function):
         m, s, d, bad = _rows.stats(logits, inv_t=inv_t, chunk=chunk)
         if bad.numel() and bool(bad.any()):
             raise ValueError(_rows.describe_bad_row(logits, bad, what="logits"))
-        lse, ent = _rows.finish(m, s, d)
-        cd = lse.dtype
+        logs, ent = _rows.finish(s, d)
+        cd = logs.dtype
         if has_labels:
             valid = labels != _rows.IGNORE_INDEX
             idx = torch.where(valid, labels, 0).view(*logits.shape[:-1], 1)
             picked = logits.gather(-1, idx).reshape(-1)  # (N,) one read per row, any layout
-            logp = torch.where(valid, picked.to(cd) * inv_t - lse, 0.0)
+            logp = torch.where(valid, (picked.to(cd) - m) * inv_t - logs, 0.0)
         else:
-            logp = torch.zeros_like(lse)
+            logp = torch.zeros_like(logs)
         lead = logits.shape[:-1]
-        ctx.save_for_backward(logits, labels, lse, ent)
+        ctx.save_for_backward(logits, labels, m, logs, ent)
         ctx.inv_t, ctx.chunk, ctx.has_labels = inv_t, chunk, has_labels
         _rows.debug_assert(logp if has_labels else None, ent, width)
         return logp.view(lead), ent.view(lead)
@@ -46,18 +46,18 @@ class _LogprobEntropyFromLogits(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_lp: Tensor | None, g_h: Tensor | None):  # type: ignore[override]
-        logits, labels, lse, ent = ctx.saved_tensors
+        logits, labels, m, logs, ent = ctx.saved_tensors
         if not ctx.needs_input_grad[0] or (g_lp is None and g_h is None):
             return None, None, None, None, None
-        cd = lse.dtype
-        zeros = torch.zeros_like(lse)
+        cd = logs.dtype
+        zeros = torch.zeros_like(logs)
         g_lp = zeros if (g_lp is None or not ctx.has_labels) else g_lp.reshape(-1).to(cd)
         g_h = zeros if g_h is None else g_h.reshape(-1).to(cd)
         valid = labels != _rows.IGNORE_INDEX
         g_lp = torch.where(valid, g_lp, 0.0)  # ignored positions have a constant log-prob of 0: no gradient
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         _rows.grad_into(
-            logits, grad, inv_t=ctx.inv_t, lse=lse, ent=ent, g_lp=g_lp, g_h=g_h,
+            logits, grad, inv_t=ctx.inv_t, mx=m, logs=logs, ent=ent, g_lp=g_lp, g_h=g_h,
             labels=torch.where(valid, labels, -1), chunk=ctx.chunk,
         )
         return grad, None, None, None, None

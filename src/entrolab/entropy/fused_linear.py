@@ -72,7 +72,9 @@ class _FusedLinearLogprobEntropy(torch.autograd.Function):
                 else:
                     torch.addmm(b_blk, h[r0:r1], w_blk.T, out=tile)
                 mb, sb, db, badb = _rows.stats(tile, inv_t=inv_t, chunk=None)
-                m[r0:r1], s[r0:r1], d[r0:r1] = _rows.merge(m[r0:r1], s[r0:r1], d[r0:r1], mb.to(cd), sb.to(cd), db.to(cd))
+                m[r0:r1], s[r0:r1], d[r0:r1] = _rows.merge(
+                    m[r0:r1], s[r0:r1], d[r0:r1], mb.to(cd), sb.to(cd), db.to(cd), inv_t
+                )
                 bad[r0:r1] |= badb
                 if has_labels:
                     here = in_blk[r0:r1]
@@ -86,10 +88,10 @@ class _FusedLinearLogprobEntropy(torch.autograd.Function):
                 "distribution: they overflow to inf or NaN, or every entry is -inf (check hidden, weight, bias and "
                 "temperature)"
             )
-        lse, ent = _rows.finish(m, s, d)
+        logs, ent = _rows.finish(s, d)
         valid = labels != _rows.IGNORE_INDEX
-        logp = torch.where(valid, picked * inv_t - lse, 0.0) if has_labels else torch.zeros_like(lse)
-        ctx.save_for_backward(hidden, weight, bias, labels, lse, ent)
+        logp = torch.where(valid, (picked - m) * inv_t - logs, 0.0) if has_labels else torch.zeros_like(logs)
+        ctx.save_for_backward(hidden, weight, bias, labels, m, logs, ent)
         ctx.inv_t, ctx.chunk, ctx.block, ctx.mm_dtype, ctx.has_labels = inv_t, chunk, block, mm_dtype, has_labels
         _rows.debug_assert(logp if has_labels else None, ent, vocab)
         return logp, ent
@@ -97,14 +99,14 @@ class _FusedLinearLogprobEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_lp, g_h):  # type: ignore[override]
-        hidden, weight, bias, labels, lse, ent = ctx.saved_tensors
+        hidden, weight, bias, labels, m, logs, ent = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if (g_lp is None and g_h is None) or not (need_h or need_w or need_b):
             return None, None, None, None, None, None, None, None
         num_rows, vocab = hidden.shape[0], weight.shape[0]
-        cd, mm = lse.dtype, ctx.mm_dtype
+        cd, mm = logs.dtype, ctx.mm_dtype
         chunk, block, inv_t = ctx.chunk, ctx.block, ctx.inv_t
-        zeros = torch.zeros_like(lse)
+        zeros = torch.zeros_like(logs)
         valid = labels != _rows.IGNORE_INDEX
         g_lp = zeros if (g_lp is None or not ctx.has_labels) else torch.where(valid, g_lp.to(cd), 0.0)
         g_h = zeros if g_h is None else g_h.to(cd)
@@ -129,7 +131,7 @@ class _FusedLinearLogprobEntropy(torch.autograd.Function):
                 else:
                     torch.addmm(b_blk, h[r0:r1], w_blk.T, out=tile)
                 _rows.grad_into(  # the tile now holds dL/dlogits for these rows and columns
-                    tile, tile, inv_t=inv_t, lse=lse[r0:r1], ent=ent[r0:r1], g_lp=g_lp[r0:r1],
+                    tile, tile, inv_t=inv_t, mx=m[r0:r1], logs=logs[r0:r1], ent=ent[r0:r1], g_lp=g_lp[r0:r1],
                     g_h=g_h[r0:r1], labels=lab_blk[r0:r1], chunk=None,
                 )
                 if mm == acc:  # accumulate in place, no product temporaries
