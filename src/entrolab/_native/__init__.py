@@ -94,14 +94,14 @@ def _cpu_signature() -> str:
     return f"{platform.machine()}|{platform.processor()}|{flags}"
 
 
-def _compile(cc: list[str]) -> tuple[Path | None, str]:
+def _compile(cc: list[str], flag_sets: list[list[str]] | None = None) -> tuple[Path | None, str]:
     source = _SOURCE.read_bytes()
     try:
         version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"C compiler {cc[0]!r} does not run: {exc}"
     errors = []
-    for extra in _OPTIONAL_FLAG_SETS:
+    for extra in _OPTIONAL_FLAG_SETS if flag_sets is None else flag_sets:
         flags = _BASE_FLAGS + extra
         key = hashlib.sha256(
             b"\0".join([source, " ".join(cc + flags).encode(), version.encode(), _cpu_signature().encode()])
@@ -253,6 +253,18 @@ def _self_check(kernels: NativeKernels) -> str | None:
     if not torch.allclose(out.double(), ref_g, atol=1e-4):
         return "self-check of the gradient kernel failed"
     return None
+
+
+def build(extra_flags: list[str]) -> NativeKernels:
+    """Compile and load a variant of the kernels with extra compiler flags (for tests of the portable code path,
+    e.g. ``["-mno-avx512f"]``); raises ``RuntimeError`` when it cannot."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found")
+    path, reason = _compile(cc, [["-march=native", *extra_flags], list(extra_flags)])
+    if path is None:
+        raise RuntimeError(reason)
+    return NativeKernels(ctypes.CDLL(str(path)), path)
 
 
 def get() -> NativeKernels | None:
