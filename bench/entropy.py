@@ -26,6 +26,7 @@ from _common import (  # noqa: E402
     fmt_table,
     machine,
     peak_rss_bytes,
+    reset_peak_rss,
     roofline,
     run_worker,
     set_threads,
@@ -132,7 +133,12 @@ def worker(spec: dict) -> dict:
     g1, g2 = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
     for t in inputs:
         t.requires_grad_(backward)
+    if spec["impl"] == "entrolab":  # load the native kernels (a one-off, cached) before measuring
+        from entrolab import _native
+
+        _native.get()
     gc.collect()
+    reset_peak_rss()  # the inputs' construction temporaries are not the implementation's
     base = current_rss_bytes()
 
     def step():

@@ -135,22 +135,20 @@ void entrolab_stats_##NAME(const T *base, const int64_t *off, int64_t rows, int6
         for (int64_t j0 = 0; j0 < V; j0 += BLK) {                                                              \
             const T *xb = x + j0;                                                                              \
             int64_t n = V - j0 < BLK ? V - j0 : BLK;                                                           \
-            /* pass 1 over the block (from memory): its max, and v * 0, which is NaN iff v is NaN or +-inf */  \
-            float bm = -INFINITY, chk = 0.0f;                                                                  \
-            _Pragma("omp simd reduction(max:bm) reduction(+:chk)")                                             \
+            /* pass 1 over the block (from memory): its max, and a count of NaN / +inf entries.  The count tests  \
+             * the exponent bits as integers: float tests such as v * 0 != v * 0 are folded away by the compiler  \
+             * under -fassociative-math, integer ones cannot be.  -inf (0xff800000) is allowed. */             \
+            float bm = -INFINITY;                                                                              \
+            int32_t bb = 0;                                                                                    \
+            _Pragma("omp simd reduction(max:bm) reduction(+:bb)")                                              \
             for (int64_t j = 0; j < n; ++j) {                                                                  \
                 float v = LOAD(xb[j]);                                                                         \
-                chk += v * 0.0f;                                                                               \
+                uint32_t u;                                                                                    \
+                memcpy(&u, &v, 4);                                                                             \
+                bb += ((u & 0x7f800000u) == 0x7f800000u) & (u != 0xff800000u);                                 \
                 bm = v > bm ? v : bm;                                                                          \
             }                                                                                                  \
-            if (chk != chk) { /* rare: tell -inf (allowed) from NaN and +inf (not) */                          \
-                int32_t bb = 0;                                                                                \
-                for (int64_t j = 0; j < n; ++j) {                                                              \
-                    float v = LOAD(xb[j]);                                                                     \
-                    bb += (v != v) || (v > 3.4028234e38f);                                                     \
-                }                                                                                              \
-                if (bb) { bad += bb; continue; }                                                               \
-            }                                                                                                  \
+            if (bb) { bad += bb; continue; }                                                                   \
             if (bm > m) {                                                                                      \
                 if (s > 0.0f) {                                                                                \
                     float r = expf((m - bm) * inv_t);                                                          \

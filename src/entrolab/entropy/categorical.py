@@ -42,7 +42,7 @@ def _log_probs(logits: Tensor | None, probs: Tensor | None, dim: int, *, atol: f
         raise ValueError("probs must be finite")
     if bool((x < 0).any()):
         raise ValueError(f"probs must be >= 0, got a minimum of {float(x.min())}")
-    total = x.sum(dim)
+    total = x.detach().sum(dim)
     worst = float((total - 1).abs().max())
     if worst > atol:
         raise ValueError(f"probs must sum to 1 along dim {dim} (within {atol}); the worst sum is off by {worst:.3g}")
