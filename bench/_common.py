@@ -46,18 +46,16 @@ def timeit(fn: Callable[[], object], *, reps: int, warmup: int = 1) -> dict[str,
 def roofline(*, quick: bool = False) -> dict[str, float]:
     """Sustained read and copy bandwidth (bytes/s), fp32/bf16 matmul FLOP/s and fp32 exp/s on this machine."""
     n = 1 << (26 if quick else 28)  # 256 MiB or 1 GiB of float32
-    src = torch.randn(n)
-    dst = torch.empty_like(src)
     reps = 5 if quick else 10
-    t_sum = timeit(lambda: src.sum(), reps=reps)["p50"]
-    t_copy = timeit(lambda: dst.copy_(src), reps=reps)["p50"]
-    del src, dst
+    bufs = [torch.randn(n), torch.empty(n)]
+    t_sum = timeit(lambda: bufs[0].sum(), reps=reps)["p50"]
+    t_copy = timeit(lambda: bufs[1].copy_(bufs[0]), reps=reps)["p50"]
+    bufs.clear()
     out = {"bw_read": 4 * n / t_sum, "bw_copy": 2 * 4 * n / t_copy}
     m = 2048 if quick else 4096
     for name, dtype in (("flops_fp32", torch.float32), ("flops_bf16", torch.bfloat16)):
-        a = torch.randn(m, m).to(dtype)
-        b = torch.randn(m, m).to(dtype)
-        out[name] = 2 * m**3 / timeit(lambda: a @ b, reps=3 if quick else 5)["p50"]
+        mats = (torch.randn(m, m).to(dtype), torch.randn(m, m).to(dtype))
+        out[name] = 2 * m**3 / timeit(lambda mats=mats: mats[0] @ mats[1], reps=3 if quick else 5)["p50"]
     v = torch.randn(1 << 17)
     w = torch.empty_like(v)
     out["exp_per_s"] = v.numel() / timeit(lambda: torch.exp(v, out=w), reps=50)["p50"]
@@ -121,12 +119,17 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except OSError:
         sha = ""
-    return {"cpu": cpu, "torch": torch.__version__, "git_sha": sha or "unknown",
-            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "git_sha": sha or "unknown",
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def write_csv(name: str, rows: list[dict]) -> Path:

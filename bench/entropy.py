@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
-from _common import (  # noqa: E402
+import torch
+
+from _common import (
     current_rss_bytes,
     fmt_table,
     machine,
@@ -56,7 +57,7 @@ def ours_from_logits(z, labels):
 def trl_from_logits():
     try:
         from trl.trainer.utils import entropy_from_logits, selective_log_softmax
-    except Exception:  # noqa: BLE001 - any import failure means "not installed here"
+    except Exception:
         return None
 
     def fn(z, labels):
@@ -69,7 +70,7 @@ def trl_from_logits():
 def verl_from_logits():
     try:
         from verl.utils.torch_functional import entropy_from_logits_with_chunking, logprobs_from_logits
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
     def fn(z, labels):
@@ -109,8 +110,12 @@ def verl_fused():
 
 
 IMPLS = {
-    "logits": {"naive": lambda: naive_from_logits, "trl": trl_from_logits, "verl": verl_from_logits,
-               "entrolab": lambda: ours_from_logits},
+    "logits": {
+        "naive": lambda: naive_from_logits,
+        "trl": trl_from_logits,
+        "verl": verl_from_logits,
+        "entrolab": lambda: ours_from_logits,
+    },
     "fused": {"naive": lambda: naive_fused, "verl": verl_fused, "entrolab": lambda: ours_fused},
 }
 
@@ -128,7 +133,10 @@ def worker(spec: dict) -> dict:
         inputs = [(torch.randn(n, v, generator=gen) * 2).to(dtype)]
     else:
         hdim = spec["H"]
-        inputs = [torch.randn(n, hdim, generator=gen).to(dtype), (torch.randn(v, hdim, generator=gen) / hdim**0.5).to(dtype)]
+        inputs = [
+            torch.randn(n, hdim, generator=gen).to(dtype),
+            (torch.randn(v, hdim, generator=gen) / hdim**0.5).to(dtype),
+        ]
     backward = spec["mode"] == "fwd+bwd"
     g1, g2 = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
     for t in inputs:
@@ -217,29 +225,69 @@ def main() -> None:
         if row["impl"] == "entrolab" or "p50" not in row:
             continue
         key = (row["part"], row["N"], row["V"], row["H"], row["dtype"], row["mode"])
-        ours = next((r for r in rows if r["impl"] == "entrolab" and (r["part"], r["N"], r["V"], r["H"], r["dtype"], r["mode"]) == key), None)
+        ours = next(
+            (
+                r
+                for r in rows
+                if r["impl"] == "entrolab" and (r["part"], r["N"], r["V"], r["H"], r["dtype"], r["mode"]) == key
+            ),
+            None,
+        )
         if ours is None or "p50" not in ours:
             continue
         row["speedup_of_entrolab"] = row["p50"] / ours["p50"]
         row["memory_ratio"] = row["peak_extra_MiB"] / max(ours["peak_extra_MiB"], 1e-9)
-        name = f"{row['part']}/{row['impl']}/N{row['N']}/V{row['V']}" + (f"/H{row['H']}" if row["H"] else "") + f"/{row['dtype']}/{row['mode']}"
+        name = (
+            f"{row['part']}/{row['impl']}/N{row['N']}/V{row['V']}"
+            + (f"/H{row['H']}" if row["H"] else "")
+            + f"/{row['dtype']}/{row['mode']}"
+        )
         ratios[name] = {"speedup": round(row["speedup_of_entrolab"], 3), "memory_ratio": round(row["memory_ratio"], 2)}
-    cols = [("impl", "impl"), ("N", "N"), ("V", "V"), ("H", "H"), ("dtype", "dtype"), ("mode", "mode"),
-            ("p50", "p50 s"), ("p20", "p20 s"), ("p80", "p80 s"), ("peak_extra_MiB", "peak extra MiB"),
-            ("pct_floor", "% of floor"), ("speedup_of_entrolab", "entrolab speedup"), ("error", "note")]
+    cols = [
+        ("impl", "impl"),
+        ("N", "N"),
+        ("V", "V"),
+        ("H", "H"),
+        ("dtype", "dtype"),
+        ("mode", "mode"),
+        ("p50", "p50 s"),
+        ("p20", "p20 s"),
+        ("p80", "p80 s"),
+        ("peak_extra_MiB", "peak extra MiB"),
+        ("pct_floor", "% of floor"),
+        ("speedup_of_entrolab", "entrolab speedup"),
+        ("error", "note"),
+    ]
     for part, title in (("logits", "(a) from logits"), ("fused", "(b) fused from hidden states")):
         sel = [r for r in rows if r["part"] == part]
         if sel:
-            print(f"\n{title}  [threads={threads}, BW_read={roof['bw_read'] / 1e9:.1f} GB/s, "
-                  f"F32={roof['flops_fp32'] / 1e9:.0f} GFLOP/s, F_bf16={roof['flops_bf16'] / 1e9:.0f} GFLOP/s]")
+            print(
+                f"\n{title}  [threads={threads}, BW_read={roof['bw_read'] / 1e9:.1f} GB/s, "
+                f"F32={roof['flops_fp32'] / 1e9:.0f} GFLOP/s, F_bf16={roof['flops_bf16'] / 1e9:.0f} GFLOP/s]"
+            )
             print(fmt_table(sel, cols))
-    ours_pct = {f"{r['part']}/N{r['N']}/V{r['V']}" + (f"/H{r['H']}" if r["H"] else "") + f"/{r['dtype']}/{r['mode']}":
-                round(r["pct_floor"], 1) for r in rows if r["impl"] == "entrolab" and "pct_floor" in r}
+    ours_pct = {
+        f"{r['part']}/N{r['N']}/V{r['V']}" + (f"/H{r['H']}" if r["H"] else "") + f"/{r['dtype']}/{r['mode']}": round(
+            r["pct_floor"], 1
+        )
+        for r in rows
+        if r["impl"] == "entrolab" and "pct_floor" in r
+    }
     out_rows = [{**info, "threads": threads, "device": "cpu", **r} for r in rows]
     if not args.quick:
         write_csv("entropy.csv", out_rows)
-    print(json.dumps({"bench": "entropy", "threads": threads, **info, "roofline": roof, "ratios": ratios,
-                      "entrolab_pct_of_floor": ours_pct}))
+    print(
+        json.dumps(
+            {
+                "bench": "entropy",
+                "threads": threads,
+                **info,
+                "roofline": roof,
+                "ratios": ratios,
+                "entrolab_pct_of_floor": ours_pct,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

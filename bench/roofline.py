@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, roofline, set_threads, write_csv  # noqa: E402
+from _common import machine, roofline, set_threads, write_csv
 
 
 def main() -> None:

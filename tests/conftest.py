@@ -30,7 +30,9 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     )
     if not bool(ok.all()):
         bad = (~ok).nonzero()[:5]
-        lines = [f"  at {tuple(i.tolist())}: got {actual[tuple(i)]:.8g}, expected {expected[tuple(i)]:.8g}" for i in bad]
+        lines = [
+            f"  at {tuple(i.tolist())}: got {actual[tuple(i)]:.8g}, expected {expected[tuple(i)]:.8g}" for i in bad
+        ]
         raise AssertionError(f"{what} ({dtype}): {int((~ok).sum())} mismatches of {ok.numel()}\n" + "\n".join(lines))
 
 
@@ -57,7 +59,7 @@ def make_logits(kind: str, n: int, v: int, *, generator: torch.Generator) -> tor
 
 def labels_for(z: torch.Tensor, *, generator: torch.Generator, ignore_some: bool = True) -> torch.Tensor:
     """Labels pointing at finite entries, with about one in five ignored (-100)."""
-    n, v = z.shape
+    n = z.shape[0]
     weights = torch.isfinite(z).double()
     labels = torch.multinomial(weights, 1, generator=generator).squeeze(1)
     if ignore_some and n > 1:

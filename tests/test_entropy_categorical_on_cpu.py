@@ -38,8 +38,9 @@ def test_dims_match_reference(gen, dim):
     assert torch.allclose(varentropy(z, dim=dim), varentropy_reference(z, dim=dim), atol=1e-12)
     p = torch.softmax(z, dim)
     assert torch.allclose(entropy(probs=p, dim=dim), entropy_reference(probs=p, dim=dim), atol=1e-12)
-    assert torch.allclose(varentropy(probs=p, dim=dim, base=3), varentropy_reference(probs=p, dim=dim, base=3),
-                          atol=1e-12)
+    assert torch.allclose(
+        varentropy(probs=p, dim=dim, base=3), varentropy_reference(probs=p, dim=dim, base=3), atol=1e-12
+    )
 
 
 def test_gradients_finite_with_zeros_and_minus_inf():

@@ -87,7 +87,7 @@ def test_leading_dims_and_non_contiguous_rows(backend, gen):
     assert_close(h, rh, torch.float32, what="entropy")
     # a transposed view (last dim not contiguous) also works
     zt = z.transpose(0, 1)  # (7, 3, 41)
-    lp2, h2 = token_logprob_and_entropy(zt, labels.T)
+    _, h2 = token_logprob_and_entropy(zt, labels.T)
     assert_close(h2, rh.T, torch.float32, what="entropy transposed")
 
 

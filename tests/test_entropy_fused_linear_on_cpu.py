@@ -29,8 +29,13 @@ def _check(hid, w, b, labels, *, temperature=1.0, chunk_size=None, matmul_dtype=
     leaves = [t.clone().requires_grad_() for t in (hid, w) + ((b,) if b is not None else ())]
     refs = [t.detach().double().clone().requires_grad_() for t in leaves]
     lp, ent = linear_logprob_and_entropy(
-        leaves[0], leaves[1], labels, bias=leaves[2] if b is not None else None, temperature=temperature,
-        chunk_size=chunk_size, matmul_dtype=matmul_dtype,
+        leaves[0],
+        leaves[1],
+        labels,
+        bias=leaves[2] if b is not None else None,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        matmul_dtype=matmul_dtype,
     )
     rlp, rent = linear_logprob_and_entropy_reference(
         refs[0], refs[1], labels, bias=refs[2] if b is not None else None, temperature=temperature

@@ -55,8 +55,12 @@ def test_bounds_shift_and_chunk_agreement(batch, chunk, native):
 
 @SETTINGS
 @given(
-    n=st.integers(1, 40), hdim=st.integers(1, 24), v=st.integers(1, 400), chunk=st.integers(1, 50),
-    block=st.integers(1, 64), seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 40),
+    hdim=st.integers(1, 24),
+    v=st.integers(1, 400),
+    chunk=st.integers(1, 50),
+    block=st.integers(1, 64),
+    seed=st.integers(0, 2**31 - 1),
 )
 def test_fused_agrees_with_from_logits_for_any_tiling(n, hdim, v, chunk, block, seed):
     from entrolab.entropy import fused_linear

@@ -43,7 +43,7 @@ def test_token_bad_input(backend, logits, labels, kwargs, exc, match):
 def test_nan_in_large_row_is_caught(backend):
     z = torch.randn(5, 40000)
     z[3, 12345] = NAN
-    with pytest.raises(ValueError, match="row 3 .* contains NaN"):
+    with pytest.raises(ValueError, match=r"row 3 .* contains NaN"):
         token_logprob_and_entropy(z)
     z[3, 12345] = -INF  # -inf alone is allowed
     _, h = token_logprob_and_entropy(z)

@@ -69,7 +69,9 @@ def check_labels(
     if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
         raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
     if labels.shape != shape:
-        raise ValueError(f"{name} must have shape {tuple(shape)} (the logits' shape without V), got {tuple(labels.shape)}")
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} (the logits' shape without V), got {tuple(labels.shape)}"
+        )
     if labels.device != device:
         raise ValueError(f"{name} is on {labels.device} but the logits are on {device}")
     out = labels.to(torch.int64).reshape(-1)

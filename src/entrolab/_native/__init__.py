@@ -220,7 +220,13 @@ class NativeKernels:
         rows, width = row_offsets.numel(), x.shape[-1]
         fn = self._grad[x.dtype]
         ptrs = [t.data_ptr() for t in (mx, logs, ent, g_lp, g_h)]
-        xb, ob, xo, oo, lb = x.data_ptr(), out.data_ptr(), row_offsets.data_ptr(), out_offsets.data_ptr(), labels.data_ptr()
+        xb, ob, xo, oo, lb = (
+            x.data_ptr(),
+            out.data_ptr(),
+            row_offsets.data_ptr(),
+            out_offsets.data_ptr(),
+            labels.data_ptr(),
+        )
 
         def part(a: int, b: int) -> None:
             fn(xb, xo + 8 * a, ob, oo + 8 * a, b - a, width, inv_t, *(p + 4 * a for p in ptrs), lb + 8 * a)
@@ -304,6 +310,8 @@ def get() -> NativeKernels | None:
 def status() -> str:
     """A one-line account of whether the native kernels are in use, and why (not)."""
     get()
-    return ("native kernels in use (" if _state["kernels"] else "native kernels not in use (") + str(
-        _state["reason"]
-    ) + ")"
+    return (
+        ("native kernels in use (" if _state["kernels"] else "native kernels not in use (")
+        + str(_state["reason"])
+        + ")"
+    )

@@ -93,10 +93,7 @@ def auto_row_chunk(num_rows: int, width: int, device: torch.device, *, native: b
     if native:
         threads = max(1, torch.get_num_threads())
         return max(1, -(-num_rows // threads))
-    if device.type == "cpu":
-        budget = _cpu_cache_bytes() * max(1, torch.get_num_threads())
-    else:
-        budget = 256 << 20
+    budget = _cpu_cache_bytes() * max(1, torch.get_num_threads()) if device.type == "cpu" else 256 << 20
     return int(max(1, min(max(num_rows, 1), budget // (4 * max(width, 1)))))
 
 

@@ -26,7 +26,9 @@ def _log_probs(logits: Tensor | None, probs: Tensor | None, dim: int, *, atol: f
     name = "logits" if logits is not None else "probs"
     check_floating(name, x, min_ndim=1)
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not -x.ndim <= dim < x.ndim:
-        raise ValueError(f"dim must be an int in [{-x.ndim}, {x.ndim}) for {name} of shape {tuple(x.shape)}, got {dim!r}")
+        raise ValueError(
+            f"dim must be an int in [{-x.ndim}, {x.ndim}) for {name} of shape {tuple(x.shape)}, got {dim!r}"
+        )
     if x.shape[dim] == 0:
         raise ValueError(f"{name} must have at least one category along dim {dim}, got shape {tuple(x.shape)}")
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -53,7 +55,13 @@ def _log_probs(logits: Tensor | None, probs: Tensor | None, dim: int, *, atol: f
 def _unit(base: float | None) -> float:
     if base is None:
         return 1.0
-    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not math.isfinite(base) or base <= 0 or base == 1:
+    if (
+        isinstance(base, bool)
+        or not isinstance(base, numbers.Real)
+        or not math.isfinite(base)
+        or base <= 0
+        or base == 1
+    ):
         raise ValueError(f"base must be a finite number > 0 and != 1 (or None for nats), got {describe(base)}")
     return math.log(base)
 

@@ -57,8 +57,16 @@ class _LogprobEntropyFromLogits(torch.autograd.Function):
         g_lp = torch.where(valid, g_lp, 0.0)  # ignored positions have a constant log-prob of 0: no gradient
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         _rows.grad_into(
-            logits, grad, inv_t=ctx.inv_t, mx=m, logs=logs, ent=ent, g_lp=g_lp, g_h=g_h,
-            labels=torch.where(valid, labels, -1), chunk=ctx.chunk,
+            logits,
+            grad,
+            inv_t=ctx.inv_t,
+            mx=m,
+            logs=logs,
+            ent=ent,
+            g_lp=g_lp,
+            g_h=g_h,
+            labels=torch.where(valid, labels, -1),
+            chunk=ctx.chunk,
         )
         return grad, None, None, None, None
 
@@ -129,7 +137,9 @@ def token_logprob_and_entropy(
     chunk_size = check_chunk_size("chunk_size", chunk_size)
     width = logits.shape[-1]
     if width == 0:
-        raise ValueError(f"logits must have at least one category along the last dimension, got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must have at least one category along the last dimension, got shape {tuple(logits.shape)}"
+        )
     lead = logits.shape[:-1]
     has_labels = labels is not None
     if has_labels:

@@ -131,8 +131,16 @@ class _FusedLinearLogprobEntropy(torch.autograd.Function):
                 else:
                     torch.addmm(b_blk, h[r0:r1], w_blk.T, out=tile)
                 _rows.grad_into(  # the tile now holds dL/dlogits for these rows and columns
-                    tile, tile, inv_t=inv_t, mx=m[r0:r1], logs=logs[r0:r1], ent=ent[r0:r1], g_lp=g_lp[r0:r1],
-                    g_h=g_h[r0:r1], labels=lab_blk[r0:r1], chunk=None,
+                    tile,
+                    tile,
+                    inv_t=inv_t,
+                    mx=m[r0:r1],
+                    logs=logs[r0:r1],
+                    ent=ent[r0:r1],
+                    g_lp=g_lp[r0:r1],
+                    g_h=g_h[r0:r1],
+                    labels=lab_blk[r0:r1],
+                    chunk=None,
                 )
                 if mm == acc:  # accumulate in place, no product temporaries
                     if grad_h is not None:

@@ -55,8 +55,9 @@ def linear_logprob_and_entropy_reference(
     return token_logprob_and_entropy_reference(logits, labels, temperature=temperature)
 
 
-def entropy_reference(logits: Tensor | None = None, *, probs: Tensor | None = None, dim: int = -1,
-                      base: float | None = None) -> Tensor:
+def entropy_reference(
+    logits: Tensor | None = None, *, probs: Tensor | None = None, dim: int = -1, base: float | None = None
+) -> Tensor:
     """Reference Shannon entropy ``-sum p log p`` in float64."""
     if probs is None:
         assert logits is not None
@@ -68,8 +69,9 @@ def entropy_reference(logits: Tensor | None = None, *, probs: Tensor | None = No
     return h / math.log(base) if base is not None else h
 
 
-def varentropy_reference(logits: Tensor | None = None, *, probs: Tensor | None = None, dim: int = -1,
-                         base: float | None = None) -> Tensor:
+def varentropy_reference(
+    logits: Tensor | None = None, *, probs: Tensor | None = None, dim: int = -1, base: float | None = None
+) -> Tensor:
     """Reference variance of the surprisal ``sum p (log p + H)^2`` in float64."""
     if probs is None:
         assert logits is not None
