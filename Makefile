@@ -23,11 +23,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-bench: $(STAMP)
+# The baselines a user would otherwise use.  verl is installed without its dependencies (Ray, vLLM, ...): the
+# benchmark runs its torch-only functions from the installed source files.
+BENCH_STAMP := $(VENV)/.entrolab-bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet "trl==1.16.0"
+	$(PY) -m pip install --quiet --no-deps "verl==0.9.1"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/roofline.py
 	$(PY) bench/entropy.py
 
-bench-quick: $(STAMP)
+bench-quick: $(BENCH_STAMP)
 	$(PY) bench/entropy.py --quick
 
 lint: $(STAMP)

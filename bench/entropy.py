@@ -13,6 +13,7 @@ Run: ``python bench/entropy.py [--quick] [--full] [--threads N]``.  Prints one t
 from __future__ import annotations
 
 import argparse
+import ast
 import gc
 import importlib.util
 import json
@@ -67,15 +68,35 @@ def trl_from_logits():
     return fn
 
 
+def _verl_source(relative: str) -> Path | None:
+    spec = importlib.util.find_spec("verl")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.exists() else None
+
+
+def _verl_functions(relative: str, names: list[str]) -> dict | None:
+    """verl's own functions, taken from its installed source file (``import verl`` needs Ray and tensordict)."""
+    path = _verl_source(relative)
+    if path is None:
+        return None
+    tree = ast.parse(path.read_text())
+    defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    namespace = {"torch": torch, "F": torch.nn.functional}
+    exec(compile(ast.Module(body=defs, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace
+
+
 def verl_from_logits():
-    try:
-        from verl.utils.torch_functional import entropy_from_logits_with_chunking, logprobs_from_logits
-    except Exception:
+    """verl's CPU path (no flash-attn): logprobs_from_logits_v2 (a row loop) and entropy_from_logits_with_chunking."""
+    fns = _verl_functions("utils/torch_functional.py", ["logprobs_from_logits_v2", "entropy_from_logits_with_chunking"])
+    if fns is None:
         return None
 
     def fn(z, labels):
         zt = z / TEMPERATURE
-        return logprobs_from_logits(zt, labels), entropy_from_logits_with_chunking(zt)
+        return fns["logprobs_from_logits_v2"](zt, labels), fns["entropy_from_logits_with_chunking"](zt)
 
     return fn
 
@@ -93,11 +114,8 @@ def ours_fused(h, w, labels):
 def verl_fused():
     """verl's FusedLinearForPPO (torch backend).  Its module needs only torch, but ``import verl`` pulls in Ray, so the
     installed source file is loaded on its own."""
-    spec = importlib.util.find_spec("verl")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "utils" / "experimental" / "torch_functional.py"
-    if not path.exists():
+    path = _verl_source("utils/experimental/torch_functional.py")
+    if path is None:
         return None
     mod_spec = importlib.util.spec_from_file_location("_verl_torch_functional", path)
     mod = importlib.util.module_from_spec(mod_spec)
