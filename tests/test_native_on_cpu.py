@@ -75,3 +75,19 @@ def test_cache_is_reused_and_written_atomically(tmp_path):
         pytest.skip(first)
     assert "compiled" in first and "cached" in second
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")]  # no half-written leftovers
+
+
+def test_works_after_fork():
+    """A forked child (DataLoader workers, multiprocessing) gets a fresh thread pool instead of deadlocking."""
+    import multiprocessing as mp
+
+    z = torch.randn(64, 5000)
+    _, h_parent = token_logprob_and_entropy(z)  # creates the parent's pool
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        h_child = pool.apply_async(_child_entropy, (z,)).get(timeout=120)
+    assert torch.allclose(h_parent, h_child)
+
+
+def _child_entropy(z):
+    return token_logprob_and_entropy(z)[1]

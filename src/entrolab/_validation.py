@@ -9,6 +9,7 @@ import numbers
 import torch
 
 __all__ = [
+    "all_finite",
     "check_chunk_size",
     "check_floating",
     "check_labels",
@@ -34,6 +35,18 @@ def check_floating(name: str, x: object, *, min_ndim: int = 0) -> torch.Tensor:
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(x.shape)}")
     return x
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether a floating tensor holds no NaN or +-inf, in one pass and without a full-size temporary.
+
+    ``torch.isfinite(x).all()`` materialises an ``x``-sized boolean (and ``abs``) tensor, 1.4 GB for a 7B model's
+    LM head; the min and max propagate NaN and expose infinities with no allocation.
+    """
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def check_positive_float(name: str, value: object) -> float:

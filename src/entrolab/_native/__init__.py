@@ -162,6 +162,7 @@ class NativeKernels:
             self.dtypes.add(dtype)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
+        self._pool_pid = 0
 
     def supports(self, x: torch.Tensor) -> bool:
         return x.device.type == "cpu" and x.dtype in self.dtypes and x.shape[-1] > 0 and x.stride(-1) == 1
@@ -172,11 +173,14 @@ class NativeKernels:
         if rows * width < _PARALLEL_MIN_ELEMENTS or threads == 1 or rows == 1:
             fn(0, rows)
             return
-        if self._pool is None or self._pool_size != threads:
-            if self._pool is not None:
+        pid = os.getpid()
+        if self._pool is None or self._pool_size != threads or self._pool_pid != pid:
+            # A pool inherited through fork() has no threads in the child (DataLoader workers, multiprocessing):
+            # it is replaced, never shut down from here (that would wait on the parent's threads).
+            if self._pool is not None and self._pool_pid == pid:
                 self._pool.shutdown(wait=True)
             self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="entrolab-native")
-            self._pool_size = threads
+            self._pool_size, self._pool_pid = threads, pid
         step = min(chunk_rows, -(-rows // threads))
         futures = [self._pool.submit(fn, a, min(a + step, rows)) for a in range(0, rows, step)]
         for f in futures:

@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from entrolab._validation import check_chunk_size, check_floating, check_labels, check_positive_float, describe
+from entrolab._validation import (
+    all_finite,
+    check_chunk_size,
+    check_floating,
+    check_labels,
+    check_positive_float,
+    describe,
+)
 from entrolab.entropy import _rows
 
 __all__ = ["linear_logprob_and_entropy"]
@@ -257,10 +264,10 @@ def linear_logprob_and_entropy(
             raise ValueError(f"bias must have shape ({vocab},), got {tuple(bias.shape)}")
         if bias.dtype != hidden.dtype or bias.device != hidden.device:
             raise TypeError(f"bias must match hidden's dtype and device, got {describe(bias)}")
-        if bool(torch.isnan(bias).any()) or bool(torch.isposinf(bias).any()):
+        if bias.numel() and (bool(torch.isnan(bias).any()) or bool(torch.isposinf(bias).any())):
             raise ValueError("bias must not contain NaN or +inf (-inf entries mask vocabulary items)")
     for name, t in (("hidden", hidden), ("weight", weight)):
-        if t.numel() and not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise ValueError(f"{name} contains NaN or inf")
     if matmul_dtype is None:
         matmul_dtype = _auto_matmul_dtype(hidden.dtype, hidden.device)
