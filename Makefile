@@ -41,6 +41,7 @@ bench-quick: $(BENCH_STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src tests bench
+	$(PY) -m mypy src
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix src tests bench

@@ -124,10 +124,11 @@ def rows_view(x: Tensor) -> Tensor | None:
         return None
 
 
-def gather_rows(x: Tensor, x2: Tensor | None, off: Tensor, a: int, b: int) -> Tensor:
+def gather_rows(x: Tensor, x2: Tensor | None, off: Tensor | None, a: int, b: int) -> Tensor:
     """Rows ``a:b`` of ``x`` as an ``(b - a, V)`` tensor: a view when possible, else a gathered copy."""
     if x2 is not None:
         return x2[a:b]
+    assert off is not None
     flat = x.as_strided((x.untyped_storage().nbytes() // x.element_size() - x.storage_offset(),), (1,))
     cols = torch.arange(x.shape[-1], device=x.device)
     return flat[off[a:b].to(x.device).unsqueeze(1) + cols]  # (b - a, V)
@@ -163,16 +164,15 @@ def stats(x: Tensor, *, inv_t: float, chunk: int | None) -> tuple[Tensor, Tensor
     if chunk is None:
         chunk = auto_row_chunk(num_rows, width, x.device, native=kernels is not None)
     if kernels is not None:
-        off = row_offsets(x)
-        m, s, d, bad = kernels.stats(x, off, inv_t, chunk)
-        return m, s, d, (bad > 0) | ~torch.isfinite(m)
+        m, s, d, bad_count = kernels.stats(x, row_offsets(x), inv_t, chunk)
+        return m, s, d, (bad_count > 0) | ~torch.isfinite(m)
     out = [torch.empty(num_rows, dtype=cd, device=x.device) for _ in range(3)]
     bad_all = torch.empty(num_rows, dtype=torch.bool, device=x.device)
     x2 = rows_view(x)
-    off = row_offsets(x) if x2 is None else None
+    offsets = row_offsets(x) if x2 is None else None
     for a in range(0, num_rows, chunk):
         b = min(a + chunk, num_rows)
-        m, s, d, bad = torch_stats(gather_rows(x, x2, off, a, b), inv_t)  # type: ignore[arg-type]
+        m, s, d, bad = torch_stats(gather_rows(x, x2, offsets, a, b), inv_t)
         out[0][a:b], out[1][a:b], out[2][a:b], bad_all[a:b] = m, s, d, bad
     return out[0], out[1], out[2], bad_all
 
@@ -237,10 +237,10 @@ def grad_into(
     if chunk is None:
         chunk = auto_row_chunk(num_rows, width, x.device, native=kernels is not None)
     if kernels is not None and out.dtype == x.dtype and out.is_contiguous():
-        f32 = [t.to(torch.float32).contiguous() for t in (mx, logs, ent, g_lp, g_h)]
+        mx32, logs32, ent32, g_lp32, g_h32 = (t.to(torch.float32).contiguous() for t in (mx, logs, ent, g_lp, g_h))
         off_x = row_offsets(x)
         off_o = off_x if out.data_ptr() == x.data_ptr() else row_offsets(out)
-        kernels.grad(x, off_x, out, off_o, inv_t, *f32, labels.contiguous(), chunk)
+        kernels.grad(x, off_x, out, off_o, inv_t, mx32, logs32, ent32, g_lp32, g_h32, labels.contiguous(), chunk)
         return
     out2 = out.view(-1, width)
     x2 = rows_view(x)
@@ -249,7 +249,7 @@ def grad_into(
     step = max(1, chunk // 2)
     for a in range(0, num_rows, step):
         b = min(a + step, num_rows)
-        xc = gather_rows(x, x2, off, a, b)  # type: ignore[arg-type]
+        xc = gather_rows(x, x2, off, a, b)
         out2[a:b] = torch_grad_rows(xc, inv_t, mx[a:b], logs[a:b], ent[a:b], g_lp[a:b], g_h[a:b], labels[a:b])
 
 

@@ -22,9 +22,8 @@ def _log_probs(logits: Tensor | None, probs: Tensor | None, dim: int, *, atol: f
     """(p, log p with 0 where p == 0), validated, in float32 or float64."""
     if (logits is None) == (probs is None):
         raise ValueError("give exactly one of logits and probs")
-    x = logits if logits is not None else probs
     name = "logits" if logits is not None else "probs"
-    check_floating(name, x, min_ndim=1)
+    x = check_floating(name, logits if logits is not None else probs, min_ndim=1)
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not -x.ndim <= dim < x.ndim:
         raise ValueError(
             f"dim must be an int in [{-x.ndim}, {x.ndim}) for {name} of shape {tuple(x.shape)}, got {dim!r}"

@@ -9,6 +9,8 @@ pass forward and one backward, keeps only the input and four length-N vectors, a
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import Tensor
 
@@ -69,6 +71,16 @@ class _LogprobEntropyFromLogits(torch.autograd.Function):
             chunk=ctx.chunk,
         )
         return grad, None, None, None, None
+
+
+@overload
+def token_logprob_and_entropy(
+    logits: Tensor, labels: Tensor, *, temperature: float = ..., chunk_size: int | None = ...
+) -> tuple[Tensor, Tensor]: ...
+@overload
+def token_logprob_and_entropy(
+    logits: Tensor, labels: None = ..., *, temperature: float = ..., chunk_size: int | None = ...
+) -> tuple[None, Tensor]: ...
 
 
 def token_logprob_and_entropy(

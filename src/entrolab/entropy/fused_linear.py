@@ -8,6 +8,8 @@ recomputes the pieces in backward; the largest temporary is one tile.
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import Tensor
 
@@ -168,6 +170,30 @@ class _FusedLinearLogprobEntropy(torch.autograd.Function):
         if grad_h is not None:
             grad_h = grad_h.to(hidden.dtype)
         return grad_h, grad_w, grad_b, None, None, None, None, None
+
+
+@overload
+def linear_logprob_and_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = ...,
+    temperature: float = ...,
+    chunk_size: int | None = ...,
+    matmul_dtype: torch.dtype | None = ...,
+) -> tuple[Tensor, Tensor]: ...
+@overload
+def linear_logprob_and_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: None = ...,
+    *,
+    bias: Tensor | None = ...,
+    temperature: float = ...,
+    chunk_size: int | None = ...,
+    matmul_dtype: torch.dtype | None = ...,
+) -> tuple[None, Tensor]: ...
 
 
 def linear_logprob_and_entropy(
