@@ -1,0 +1,85 @@
+"""Input checks and small helpers shared by the policy losses (not public)."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+from entrolab._validation import describe
+from entrolab.losses.aggregation import as_mask
+
+LOG_RATIO_CLAMP = 20.0  # verl's convention: exp(+-20) bounds the ratio; the gradient is zero beyond it
+
+
+def check_policy_inputs(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, entropy: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Validate the uniform loss inputs; return ``(mask as bool (B, T), advantages broadcast to (B, T))``.
+
+    Values at masked positions may be anything (padding often holds garbage); NaN or inf at valid positions raise.
+    """
+    for name, t in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages)):
+        if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating torch.Tensor, got {describe(t)}")
+    if logp.ndim != 2:
+        raise ValueError(f"logp must have shape (B, T), got {tuple(logp.shape)}")
+    if old_logp.shape != logp.shape:
+        raise ValueError(f"old_logp must have logp's shape {tuple(logp.shape)}, got {tuple(old_logp.shape)}")
+    m = as_mask(mask, logp.shape)
+    if advantages.shape == logp.shape[:1]:
+        adv = advantages.unsqueeze(1).expand(logp.shape)  # (B,) -> (B, T)
+    elif advantages.shape == logp.shape:
+        adv = advantages
+    else:
+        raise ValueError(
+            f"advantages must have shape (B,) = {tuple(logp.shape[:1])} or (B, T) = {tuple(logp.shape)}, "
+            f"got {tuple(advantages.shape)}"
+        )
+    tensors = [("logp", logp), ("old_logp", old_logp), ("advantages", adv)]
+    if entropy is not None:
+        if not isinstance(entropy, Tensor) or entropy.shape != logp.shape:
+            raise ValueError(f"entropy must be a tensor of shape {tuple(logp.shape)}, got {describe(entropy)}")
+        tensors.append(("entropy", entropy))
+    for name, t in tensors:
+        bad = m & ~torch.isfinite(t)
+        if bool(bad.any()):
+            i, j = (int(k) for k in bad.nonzero()[0])
+            raise ValueError(f"{name} is not finite at valid position ({i}, {j}): {float(t[i, j])}")
+    return m, adv
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A real number within the given bounds, else ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    v = float(value)
+    ok = v == v
+    if low is not None:
+        ok = ok and (v > low if low_open else v >= low)
+    if high is not None:
+        ok = ok and (v < high if high_open else v <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(
+            f"{name} must be in {lo}{low if low is not None else '-inf'}, "
+            f"{high if high is not None else 'inf'}{hi}, got {v!r}"
+        )
+    return v
+
+
+def masked_mean(x: Tensor, m: Tensor) -> Tensor:
+    """Detached mean of ``x`` over valid positions (0 when there are none): a metric."""
+    x = x.detach()
+    total = torch.where(m, x.to(torch.float32) if x.dtype == torch.bool else x, 0.0).sum()
+    return (total / m.sum().clamp_min(1)).to(torch.float32)

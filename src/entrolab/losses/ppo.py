@@ -1,0 +1,128 @@
+"""PPO's clipped surrogate with separate low/high epsilons (DAPO clip-higher) and optional dual-clip."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from entrolab._typing import LossOutput
+from entrolab.losses._common import LOG_RATIO_CLAMP, check_number, check_policy_inputs, masked_mean
+from entrolab.losses.aggregation import Aggregation, aggregate
+from entrolab.losses.registry import register_policy_loss
+
+__all__ = ["ppo", "ppo_token_losses"]
+
+
+def ppo_token_losses(
+    logp: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    m: Tensor,
+    *,
+    eps_low: float,
+    eps_high: float,
+    dual_clip: float | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token PPO losses ``(B, T)`` (0 at masked positions) and their clip metrics; inputs already checked."""
+    log_ratio = torch.where(m, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    a = torch.where(m, adv, 0.0)
+    unclipped = -a * ratio
+    clipped = -a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    per_token = torch.maximum(unclipped, clipped)
+    metrics = {
+        "clipfrac": masked_mean(clipped > unclipped, m),
+        "approx_kl": masked_mean(-log_ratio, m),
+        "ratio_mean": masked_mean(ratio, m),
+    }
+    if dual_clip is not None:
+        floor = -a * dual_clip
+        lower = (a < 0) & (per_token > floor)
+        per_token = torch.where(lower, floor, per_token)
+        metrics["clipfrac_lower"] = masked_mean(lower, m)
+    return torch.where(m, per_token, 0.0), metrics
+
+
+@register_policy_loss("ppo")
+def ppo(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropy: Tensor | None = None,
+    agg: str | Aggregation = "token-mean",
+    generator: torch.Generator | None = None,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip: float | None = None,
+) -> LossOutput:
+    r"""PPO clipped surrogate, with clip-higher (``eps_high != eps_low``) and optional dual-clip.
+
+    Per valid token, with ``r = exp(clamp(logp - old_logp, -20, 20))``::
+
+        l = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high));   if A < 0 and dual_clip = c:  l = min(l, -A c)
+
+    then :func:`~entrolab.losses.aggregate` with ``agg``.
+
+    Parameters
+    ----------
+    logp, old_logp : Tensor
+        Current and behaviour log-probabilities of the sampled tokens.
+    advantages : Tensor
+        Per sequence ``(B,)`` (broadcast over tokens) or per token ``(B, T)``.
+    mask : Tensor
+        Valid tokens (bool or 0/1).  Masked positions contribute exactly 0 to the loss and its gradient, whatever
+        they hold.
+    entropy : Tensor, optional
+        Token entropies; only reported (``metrics["entropy"]``).
+    agg : str or Aggregation
+        Aggregation mode and optional global normalisers.
+    generator : torch.Generator, optional
+        Unused (PPO is deterministic); part of the uniform signature.
+    eps_low, eps_high : float
+        Clip range ``[1 - eps_low, 1 + eps_high]``; DAPO's clip-higher is ``eps_high = 0.28``.
+    dual_clip : float, optional
+        The dual-clip constant ``c > 1`` (off by default; verl uses 3.0).
+
+    Returns
+    -------
+    LossOutput
+        The loss and metrics ``clipfrac``, ``approx_kl`` (mean ``old_logp - logp``), ``ratio_mean``, and
+        ``clipfrac_lower`` with dual-clip, ``entropy`` when given.
+
+    Shapes
+    ------
+    logp, old_logp, mask, entropy ``(B, T)``; advantages ``(B,)`` or ``(B, T)``.
+
+    Notes
+    -----
+    The log-ratio is clamped to ``[-20, 20]`` before ``exp`` (verl's convention): tokens beyond it get zero gradient.
+    The gradient is zero on the clipped branch (``A > 0, r > 1 + eps_high`` or ``A < 0, r < 1 - eps_low``) and under
+    active dual-clip; elsewhere ``dl/dlogp = -A r``.
+
+    References
+    ----------
+    Schulman et al., "Proximal Policy Optimization Algorithms", arXiv 1707.06347, eq. (7); dual-clip: Ye et al.,
+    arXiv 1912.09729, eq. (5); clip-higher: "DAPO", arXiv 2503.14476, eq. (10).
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> lp = torch.tensor([[math.log(1.25)]]); old = torch.zeros(1, 1); m = torch.ones(1, 1, dtype=torch.bool)
+    >>> round(float(ppo(lp, old, torch.tensor([1.0]), m).loss), 6)  # clipped at 1.2
+    -1.2
+    >>> round(float(ppo(lp, old, torch.tensor([1.0]), m, eps_high=0.28).loss), 6)  # clip-higher lets it through
+    -1.25
+    """
+    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
+    eps_high = check_number("eps_high", eps_high, low=0.0)
+    if dual_clip is not None:
+        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    per_token, metrics = ppo_token_losses(
+        logp, old_logp, adv, m, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
+    )
+    if entropy is not None:
+        metrics["entropy"] = masked_mean(entropy, m)
+    return LossOutput(aggregate(per_token, m, Aggregation.of(agg)), metrics)
