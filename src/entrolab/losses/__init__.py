@@ -7,6 +7,7 @@ and returns :class:`~entrolab._typing.LossOutput` ``(loss, metrics)``.  Only :fu
 
 from entrolab._typing import LossOutput
 from entrolab.losses.aggregation import AGG_MODES, Aggregation, aggregate
+from entrolab.losses.gspo import cispo, gspo
 from entrolab.losses.ppo import ppo
 from entrolab.losses.registry import get_policy_loss, policy_losses, register_policy_loss
 
@@ -15,7 +16,9 @@ __all__ = [
     "Aggregation",
     "LossOutput",
     "aggregate",
+    "cispo",
     "get_policy_loss",
+    "gspo",
     "policy_losses",
     "ppo",
     "register_policy_loss",
