@@ -263,6 +263,6 @@ def describe_bad_row(x: Tensor, bad: Tensor, *, what: str) -> str:
         problem = "contains +inf"
     elif bool(torch.isneginf(row).all()):
         problem = "is entirely -inf (no category has positive probability)"
-    else:
-        problem = "overflows to inf after scaling by 1/temperature"
+    else:  # not reached: stats() flags only the three cases above; kept so a future flag cannot raise a blank message
+        problem = "is not a valid distribution"
     return f"{what}: row {i} (flattened over the leading dimensions) {problem}"

@@ -7,8 +7,9 @@ import numbers
 import torch
 from torch import Tensor
 
+from entrolab._typing import LossOutput
 from entrolab._validation import describe
-from entrolab.losses.aggregation import as_mask
+from entrolab.losses.aggregation import Aggregation, aggregate, as_mask
 
 LOG_RATIO_CLAMP = 20.0  # verl's convention: exp(+-20) bounds the ratio; the gradient is zero beyond it
 
@@ -83,3 +84,19 @@ def masked_mean(x: Tensor, m: Tensor) -> Tensor:
     x = x.detach()
     total = torch.where(m, x.to(torch.float32) if x.dtype == torch.bool else x, 0.0).sum()
     return (total / m.sum().clamp_min(1)).to(torch.float32)
+
+
+def clipped_surrogate(ratio: Tensor, a: Tensor, *, eps_low: float, eps_high: float) -> tuple[Tensor, Tensor]:
+    """PPO's ``max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))`` per token, and where the clipped branch is active."""
+    unclipped = -a * ratio
+    clipped = -a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def finish_loss(
+    per_token: Tensor, m: Tensor, agg: object, metrics: dict[str, Tensor], entropy: Tensor | None
+) -> LossOutput:
+    """Aggregate the per-token losses and add the mean-entropy metric when token entropies were given."""
+    if entropy is not None:
+        metrics["entropy"] = masked_mean(entropy, m)
+    return LossOutput(aggregate(per_token, m, Aggregation.of(agg)), metrics)  # type: ignore[arg-type]

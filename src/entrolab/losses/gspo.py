@@ -6,8 +6,15 @@ import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
-from entrolab.losses._common import LOG_RATIO_CLAMP, check_number, check_policy_inputs, masked_mean
-from entrolab.losses.aggregation import Aggregation, aggregate
+from entrolab.losses._common import (
+    LOG_RATIO_CLAMP,
+    check_number,
+    check_policy_inputs,
+    clipped_surrogate,
+    finish_loss,
+    masked_mean,
+)
+from entrolab.losses.aggregation import Aggregation
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["cispo", "gspo"]
@@ -76,19 +83,15 @@ def gspo(
         max=_GSPO_LOG_RATIO_MAX
     )
     ratio = torch.exp(token_log_ratio)
-    a = torch.where(m, adv, 0.0)
-    unclipped = -a * ratio
-    clipped = -a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-    per_token = torch.where(m, torch.maximum(unclipped, clipped), 0.0)
+    surrogate, is_clipped = clipped_surrogate(ratio, torch.where(m, adv, 0.0), eps_low=eps_low, eps_high=eps_high)
+    per_token = torch.where(m, surrogate, 0.0)
     has = m.any(-1)
     metrics = {
-        "clipfrac": masked_mean(clipped > unclipped, m),
+        "clipfrac": masked_mean(is_clipped, m),
         "seq_ratio_mean": (torch.where(has, seq_log_ratio.detach().exp(), 0.0).sum() / has.sum().clamp_min(1)),
         "approx_kl": masked_mean(-diff, m),
     }
-    if entropy is not None:
-        metrics["entropy"] = masked_mean(entropy, m)
-    return LossOutput(aggregate(per_token, m, Aggregation.of(agg)), metrics)
+    return finish_loss(per_token, m, agg, metrics, entropy)
 
 
 @register_policy_loss("cispo")
@@ -155,6 +158,4 @@ def cispo(
         "weight_mean": masked_mean(weight, m),
         "approx_kl": masked_mean(-log_ratio, m),
     }
-    if entropy is not None:
-        metrics["entropy"] = masked_mean(entropy, m)
-    return LossOutput(aggregate(per_token, m, Aggregation.of(agg)), metrics)
+    return finish_loss(per_token, m, agg, metrics, entropy)

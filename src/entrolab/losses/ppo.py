@@ -6,8 +6,14 @@ import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
-from entrolab.losses._common import LOG_RATIO_CLAMP, check_number, check_policy_inputs, masked_mean
-from entrolab.losses.aggregation import Aggregation, aggregate
+from entrolab.losses._common import (
+    LOG_RATIO_CLAMP,
+    check_number,
+    check_policy_inputs,
+    finish_loss,
+    masked_mean,
+)
+from entrolab.losses.aggregation import Aggregation
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["ppo", "ppo_token_losses"]
@@ -123,6 +129,4 @@ def ppo(
     per_token, metrics = ppo_token_losses(
         logp, old_logp, adv, m, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
     )
-    if entropy is not None:
-        metrics["entropy"] = masked_mean(entropy, m)
-    return LossOutput(aggregate(per_token, m, Aggregation.of(agg)), metrics)
+    return finish_loss(per_token, m, agg, metrics, entropy)
