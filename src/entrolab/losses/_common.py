@@ -93,10 +93,66 @@ def clipped_surrogate(ratio: Tensor, a: Tensor, *, eps_low: float, eps_high: flo
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
+COMPAT = ("paper", "code")
+
+
+def check_compat(compat: object) -> str:
+    """``"paper"`` (the paper's intent, the default everywhere) or ``"code"`` (the authors' released code)."""
+    if compat not in COMPAT:
+        raise ValueError(f"compat must be 'paper' or 'code', got {compat!r}")
+    return compat  # type: ignore[return-value]
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_token_weights(token_weights: Tensor | None, m: Tensor) -> Tensor | None:
+    """Optional per-token multipliers ``(B, T)`` of the per-token losses, finite at valid positions."""
+    if token_weights is None:
+        return None
+    if not isinstance(token_weights, Tensor) or token_weights.shape != m.shape:
+        raise ValueError(f"token_weights must be a tensor of shape {tuple(m.shape)}, got {describe(token_weights)}")
+    if token_weights.dtype == torch.bool:
+        return token_weights
+    if not token_weights.dtype.is_floating_point:
+        raise TypeError(f"token_weights must be bool or floating, got {token_weights.dtype}")
+    if bool((m & ~torch.isfinite(token_weights)).any()):
+        raise ValueError("token_weights is not finite at a valid position")
+    return token_weights
+
+
+def check_local_stat(name: str, value: object) -> Tensor | None:
+    """A precomputed batch statistic (number or 0-d tensor), finite; ``None`` passes through."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or not value.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a number or a one-element floating tensor, got {describe(value)}")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} must be finite, got {value}")
+        return value.detach().reshape(())
+    return torch.tensor(check_number(name, value, low=-float("inf"), low_open=True, high=float("inf"), high_open=True))
+
+
+def valid_flat(x: Tensor, m: Tensor) -> Tensor:
+    """The valid entries of ``x`` in row-major order ``(N,)``."""
+    return x[m]
+
+
 def finish_loss(
-    per_token: Tensor, m: Tensor, agg: object, metrics: dict[str, Tensor], entropy: Tensor | None
+    per_token: Tensor,
+    m: Tensor,
+    agg: object,
+    metrics: dict[str, Tensor],
+    entropy: Tensor | None,
+    token_weights: Tensor | None = None,
 ) -> LossOutput:
-    """Aggregate the per-token losses and add the mean-entropy metric when token entropies were given."""
+    """Aggregate the per-token losses (times ``token_weights``, with the counts of ``m``); add the entropy metric."""
     if entropy is not None:
         metrics["entropy"] = masked_mean(entropy, m)
+    if token_weights is not None:
+        per_token = torch.where(m & (token_weights != 0), per_token * token_weights, 0.0)
     return LossOutput(aggregate(per_token, m, Aggregation.of(agg)), metrics)  # type: ignore[arg-type]

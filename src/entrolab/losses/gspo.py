@@ -10,6 +10,7 @@ from entrolab.losses._common import (
     LOG_RATIO_CLAMP,
     check_number,
     check_policy_inputs,
+    check_token_weights,
     clipped_surrogate,
     finish_loss,
     masked_mean,
@@ -32,6 +33,7 @@ def gspo(
     entropy: Tensor | None = None,
     agg: str | Aggregation = "seq-mean-token-mean",
     generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
     eps_low: float = 3e-4,
     eps_high: float = 4e-4,
 ) -> LossOutput:
@@ -91,7 +93,7 @@ def gspo(
         "seq_ratio_mean": (torch.where(has, seq_log_ratio.detach().exp(), 0.0).sum() / has.sum().clamp_min(1)),
         "approx_kl": masked_mean(-diff, m),
     }
-    return finish_loss(per_token, m, agg, metrics, entropy)
+    return finish_loss(per_token, m, agg, metrics, entropy, check_token_weights(token_weights, m))
 
 
 @register_policy_loss("cispo")
@@ -104,6 +106,7 @@ def cispo(
     entropy: Tensor | None = None,
     agg: str | Aggregation = "token-mean",
     generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
     ratio_min: float | None = None,
     ratio_max: float = 5.0,
 ) -> LossOutput:
@@ -158,4 +161,4 @@ def cispo(
         "weight_mean": masked_mean(weight, m),
         "approx_kl": masked_mean(-log_ratio, m),
     }
-    return finish_loss(per_token, m, agg, metrics, entropy)
+    return finish_loss(per_token, m, agg, metrics, entropy, check_token_weights(token_weights, m))

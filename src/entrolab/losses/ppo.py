@@ -10,6 +10,7 @@ from entrolab.losses._common import (
     LOG_RATIO_CLAMP,
     check_number,
     check_policy_inputs,
+    check_token_weights,
     finish_loss,
     masked_mean,
 )
@@ -25,16 +26,18 @@ def ppo_token_losses(
     adv: Tensor,
     m: Tensor,
     *,
-    eps_low: float,
-    eps_high: float,
+    eps_low: float | Tensor,
+    eps_high: float | Tensor,
     dual_clip: float | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token PPO losses ``(B, T)`` (0 at masked positions) and their clip metrics; inputs already checked."""
+    """Per-token PPO losses ``(B, T)`` (0 at masked positions) and their clip metrics; inputs already checked.
+
+    ``eps_low`` and ``eps_high`` may be per-token tensors ``(B, T)`` (HAPO's adaptive clip)."""
     log_ratio = torch.where(m, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     a = torch.where(m, adv, 0.0)
     unclipped = -a * ratio
-    clipped = -a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    clipped = -a * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # type: ignore[arg-type]
     per_token = torch.maximum(unclipped, clipped)
     metrics = {
         "clipfrac": masked_mean(clipped > unclipped, m),
@@ -59,6 +62,7 @@ def ppo(
     entropy: Tensor | None = None,
     agg: str | Aggregation = "token-mean",
     generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     dual_clip: float | None = None,
@@ -86,6 +90,9 @@ def ppo(
         Aggregation mode and optional global normalisers.
     generator : torch.Generator, optional
         Unused (PPO is deterministic); part of the uniform signature.
+    token_weights : Tensor, optional
+        Per-token multipliers ``(B, T)`` of the per-token losses (bool or float); the denominators keep the counts of
+        ``mask``.  :func:`~entrolab.losses.high_entropy_tokens` applies the 80/20 mask through it.
     eps_low, eps_high : float
         Clip range ``[1 - eps_low, 1 + eps_high]``; DAPO's clip-higher is ``eps_high = 0.28``.
     dual_clip : float, optional
@@ -129,4 +136,4 @@ def ppo(
     per_token, metrics = ppo_token_losses(
         logp, old_logp, adv, m, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
     )
-    return finish_loss(per_token, m, agg, metrics, entropy)
+    return finish_loss(per_token, m, agg, metrics, entropy, check_token_weights(token_weights, m))

@@ -1,0 +1,218 @@
+"""AEPO-EB (agentic "entropy-balanced policy optimization", arXiv 2510.14545): a stop-gradient high clip and an
+entropy-aware advantage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entrolab._typing import LossOutput
+from entrolab._validation import describe
+from entrolab.losses import _dist
+from entrolab.losses._common import (
+    LOG_RATIO_CLAMP,
+    check_compat,
+    check_number,
+    check_policy_inputs,
+    check_token_weights,
+    finish_loss,
+    masked_mean,
+)
+from entrolab.losses.aggregation import Aggregation
+from entrolab.losses.registry import register_policy_loss
+
+__all__ = ["entropy_aware_advantages", "entropy_balanced"]
+
+
+def _entropy_z(
+    entropy: Tensor, m: Tensor, entropy_stats: tuple[Any, Any] | None, group: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``z = (H - mean) / std`` over valid tokens (unbiased std; std 0 or undefined -> 1), detached."""
+    h = entropy.detach()
+    if entropy_stats is not None:
+        if not isinstance(entropy_stats, tuple | list) or len(entropy_stats) != 2:
+            raise ValueError(f"entropy_stats must be a pair (mean, std), got {entropy_stats!r}")
+        mean = torch.as_tensor(entropy_stats[0], dtype=h.dtype, device=h.device)
+        std = torch.as_tensor(entropy_stats[1], dtype=h.dtype, device=h.device)
+        if not bool(torch.isfinite(mean) & torch.isfinite(std) & (std >= 0)):
+            raise ValueError(f"entropy_stats must be finite with std >= 0, got {entropy_stats!r}")
+    else:
+        hv = torch.where(m, h, 0.0).to(torch.float64)
+        sums = _dist.all_sum(torch.stack([hv.sum(), (hv * hv).sum(), m.sum().to(torch.float64)]), group)
+        n = sums[2]
+        mean64 = sums[0] / n.clamp_min(1)
+        var = ((sums[1] - n * mean64 * mean64) / (n - 1).clamp_min(1)).clamp_min(0)
+        mean = mean64.to(h.dtype)
+        std = torch.where(n > 1, var.sqrt(), 0.0).to(h.dtype)
+    std = torch.where(std > 0, std, 1.0)
+    return torch.where(m, (h - mean) / std, 0.0), mean, std
+
+
+def entropy_aware_advantages(
+    advantages: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    coef: float = 0.2,
+    entropy_stats: tuple[float | Tensor, float | Tensor] | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""AEPO-EB's entropy-aware advantage ``A'_t = A_t (1 + coef * sg(z_t))``, ``z`` the token-entropy z-score.
+
+    ``z_t = (H_t - mean H) / std H`` over valid tokens (unbiased std; a zero or undefined std counts as 1).
+
+    Parameters
+    ----------
+    advantages : Tensor
+        ``(B,)`` or ``(B, T)``.
+    entropy : Tensor
+        Token entropies ``(B, T)``.
+    mask : Tensor
+        Valid tokens.
+    coef : float
+        ``>= 0``; 0.2, hard-coded in the authors' code.
+    entropy_stats : (mean, std), optional
+        Precomputed statistics (spec section 0.2).
+    global_stats, process_group
+        Take mean and std over the whole data-parallel batch (``torch.distributed``).
+
+    Returns
+    -------
+    Tensor
+        ``(B, T)`` advantages (0 at masked positions), differentiable in ``advantages`` only.
+
+    References
+    ----------
+    Dong et al., "Agentic Entropy-Balanced Policy Optimization", arXiv 2510.14545, section 3.3 (entropy-aware
+    advantage estimation); ``shared/specs/llm_rl.md`` section 16.2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = entropy_aware_advantages(torch.tensor([1.0]), torch.tensor([[0.5, 1.0, 2.5]]), torch.ones(1, 3))
+    >>> [round(v, 4) for v in a[0].tolist()]
+    [0.8399, 0.9359, 1.2242]
+    """
+    if not isinstance(entropy, Tensor) or not entropy.dtype.is_floating_point or entropy.ndim != 2:
+        raise TypeError(f"entropy must be a floating tensor (B, T), got {describe(entropy)}")
+    m, adv = check_policy_inputs(entropy, entropy, advantages, mask, entropy)
+    coef = check_number("coef", coef, low=0.0)
+    z, _, _ = _entropy_z(entropy, m, entropy_stats, _dist.resolve_group(global_stats, process_group))
+    return torch.where(m, adv * (1 + coef * z.to(adv.dtype)), 0.0)
+
+
+@register_policy_loss("entropy_balanced")
+def entropy_balanced(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropy: Tensor | None = None,
+    agg: str | Aggregation = "token-mean",
+    generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip: float | None = 3.0,
+    entropy_advantage: bool = True,
+    entropy_adv_coef: float = 0.2,
+    compat: str = "paper",
+    entropy_stats: tuple[float | Tensor, float | Tensor] | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> LossOutput:
+    r"""AEPO-EB's entropy-balanced loss: PPO with a stop-gradient high clip, on entropy-aware advantages.
+
+    The clip ``clip(r, 1 - eps_low, 1 + eps_high)`` becomes ``clamp(r, 1 - eps_low, (1 + eps_high) r / sg(r))``: the
+    forward value is PPO's, but a top-clipped token (``A > 0``, ``r > 1 + eps_high``) keeps the gradient
+    ``(1 + eps_high) (-A) grad logp`` instead of 0.  Low clip and dual-clip are unchanged.  The advantages are first
+    reshaped by :func:`entropy_aware_advantages` (``entropy_adv_coef``) when ``entropy_advantage`` is on.
+
+    Parameters
+    ----------
+    logp, old_logp, advantages, mask, agg, token_weights
+        As in :func:`~entrolab.losses.ppo`.
+    entropy : Tensor
+        Token entropies ``(B, T)``; required when ``entropy_advantage`` is on (``compat="paper"``).
+    generator : torch.Generator, optional
+        Unused; part of the uniform signature.
+    eps_low, eps_high, dual_clip
+        The authors' settings: 0.2 / 0.2 and ``clip_ratio_c = 3``.
+    entropy_advantage : bool
+        Reshape the advantages by token entropy (default on, as the authors' flag).
+    entropy_adv_coef : float
+        The 0.2 hard-coded in the authors' code.
+    compat : {"paper", "code"}
+        ``"code"`` reproduces the released configs, where the entropy-aware advantage is **silently skipped**
+        (the actor computes entropy only when ``entropy_coeff != 0``, and the configs set 0).  ``"paper"`` applies
+        it, and raises ``ValueError`` if ``entropy`` is missing rather than skipping.
+    entropy_stats, global_stats, process_group
+        As in :func:`entropy_aware_advantages`.
+
+    Returns
+    -------
+    LossOutput
+        PPO's metrics (``clipfrac`` counts top and bottom clips) plus ``clipfrac_high`` (tokens with the
+        stop-gradient gradient) and ``entropy_adv_mean`` (mean reshaped advantage) when the advantage is reshaped.
+
+    References
+    ----------
+    Dong et al., "Agentic Entropy-Balanced Policy Optimization", arXiv 2510.14545, eqs. (10)-(12) (the code's
+    ``compute_policy_loss_entropy_balanced_clipping``); ``shared/specs/llm_rl.md`` section 16.2.  The code applies
+    the stop-gradient clip to every top-clipped token, not only high-entropy ones; so does this function.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> lp = torch.tensor([[math.log(1.5)]], requires_grad=True)
+    >>> out = entropy_balanced(lp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), entropy_advantage=False)
+    >>> out.loss.backward(); round(float(out.loss.detach()), 4), round(float(lp.grad), 4)  # value as PPO, grad -1.2
+    (-1.2, -1.2)
+    """
+    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
+    eps_high = check_number("eps_high", eps_high, low=0.0)
+    if dual_clip is not None:
+        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    if not isinstance(entropy_advantage, bool):
+        raise TypeError(f"entropy_advantage must be a bool, got {describe(entropy_advantage)}")
+    entropy_adv_coef = check_number("entropy_adv_coef", entropy_adv_coef, low=0.0)
+    compat = check_compat(compat)
+    weights = check_token_weights(token_weights, m)
+    group = _dist.resolve_group(global_stats, process_group)
+    metrics: dict[str, Tensor] = {}
+    a = torch.where(m, adv, 0.0)
+    if entropy_advantage and compat == "paper":
+        if entropy is None:
+            raise ValueError(
+                "entropy_balanced needs entropy= for its entropy-aware advantage (the authors' configs silently "
+                "skip it); pass entropy_advantage=False to turn it off"
+            )
+        z, _, _ = _entropy_z(entropy, m, entropy_stats, group)
+        a = torch.where(m, a * (1 + entropy_adv_coef * z.to(a.dtype)), 0.0)
+        metrics["entropy_adv_mean"] = masked_mean(a, m)
+
+    log_ratio = torch.where(m, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    r = torch.exp(log_ratio)
+    top = r > 1 + eps_high
+    # (1 + eps_high) r / sg(r): the value of the clip bound, with r's gradient
+    clipped_r = torch.where(top, (1 + eps_high) * r / r.detach(), r.clamp_min(1 - eps_low))
+    unclipped = -a * r
+    clipped = -a * clipped_r
+    per_token = torch.maximum(unclipped, clipped)
+    metrics.update(
+        clipfrac=masked_mean(clipped > unclipped, m),
+        clipfrac_high=masked_mean(top & (a > 0), m),
+        approx_kl=masked_mean(-log_ratio, m),
+        ratio_mean=masked_mean(r, m),
+    )
+    if dual_clip is not None:
+        floor = -a * dual_clip
+        lower = (a < 0) & (per_token > floor)
+        per_token = torch.where(lower, floor, per_token)
+        metrics["clipfrac_lower"] = masked_mean(lower, m)
+    return finish_loss(torch.where(m, per_token, 0.0), m, agg, metrics, entropy, weights)

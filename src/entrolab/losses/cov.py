@@ -1,0 +1,378 @@
+"""Clip-Cov and KL-Cov: act on the few tokens whose covariance Cov(log pi, A) drives entropy collapse.
+
+Both use the per-token centred product ``Cov_t = (A_t - mean A) (logp_t - mean logp)`` over the valid tokens
+(``shared/specs/llm_rl.md`` section 7.3).  By default its means, the candidate count and the selection are taken over
+the tensors given (one micro-batch, as in every framework); ``cov_center=`` accepts precomputed means, and
+``global_stats=True`` takes means, counts and the selection over the whole data-parallel batch through
+``torch.distributed``, so that two ranks holding halves of a batch select exactly what one process holding all of it
+selects (given the same ``generator`` state on the first rank, for Clip-Cov).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entrolab._typing import LossOutput
+from entrolab.losses import _dist
+from entrolab.losses._common import (
+    LOG_RATIO_CLAMP,
+    check_local_stat,
+    check_number,
+    check_policy_inputs,
+    check_token_weights,
+    finish_loss,
+    masked_mean,
+)
+from entrolab.losses.aggregation import Aggregation
+from entrolab.losses.registry import register_policy_loss
+
+__all__ = ["clip_cov", "kl_cov", "token_covariance"]
+
+
+def _center(
+    logp: Tensor, adv: Tensor, m: Tensor, cov_center: tuple[Any, Any] | None, group: Any
+) -> tuple[Tensor, Tensor]:
+    if cov_center is not None:
+        if not isinstance(cov_center, tuple | list) or len(cov_center) != 2:
+            raise ValueError(f"cov_center must be a pair (mean_advantage, mean_logp), got {cov_center!r}")
+        mean_a = check_local_stat("cov_center[0]", cov_center[0])
+        mean_lp = check_local_stat("cov_center[1]", cov_center[1])
+        assert mean_a is not None and mean_lp is not None
+        return mean_a.to(adv), mean_lp.to(logp)
+    lp = logp.detach()
+    sums = torch.stack(
+        [
+            torch.where(m, adv, 0.0).sum().to(torch.float64),
+            torch.where(m, lp, 0.0).sum().to(torch.float64),
+            m.sum().to(torch.float64),
+        ]
+    )
+    sums = _dist.all_sum(sums, group)
+    n = sums[2].clamp_min(1)
+    return (sums[0] / n).to(adv.dtype), (sums[1] / n).to(logp.dtype)
+
+
+def token_covariance(
+    logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    cov_center: tuple[float | Tensor, float | Tensor] | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""Per-token centred product ``Cov_t = (A_t - mean A) (sg(logp_t) - mean sg(logp))`` (0 at masked positions).
+
+    Parameters
+    ----------
+    logp : Tensor
+        Log-probabilities of the sampled tokens (detached here).
+    advantages : Tensor
+        ``(B,)`` or ``(B, T)``.
+    mask : Tensor
+        Valid tokens; the means are over valid tokens only.
+    cov_center : (mean_advantage, mean_logp), optional
+        Precomputed means (for example all-reduced over ranks); the local means otherwise.
+    global_stats, process_group
+        Take the means over every rank of ``process_group`` (default: the world) through ``torch.distributed``.
+
+    Returns
+    -------
+    Tensor
+        ``(B, T)``, detached.
+
+    References
+    ----------
+    Cui et al., "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models", arXiv 2505.22617,
+    eq. (11) (the per-token estimator of the covariance in Theorem 2); ``shared/specs/llm_rl.md`` section 7.3.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lp = torch.tensor([[-0.1, -2.0, -0.5, -3.0]]); adv = torch.tensor([[1.0, 1, -1, -1]])
+    >>> [round(v, 4) for v in token_covariance(lp, adv, torch.ones(1, 4))[0].tolist()]
+    [1.3, -0.6, -0.9, 1.6]
+    """
+    m, adv = check_policy_inputs(logp, logp, advantages, mask)
+    return _covariance(logp, adv, m, cov_center, _dist.resolve_group(global_stats, process_group))
+
+
+def _covariance(logp: Tensor, adv: Tensor, m: Tensor, cov_center: Any, group: Any) -> Tensor:
+    mean_a, mean_lp = _center(logp, adv, m, cov_center, group)
+    cov = (adv.detach() - mean_a) * (logp.detach() - mean_lp)
+    return torch.where(m, cov, 0.0)
+
+
+def _select_count(ratio: float, n_total: int) -> int:
+    """``max(1, floor(ratio * N))`` (the spec's n_clip / k), computed without float drift for exact fractions."""
+    return max(1, math.floor(ratio * n_total + 1e-9 * ratio * n_total))
+
+
+def _random_subset(cand: Tensor, n_select: int, generator: torch.Generator | None, group: Any) -> Tensor:
+    """Choose ``min(n_select, |candidates|)`` candidates uniformly at random over the (global) candidate list.
+
+    The draw is ``randperm(total candidates)`` on the first rank, broadcast, so it equals a single process's draw on
+    the concatenated batch with the same generator state.
+    """
+    flat = cand.reshape(-1)
+    local_idx = flat.nonzero().squeeze(1)  # row-major order of candidates
+    offset, total = _dist.rank_offset(local_idx.numel(), cand.device, group)
+    chosen = torch.zeros_like(flat)
+    k = min(n_select, total)
+    if k == 0:
+        return chosen.view_as(cand)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    picks = torch.randperm(total, generator=generator, device=gen_device)[:k].to(cand.device)
+    picks = _dist.broadcast_from_first(picks, group)
+    mine = picks[(picks >= offset) & (picks < offset + local_idx.numel())] - offset
+    chosen[local_idx[mine]] = True
+    return chosen.view_as(cand)
+
+
+def _topk_by_value_then_index(values: Tensor, gidx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k-th entry of ``values`` ordered by (value descending, global index ascending): ``(value, index)``."""
+    order = torch.argsort(gidx)
+    v, i = values[order], gidx[order]
+    order = torch.sort(v, descending=True, stable=True).indices
+    return v[order[k - 1]], i[order[k - 1]]
+
+
+def _top_k(cov: Tensor, m: Tensor, n_select: int, group: Any) -> Tensor:
+    """Mask of the ``n_select`` valid tokens with the largest ``cov`` (ties by row-major index), over all ranks."""
+    values = cov[m]  # (N,) row-major
+    n_local = values.numel()
+    offset, total = _dist.rank_offset(n_local, cov.device, group)
+    k = min(n_select, total)
+    chosen = torch.zeros_like(m)
+    if k == 0:
+        return chosen
+    gidx = torch.arange(offset, offset + n_local, device=cov.device)
+    if group is not None:
+        # each rank's own top-min(k, n) (ties by index) is enough to decide the global top-k
+        k_local = min(k, n_local)
+        if k_local:
+            kth_v, kth_i = _topk_by_value_then_index(values, gidx, k_local)
+            keep = (values > kth_v) | ((values == kth_v) & (gidx <= kth_i))
+            cand_v, cand_i = values[keep], gidx[keep]
+        else:
+            cand_v, cand_i = values[:0], gidx[:0]
+        all_v = _dist.gather_concat(cand_v, group)
+        all_i = _dist.gather_concat(cand_i, group)
+        kth_v, kth_i = _topk_by_value_then_index(all_v, all_i, k)
+    else:
+        kth_v = torch.topk(values, k).values[-1]
+        greater = values > kth_v
+        need = k - greater.sum()
+        tied = values == kth_v
+        keep = greater | (tied & (torch.cumsum(tied, 0) <= need))
+        chosen[m] = keep
+        return chosen
+    chosen[m] = (values > kth_v) | ((values == kth_v) & (gidx <= kth_i))
+    return chosen
+
+
+@register_policy_loss("clip_cov")
+def clip_cov(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropy: Tensor | None = None,
+    agg: str | Aggregation = "token-mean",
+    generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
+    ratio: float = 2e-4,
+    cov_lb: float = 1.0,
+    cov_ub: float = 5.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip: float | None = None,
+    cov_center: tuple[float | Tensor, float | Tensor] | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> LossOutput:
+    r"""Clip-Cov: PPO, with a random few high-covariance tokens detached (no value, no gradient).
+
+    Per valid token: ``L1 = -A r``, ``L2 = -A clip(r, 1 - eps_low, 1 + eps_high)``; tokens PPO already clipped
+    (``L2 > L1``) and padding are never selected.  Candidates are the other tokens with
+    ``cov_lb < Cov_t < cov_ub`` (strict, :func:`token_covariance`); ``min(n_clip, |candidates|)`` of them, with
+    ``n_clip = max(1, floor(ratio * N))``, are chosen uniformly at random and get loss 0.  They stay in every
+    denominator.  The rest get ``max(L1, L2)`` (and dual-clip when ``dual_clip`` is set).
+
+    Parameters
+    ----------
+    logp, old_logp, advantages, mask, entropy, agg, token_weights
+        As in :func:`~entrolab.losses.ppo`.
+    generator : torch.Generator, optional
+        Drives the random choice (``torch.randperm`` over the candidates); seed it for reproducible runs.
+    ratio : float
+        Fraction of valid tokens to detach, in ``(0, 1]`` (a fraction, not a percent).  Paper: 2e-4.
+    cov_lb, cov_ub : float
+        Open covariance window ``(cov_lb, cov_ub)``; paper 1 and 5.
+    eps_low, eps_high, dual_clip
+        PPO's clip (the paper's scripts use ``eps_low = eps_high = 1``: only extreme ratios are filtered).
+    cov_center : (mean_advantage, mean_logp), optional
+        Precomputed covariance centre (spec section 0.2).
+    global_stats, process_group
+        Take the centre, ``N`` and the random choice over the whole data-parallel batch (``torch.distributed``).
+
+    Returns
+    -------
+    LossOutput
+        Metrics: ``clipfrac`` (PPO's clip), ``covclip_frac`` (detached tokens / N; verl reports this as
+        ``pg_clipfrac``), ``cov_candidate_frac``, ``cov_mean``, ``approx_kl``, ``ratio_mean``, ``entropy``.
+
+    Shapes
+    ------
+    logp, old_logp, mask, entropy ``(B, T)``; advantages ``(B,)`` or ``(B, T)``.
+
+    Notes
+    -----
+    Follows the authors' code (``compute_policy_loss_clip_cov``), which matches the paper's eq. (12).  Departure: the
+    log-ratio is clamped to ``[-20, 20]`` before ``exp`` as in :func:`~entrolab.losses.ppo` (verl does not clamp in
+    this loss); this only changes tokens whose ratio would overflow.  One host synchronisation (the candidate
+    count), as in verl, which also moves the covariance to the CPU.
+
+    References
+    ----------
+    Cui et al., "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models", arXiv 2505.22617,
+    eq. (12) and Algorithm 1; ``shared/specs/llm_rl.md`` section 8.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lp = torch.tensor([[-0.1, -2.0, -0.5, -3.0]]); adv = torch.tensor([[1.0, 1, -1, -1]])
+    >>> out = clip_cov(lp, lp, adv, torch.ones(1, 4), generator=torch.Generator().manual_seed(0))
+    >>> float(out.metrics["covclip_frac"])  # one of the two candidates (Cov 1.3 and 1.6) is detached
+    0.25
+    """
+    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    ratio = check_number("ratio", ratio, low=0.0, low_open=True, high=1.0)
+    cov_lb = check_number("cov_lb", cov_lb)
+    cov_ub = check_number("cov_ub", cov_ub)
+    if not cov_lb < cov_ub:
+        raise ValueError(f"cov_lb must be < cov_ub, got cov_lb={cov_lb}, cov_ub={cov_ub}")
+    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
+    eps_high = check_number("eps_high", eps_high, low=0.0)
+    if dual_clip is not None:
+        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    weights = check_token_weights(token_weights, m)
+    group = _dist.resolve_group(global_stats, process_group)
+
+    log_ratio = torch.where(m, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    r = torch.exp(log_ratio)
+    a = torch.where(m, adv, 0.0)
+    l1 = -a * r
+    l2 = -a * r.clamp(1.0 - eps_low, 1.0 + eps_high)
+    by_origin = (l2 > l1) & m
+    per_token = torch.maximum(l1, l2)
+    metrics = {"clipfrac": masked_mean(by_origin, m)}
+    if dual_clip is not None:
+        floor = -a * dual_clip
+        lower = (a < 0) & (per_token > floor)
+        per_token = torch.where(lower, floor, per_token)
+        metrics["clipfrac_lower"] = masked_mean(lower, m)
+
+    cov = _covariance(logp, a, m, cov_center, group)
+    cand = m & ~by_origin & (cov > cov_lb) & (cov < cov_ub)
+    n_valid = _dist.all_sum(m.sum(), group)
+    chosen = _random_subset(cand, _select_count(ratio, int(n_valid)), generator, group)
+    per_token = torch.where(chosen | ~m, 0.0, per_token)
+    metrics.update(
+        covclip_frac=masked_mean(chosen, m),
+        cov_candidate_frac=masked_mean(cand, m),
+        cov_mean=masked_mean(cov, m),
+        approx_kl=masked_mean(-log_ratio, m),
+        ratio_mean=masked_mean(r, m),
+    )
+    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+
+
+@register_policy_loss("kl_cov")
+def kl_cov(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropy: Tensor | None = None,
+    agg: str | Aggregation = "token-mean",
+    generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
+    ratio: float = 2e-3,
+    kl_coef: float = 1.0,
+    cov_center: tuple[float | Tensor, float | Tensor] | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> LossOutput:
+    r"""KL-Cov: unclipped policy gradient, plus ``kl_coef * |logp - old_logp|`` on the top-covariance tokens.
+
+    Per valid token ``l_t = -A_t r_t`` (**no PPO clip**); the ``k = max(1, floor(ratio * N))`` tokens with the largest
+    :func:`token_covariance` (ties broken by row-major position) get ``+ kl_coef * |logp_t - old_logp_t|``.
+
+    Parameters
+    ----------
+    logp, old_logp, advantages, mask, entropy, agg, token_weights
+        As in :func:`~entrolab.losses.ppo`.
+    generator : torch.Generator, optional
+        Unused (the selection is a deterministic top-k); part of the uniform signature.
+    ratio : float
+        Fraction of valid tokens penalised, in ``(0, 1]``: 2e-3 (the paper's 7B value) means 0.2% of the tokens;
+        the original repository's ``k_percent`` is in percent (0.2 there is this 2e-3), and 0.2 here means 20%.
+    kl_coef : float
+        ``beta >= 0``; paper 1.0 (verl's config dataclass defaults to 0.1).
+    cov_center, global_stats, process_group
+        As in :func:`clip_cov` (the top-k is then over the whole data-parallel batch).
+
+    Returns
+    -------
+    LossOutput
+        Metrics: ``klcov_frac`` (penalised tokens / N), ``klcov_abs_log_ratio`` (mean ``|logp - old_logp|`` over the
+        penalised tokens), ``cov_mean``, ``approx_kl``, ``ratio_mean``, ``entropy``.
+
+    Notes
+    -----
+    Departures: the log-ratio is clamped to ``[-20, 20]`` before ``exp``; the covariance stays on the device (verl
+    moves it to the CPU).  Fully on-policy (``logp == old_logp``) the penalty and its subgradient are 0, so KL-Cov is
+    then plain unclipped policy gradient (repository issue #1).
+
+    References
+    ----------
+    Cui et al., arXiv 2505.22617, eq. (13); ``shared/specs/llm_rl.md`` section 9.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> lp = torch.tensor([[math.log(3.0)]]); old = torch.zeros(1, 1)
+    >>> float(kl_cov(lp, old, torch.tensor([1.0]), torch.ones(1, 1), kl_coef=0.0).loss)  # no clip: -A r = -3
+    -3.0
+    """
+    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    ratio = check_number("ratio", ratio, low=0.0, low_open=True, high=1.0)
+    kl_coef = check_number("kl_coef", kl_coef, low=0.0)
+    weights = check_token_weights(token_weights, m)
+    group = _dist.resolve_group(global_stats, process_group)
+
+    diff = torch.where(m, logp - old_logp, 0.0)
+    log_ratio = diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    r = torch.exp(log_ratio)
+    a = torch.where(m, adv, 0.0)
+    per_token = -a * r
+    cov = _covariance(logp, a, m, cov_center, group)
+    n_valid = _dist.all_sum(m.sum(), group)
+    chosen = _top_k(cov, m, _select_count(ratio, int(n_valid)), group)
+    penalty = diff.abs()
+    per_token = torch.where(chosen, per_token + kl_coef * penalty, per_token)
+    metrics = {
+        "klcov_frac": masked_mean(chosen, m),
+        "klcov_abs_log_ratio": masked_mean(penalty, chosen),
+        "cov_mean": masked_mean(cov, m),
+        "approx_kl": masked_mean(-log_ratio, m),
+        "ratio_mean": masked_mean(r, m),
+    }
+    return finish_loss(per_token, m, agg, metrics, entropy, weights)

@@ -1,0 +1,189 @@
+"""The "80/20" forking-token mask: train only on the highest-entropy fraction of tokens (arXiv 2506.01939)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entrolab._typing import LossOutput
+from entrolab._validation import describe
+from entrolab.losses import _dist
+from entrolab.losses._common import check_local_stat, check_number, check_policy_inputs, masked_mean
+from entrolab.losses.aggregation import Aggregation, as_mask
+from entrolab.losses.registry import get_policy_loss, register_policy_loss
+
+__all__ = ["high_entropy_mask", "high_entropy_tokens", "linear_quantile"]
+
+
+def linear_quantile(values: Tensor, q: float) -> Tensor:
+    """``torch.quantile(values, q)`` (linear interpolation) of a 1-D tensor, also beyond 2^24 elements.
+
+    ``torch.quantile`` refuses inputs above 2^24 elements (pytorch issue #64947); this uses two ``kthvalue`` calls
+    instead of a sort.  An empty input gives 0.
+    """
+    n = values.numel()
+    if n == 0:
+        return values.new_zeros(())
+    pos = q * (n - 1)
+    lo = min(math.floor(pos), n - 1)
+    hi = min(lo + 1, n - 1)
+    v_lo = torch.kthvalue(values, lo + 1).values
+    v_hi = torch.kthvalue(values, hi + 1).values if hi != lo else v_lo
+    return torch.lerp(v_lo, v_hi, torch.tensor(pos - lo, dtype=values.dtype, device=values.device))
+
+
+def high_entropy_mask(
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    rho: float = 0.2,
+    entropy_threshold: float | Tensor | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Valid tokens whose entropy is at least the ``(1 - rho)`` quantile of the valid tokens' entropies.
+
+    Parameters
+    ----------
+    entropy : Tensor
+        Token entropies ``(B, T)``.
+    mask : Tensor
+        Valid tokens.
+    rho : float
+        The kept fraction in ``(0, 1]``; 0.2 in the paper (``rho = 1`` keeps every token).
+    entropy_threshold : float or Tensor, optional
+        A precomputed threshold ``tau`` (spec section 0.2); else the linear-interpolation quantile of the tensors
+        given.
+    global_stats, process_group
+        Take the quantile over the whole data-parallel batch (all-gather of the valid entropies, as TRL does).
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        The bool mask ``(B, T)`` (``H >= tau``: ties are kept) and ``tau`` (0-d; 0 for an empty batch).
+
+    References
+    ----------
+    Wang et al., "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective Reinforcement Learning for LLM
+    Reasoning", arXiv 2506.01939, eq. (6); ``shared/specs/llm_rl.md`` section 11.
+
+    Examples
+    --------
+    >>> import torch
+    >>> h = torch.tensor([[0.1, 2.3, 0.05, 0.4, 1.7, 0.2, 0.0, 0.3, 0.6, 0.1]])
+    >>> keep, tau = high_entropy_mask(h, torch.ones(1, 10))
+    >>> round(float(tau), 4), keep.nonzero()[:, 1].tolist()
+    (0.82, [1, 4])
+    """
+    if not isinstance(entropy, Tensor) or not entropy.dtype.is_floating_point:
+        raise TypeError(f"entropy must be a floating tensor, got {describe(entropy)}")
+    m = as_mask(mask, entropy.shape)
+    if bool((m & ~torch.isfinite(entropy)).any()):
+        raise ValueError("entropy is not finite at a valid position")
+    rho = check_number("rho", rho, low=0.0, low_open=True, high=1.0)
+    group = _dist.resolve_group(global_stats, process_group)
+    h = entropy.detach()
+    if entropy_threshold is not None:
+        tau = check_local_stat("entropy_threshold", entropy_threshold)
+        assert tau is not None
+        tau = tau.to(h)
+    else:
+        tau = linear_quantile(_dist.gather_concat(h[m], group), 1.0 - rho)
+    return m & (h >= tau), tau
+
+
+@register_policy_loss("high_entropy_tokens")
+def high_entropy_tokens(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropy: Tensor | None = None,
+    agg: str | Aggregation = "token-mean",
+    generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
+    rho: float = 0.2,
+    base: str = "ppo",
+    entropy_threshold: float | Tensor | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+    **base_hyperparameters: Any,
+) -> LossOutput:
+    r"""The 80/20 rule over any registered loss: only tokens with ``H >= tau`` (the top ``rho`` by entropy) train.
+
+    Runs the ``base`` loss with its per-token losses multiplied by :func:`high_entropy_mask` (through the base's
+    ``token_weights``), so the other tokens contribute neither value nor gradient, while every denominator still
+    counts **all** valid tokens (the paper's ``1 / sum_i |o_i|``), and the base's batch statistics (Clip-Cov's
+    covariance centre, ...) are still over all valid tokens.
+
+    Parameters
+    ----------
+    logp, old_logp, advantages, mask, agg, generator, token_weights
+        As in :func:`~entrolab.losses.ppo`, passed to the base loss (``token_weights`` multiplies the mask).
+    entropy : Tensor
+        Required: token entropies ``(B, T)``.
+    rho : float
+        Kept fraction in ``(0, 1]``; paper 0.2.
+    base : str
+        A registered loss name that accepts ``token_weights`` (every built-in does); the paper uses DAPO, i.e.
+        ``"ppo"`` with ``eps_high=0.28``.
+    entropy_threshold, global_stats, process_group
+        As in :func:`high_entropy_mask`; ``global_stats``/``process_group`` are also passed to the base when it
+        accepts them.
+    **base_hyperparameters
+        The base loss's own keywords (``eps_high=0.28``, ...).
+
+    Returns
+    -------
+    LossOutput
+        The base's metrics plus ``high_entropy_frac`` and ``entropy_threshold``.
+
+    References
+    ----------
+    Wang et al., arXiv 2506.01939, eq. (6); ``shared/specs/llm_rl.md`` section 11.
+    """
+    if entropy is None:
+        raise ValueError("high_entropy_tokens needs entropy= (token entropies, (B, T))")
+    if base == "high_entropy_tokens":
+        raise ValueError("base must be another loss, not 'high_entropy_tokens' itself")
+    fn = get_policy_loss(base)
+    params = inspect.signature(fn).parameters
+    if "token_weights" not in params:
+        raise TypeError(f"base loss {base!r} does not accept token_weights, so the 80/20 mask cannot be applied")
+    m, _ = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    keep, tau = high_entropy_mask(
+        entropy,
+        m,
+        rho=rho,
+        entropy_threshold=entropy_threshold,
+        global_stats=global_stats,
+        process_group=process_group,
+    )
+    if token_weights is not None:
+        if not isinstance(token_weights, Tensor) or token_weights.shape != m.shape:
+            raise ValueError(f"token_weights must be a tensor of shape {tuple(m.shape)}, got {describe(token_weights)}")
+        weights: Tensor = torch.where(keep, token_weights, torch.zeros_like(token_weights))
+    else:
+        weights = keep
+    extra = dict(base_hyperparameters)
+    if global_stats and "global_stats" in params:
+        extra.update(global_stats=True, process_group=process_group)
+    out = fn(
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        entropy=entropy,
+        agg=agg,
+        generator=generator,
+        token_weights=weights,
+        **extra,
+    )
+    out.metrics["high_entropy_frac"] = masked_mean(keep, m)
+    out.metrics["entropy_threshold"] = tau.detach().float()
+    return out

@@ -1,0 +1,203 @@
+"""STEER: damp the tokens whose update would change entropy the most (arXiv 2510.10150)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entrolab._typing import LossOutput
+from entrolab.losses import _dist
+from entrolab.losses._common import (
+    check_choice,
+    check_number,
+    check_policy_inputs,
+    check_token_weights,
+    finish_loss,
+    masked_mean,
+)
+from entrolab.losses.aggregation import Aggregation
+from entrolab.losses.ppo import ppo_token_losses
+from entrolab.losses.registry import register_policy_loss
+
+__all__ = ["steer", "steer_weights"]
+
+STEER_MODES = ("exp", "linear")
+_OMEGA_FLOOR = 0.02  # the authors' floor on max |Omega| in exp mode
+
+
+def steer_weights(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropy: Tensor,
+    lambda_min: float,
+    lambda_max: float = 1.0,
+    mode: str = "exp",
+    omega_range: tuple[float | Tensor, float | Tensor] | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""STEER's per-token weights ``w_t`` (no gradient) from ``|Omega_t|`` (:func:`entrolab.dynamics.steer_omega`).
+
+    ``exp``: ``k = -ln(lambda_min) / max(max |Omega|, 0.02)``, ``w = clamp(exp(-k |Omega|), lambda_min, 1)``: the
+    token with the largest ``|Omega|`` gets exactly ``lambda_min`` (unless every ``|Omega|`` is below 0.02).
+    ``linear``: ``w = clamp(lambda_max - (|Omega| - min)(lambda_max - lambda_min)/(max - min), lambda_min,
+    lambda_max)``, and ``(lambda_min + lambda_max)/2`` everywhere when ``max == min``.
+
+    Parameters
+    ----------
+    logp, old_logp, advantages, mask
+        As in :func:`~entrolab.losses.ppo`.
+    entropy : Tensor
+        The **old** policy's token entropies ``(B, T)`` (recorded with ``old_logp``).
+    lambda_min, lambda_max : float
+        Weight bounds, ``0 < lambda_min <= lambda_max``; in exp mode the upper clamp is 1 and ``lambda_max`` must be
+        at least ``lambda_min`` but is otherwise unused (the authors' code).
+    mode : {"exp", "linear"}
+    omega_range : (min |Omega|, max |Omega|), optional
+        Precomputed statistics (spec section 0.2); else over the valid tokens given.
+    global_stats, process_group
+        Take the min/max over the whole data-parallel batch (``torch.distributed`` all-reduce).
+
+    Returns
+    -------
+    Tensor
+        ``(B, T)`` weights, detached; 1 at masked positions.
+
+    References
+    ----------
+    Hao et al., "Rethinking Entropy Interventions in RLVR", arXiv 2510.10150, section 4.2 (the weighting; the closed
+    forms follow the authors' ``compute_token_weights``); ``shared/specs/llm_rl.md`` section 12.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lp = torch.tensor([[0.5, 0.9, 0.1]]).log(); h = torch.tensor([[1.0, 0.5, 2.0]])
+    >>> a = torch.tensor([[1.0, 1, -1]])
+    >>> w = steer_weights(lp, lp, a, torch.ones(1, 3), entropy=h, lambda_min=0.8)
+    >>> [round(v, 4) for v in w[0].tolist()]
+    [0.8819, 0.9682, 0.8]
+    """
+    from entrolab.dynamics import steer_omega
+
+    mode = check_choice("mode", mode, STEER_MODES)
+    lambda_min = check_number("lambda_min", lambda_min, low=0.0, low_open=True, high=1.0 if mode == "exp" else None)
+    lambda_max = check_number("lambda_max", lambda_max, low=lambda_min)
+    m, _ = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    group = _dist.resolve_group(global_stats, process_group)
+    mag = steer_omega(logp, old_logp, advantages, mask, entropy=entropy).abs()
+    if omega_range is not None:
+        if not isinstance(omega_range, tuple | list) or len(omega_range) != 2:
+            raise ValueError(f"omega_range must be a pair (min |Omega|, max |Omega|), got {omega_range!r}")
+        lo = torch.as_tensor(omega_range[0], dtype=mag.dtype, device=mag.device)
+        hi = torch.as_tensor(omega_range[1], dtype=mag.dtype, device=mag.device)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0) & (hi >= lo)):
+            raise ValueError(f"omega_range must satisfy 0 <= min <= max, finite; got {omega_range!r}")
+    else:
+        hi = _dist.all_max(torch.where(m, mag, 0.0).amax() if mag.numel() else mag.new_zeros(()), group)
+        lo = _dist.all_min(torch.where(m, mag, float("inf")).amin() if mag.numel() else mag.new_zeros(()), group)
+        lo = torch.where(torch.isfinite(lo), lo, 0.0)
+    with torch.no_grad():
+        if mode == "exp":
+            k = -math.log(lambda_min) / hi.clamp_min(_OMEGA_FLOOR)
+            w = torch.exp(-k * mag).clamp(lambda_min, 1.0)
+        else:
+            span = hi - lo
+            slope = (lambda_max - lambda_min) / torch.where(span > 0, span, 1.0)
+            w = (lambda_max - (mag - lo) * slope).clamp(lambda_min, lambda_max)
+            w = torch.where(span > 0, w, 0.5 * (lambda_min + lambda_max))
+        return torch.where(m, w, 1.0)
+
+
+@register_policy_loss("steer")
+def steer(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropy: Tensor | None = None,
+    agg: str | Aggregation = "token-mean",
+    generator: torch.Generator | None = None,
+    token_weights: Tensor | None = None,
+    lambda_min: float = 0.8,
+    lambda_max: float | None = None,
+    mode: str = "exp",
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    dual_clip: float | None = 10.0,
+    omega_range: tuple[float | Tensor, float | Tensor] | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> LossOutput:
+    r"""STEER: dual-clip PPO per token, times :func:`steer_weights` (``w`` carries no gradient).
+
+    Parameters
+    ----------
+    logp, old_logp, advantages, mask, agg, token_weights
+        As in :func:`~entrolab.losses.ppo`.
+    entropy : Tensor
+        Required: the old policy's token entropies ``(B, T)``.
+    generator : torch.Generator, optional
+        Unused; part of the uniform signature.
+    lambda_min, lambda_max, mode
+        Weight bounds and mode; ``lambda_max`` defaults to 1.0 in exp mode (``run_exp.sh``, the main run) and 1.2 in
+        linear mode (``run_linear.sh``).
+    eps_low, eps_high, dual_clip
+        The authors' scripts: 0.2 / 0.28 and ``clip_ratio_c = 10``.
+    omega_range, global_stats, process_group
+        As in :func:`steer_weights`.
+
+    Returns
+    -------
+    LossOutput
+        PPO's metrics plus ``steer_weight_mean`` and ``steer_weight_min``.
+
+    Notes
+    -----
+    Because ``w > 0`` and PPO's per-token loss is positively homogeneous in ``A`` (dual-clip included), weighting the
+    loss by ``w`` equals weighting the advantages by ``w``: the route for engines that only let you change
+    advantages.  The log-ratio is clamped to ``[-20, 20]`` as in :func:`~entrolab.losses.ppo`.
+
+    References
+    ----------
+    Hao et al., "Rethinking Entropy Interventions in RLVR", arXiv 2510.10150, eq. (9) (loss mode
+    ``entropy_control`` of the authors' code); ``shared/specs/llm_rl.md`` section 12.
+    """
+    if entropy is None:
+        raise ValueError("steer needs entropy= (the old policy's token entropies, (B, T))")
+    mode = check_choice("mode", mode, STEER_MODES)
+    if lambda_max is None:
+        lambda_max = 1.0 if mode == "exp" else 1.2
+    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
+    eps_high = check_number("eps_high", eps_high, low=0.0)
+    if dual_clip is not None:
+        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    weights = check_token_weights(token_weights, m)
+    w = steer_weights(
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        entropy=entropy,
+        lambda_min=lambda_min,
+        lambda_max=lambda_max,
+        mode=mode,
+        omega_range=omega_range,
+        global_stats=global_stats,
+        process_group=process_group,
+    )
+    per_token, metrics = ppo_token_losses(
+        logp, old_logp, adv, m, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
+    )
+    per_token = per_token * w.to(per_token.dtype)
+    metrics["steer_weight_mean"] = masked_mean(w, m)
+    low = torch.where(m, w, float("inf")).amin() if w.numel() else w.new_tensor(float("inf"))
+    metrics["steer_weight_min"] = torch.where(torch.isfinite(low), low, 1.0).float()
+    return finish_loss(per_token, m, agg, metrics, entropy, weights)
