@@ -63,7 +63,7 @@ def _window_sums(entropy: Tensor | float, mask: Tensor | None) -> tuple[float, f
         if bool((m & ~torch.isfinite(entropy)).any()):
             raise ValueError("entropy is not finite at a valid position")
         e = entropy.detach()
-        return float(torch.where(m, e, 0.0).sum()), float(m.sum())
+        return float(torch.where(m, e, 0.0).to(torch.float64).sum()), float(m.sum())
     if mask is not None:
         raise ValueError("mask is only meaningful with a tensor of token entropies")
     h = check_number("entropy", entropy)

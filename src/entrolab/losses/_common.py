@@ -134,7 +134,8 @@ def check_local_stat(name: str, value: object) -> Tensor | None:
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} must be finite, got {value}")
         return value.detach().reshape(())
-    return torch.tensor(check_number(name, value, low=-float("inf"), low_open=True, high=float("inf"), high_open=True))
+    v = check_number(name, value, low=-float("inf"), low_open=True, high=float("inf"), high_open=True)
+    return torch.tensor(v, dtype=torch.float64)  # float64 so that a Python float keeps its precision
 
 
 def valid_flat(x: Tensor, m: Tensor) -> Tensor:

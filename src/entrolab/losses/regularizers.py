@@ -193,6 +193,9 @@ def kl_penalty(
 
 
 # ------------------------------------------------------------------------------------------------------------ SIREN
+_TOP_P_SLACK = 1e-6
+
+
 def top_p_entropy(
     logits: Tensor,
     *,
@@ -225,8 +228,9 @@ def top_p_entropy(
 
     Notes
     -----
-    The comparison ``c >= top_p`` is made on the float64 cumulative sum of the probabilities as computed, so a
-    float32 sum that lands one ulp above ``top_p`` (0.4 + 0.3 = 0.70000005 at ``top_p = 0.7``) does not flip it.
+    Tie rule: the comparison is ``c >= top_p - 1e-6`` on the float64 cumulative sum, so a boundary that is exact in
+    real arithmetic (0.4 + 0.3 = 0.7 at ``top_p = 0.7``: the crossing token is the second, one token is kept)
+    resolves the same way whether float32 rounding puts the sum a few ulps below or above ``top_p``.
 
     References
     ----------
@@ -256,7 +260,7 @@ def top_p_entropy(
     p = torch.exp(top - log_z)
     c = torch.cumsum(p.detach().to(torch.float64), dim=-1)
     ranks = torch.arange(k, device=logits.device)
-    cutoff = (c < top_p).sum(-1, keepdim=True)  # first rank with c >= top_p (k if none)
+    cutoff = (c < top_p - _TOP_P_SLACK).sum(-1, keepdim=True)  # first rank with c >= top_p (k if none)
     keep = ranks <= cutoff if include_crossing_token else ranks < cutoff
     kept = torch.where(keep, p, 0.0)
     q = kept / (kept.sum(-1, keepdim=True) + 1e-12)
