@@ -43,11 +43,19 @@ def check_policy_inputs(
         if not isinstance(entropy, Tensor) or entropy.shape != logp.shape:
             raise ValueError(f"entropy must be a tensor of shape {tuple(logp.shape)}, got {describe(entropy)}")
         tensors.append(("entropy", entropy))
-    for name, t in tensors:
-        bad = m & ~torch.isfinite(t)
-        if bool(bad.any()):
-            i, j = (int(k) for k in bad.nonzero()[0])
-            raise ValueError(f"{name} is not finite at valid position ({i}, {j}): {float(t[i, j])}")
+    # One fused pass in the common case: the sum of every input over valid positions is finite iff all of them are
+    # (inf - inf is NaN); only when it is not (or it overflowed) do we look for the culprit, for the message.
+    with torch.no_grad():
+        total = logp + old_logp + (advantages.unsqueeze(1) if advantages.ndim == 1 else advantages)
+        if entropy is not None:
+            total = total + entropy
+        ok = bool(torch.isfinite(torch.where(m, total, 0.0).sum()))
+    if not ok:
+        for name, t in tensors:
+            bad = m & ~torch.isfinite(t)
+            if bool(bad.any()):
+                i, j = (int(k) for k in bad.nonzero()[0])
+                raise ValueError(f"{name} is not finite at valid position ({i}, {j}): {float(t[i, j])}")
     return m, adv
 
 
@@ -77,6 +85,15 @@ def check_number(
             f"{high if high is not None else 'inf'}{hi}, got {v!r}"
         )
     return v
+
+
+def zero_masked_means(m: Tensor, *values: Tensor) -> list[Tensor]:
+    """Detached float32 means over valid tokens of tensors that are **already 0 at masked positions**: one stacked
+    reduction instead of a ``where`` per metric."""
+    with torch.no_grad():
+        n = m.sum().clamp_min(1).to(torch.float32)
+        sums = torch.stack([v.sum().to(torch.float32) for v in values])
+        return list((sums / n).unbind())
 
 
 def masked_mean(x: Tensor, m: Tensor) -> Tensor:

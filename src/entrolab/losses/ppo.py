@@ -12,7 +12,7 @@ from entrolab.losses._common import (
     check_policy_inputs,
     check_token_weights,
     finish_loss,
-    masked_mean,
+    zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
 from entrolab.losses.registry import register_policy_loss
@@ -35,21 +35,21 @@ def ppo_token_losses(
     ``eps_low`` and ``eps_high`` may be per-token tensors ``(B, T)`` (HAPO's adaptive clip)."""
     log_ratio = torch.where(m, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
-    a = torch.where(m, adv, 0.0)
+    a = torch.where(m, adv, 0.0)  # 0 at masked positions: every per-token loss below is then exactly 0 there
     unclipped = -a * ratio
     clipped = -a * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # type: ignore[arg-type]
     per_token = torch.maximum(unclipped, clipped)
-    metrics = {
-        "clipfrac": masked_mean(clipped > unclipped, m),
-        "approx_kl": masked_mean(-log_ratio, m),
-        "ratio_mean": masked_mean(ratio, m),
-    }
+    with torch.no_grad():
+        clipfrac, approx_kl, ratio_mean = zero_masked_means(
+            m, clipped > unclipped, log_ratio, torch.where(m, ratio, 0.0)
+        )
+    metrics = {"clipfrac": clipfrac, "approx_kl": -approx_kl, "ratio_mean": ratio_mean}
     if dual_clip is not None:
         floor = -a * dual_clip
         lower = (a < 0) & (per_token > floor)
         per_token = torch.where(lower, floor, per_token)
-        metrics["clipfrac_lower"] = masked_mean(lower, m)
-    return torch.where(m, per_token, 0.0), metrics
+        metrics["clipfrac_lower"] = zero_masked_means(m, lower)[0]
+    return per_token, metrics
 
 
 @register_policy_loss("ppo")
