@@ -15,7 +15,7 @@ from torch import Tensor
 
 from entrolab._validation import describe
 from entrolab.losses import _dist
-from entrolab.losses._common import check_number, check_policy_inputs, masked_mean
+from entrolab.losses._common import check_number, check_policy_inputs, masked_mean, zero_masked
 from entrolab.losses.cov import _covariance
 
 __all__ = [
@@ -202,12 +202,16 @@ def steer_omega(
     if entropy is None:
         raise ValueError("steer_omega needs entropy= (the old policy's token entropies, (B, T))")
     m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    return omega_unchecked(logp, old_logp, adv, m.to(logp.dtype), entropy)
+
+
+def omega_unchecked(logp: Tensor, old_logp: Tensor, adv: Tensor, mf: Tensor, entropy: Tensor) -> Tensor:
+    """:func:`steer_omega` on checked inputs with the float mask ``mf`` (exactly 0 at masked positions)."""
     with torch.no_grad():
-        x = torch.where(m, logp, -1.0).exp().clamp(1e-8, 1 - 1e-8)
-        p_old = torch.where(m, old_logp, 0.0).exp().clamp(1e-8, 1.0)
-        omega = adv / p_old * x * (1 - x) * (torch.log(x) + entropy)
-        omega = torch.where(m & torch.isfinite(omega), omega, 0.0)
-    return omega
+        x = torch.exp(zero_masked(logp.detach(), mf)).clamp(1e-8, 1 - 1e-8)
+        p_old = torch.exp(zero_masked(old_logp.detach(), mf)).clamp(1e-8, 1.0)
+        omega = zero_masked(adv, mf) / p_old * x * (1 - x) * (torch.log(x) + zero_masked(entropy.detach(), mf))
+        return torch.nan_to_num(omega, nan=0.0, posinf=0.0, neginf=0.0) * mf
 
 
 class EntropyLawFit(NamedTuple):

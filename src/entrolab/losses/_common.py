@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
 from entrolab._validation import describe
-from entrolab.losses.aggregation import Aggregation, aggregate, as_mask
+from entrolab.losses.aggregation import Aggregation, aggregate_zero_masked, as_mask
 
 LOG_RATIO_CLAMP = 20.0  # verl's convention: exp(+-20) bounds the ratio; the gradient is zero beyond it
 
@@ -43,13 +45,16 @@ def check_policy_inputs(
         if not isinstance(entropy, Tensor) or entropy.shape != logp.shape:
             raise ValueError(f"entropy must be a tensor of shape {tuple(logp.shape)}, got {describe(entropy)}")
         tensors.append(("entropy", entropy))
-    # One fused pass in the common case: the sum of every input over valid positions is finite iff all of them are
-    # (inf - inf is NaN); only when it is not (or it overflowed) do we look for the culprit, for the message.
+    # Fast path: the sum of the inputs is finite wherever all of them are (inf - inf is NaN).  nan_to_num maps every
+    # non-finite value to the dtype's max, the float mask zeroes padding, and one amax finds any valid culprit (a
+    # legitimate value at the dtype's max would only trigger the exact search below, which then passes).
     with torch.no_grad():
         total = logp + old_logp + (advantages.unsqueeze(1) if advantages.ndim == 1 else advantages)
         if entropy is not None:
             total = total + entropy
-        ok = bool(torch.isfinite(torch.where(m, total, 0.0).sum()))
+        big = torch.finfo(total.dtype).max
+        flagged = torch.nan_to_num(total, nan=big, posinf=big, neginf=big).abs_() * m
+        ok = total.numel() == 0 or bool(flagged.amax() < big)
     if not ok:
         for name, t in tensors:
             bad = m & ~torch.isfinite(t)
@@ -85,6 +90,49 @@ def check_number(
             f"{high if high is not None else 'inf'}{hi}, got {v!r}"
         )
     return v
+
+
+class _ZeroMasked(torch.autograd.Function):
+    """``x`` with masked positions set to exactly 0 (whatever they held), gradient ``grad * mask``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, mf: Tensor) -> Tensor:
+        ctx.save_for_backward(mf)
+        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) * mf
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (mf,) = ctx.saved_tensors
+        return grad * mf, None
+
+
+def zero_masked(x: Tensor, mf: Tensor) -> Tensor:
+    """``where(mask, x, 0)`` for a float mask ``mf`` (1 valid, 0 padding), as two fast elementwise ops.
+
+    ``torch.where`` with a bool condition is several times slower than a multiply on CPU builds; this is the
+    losses' way of discarding padding garbage (NaN, inf) so that everything downstream can use arithmetic.
+    """
+    if x.requires_grad:
+        return _ZeroMasked.apply(x, mf)  # type: ignore[no-any-return]
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) * mf
+
+
+def float_mask(m: Tensor, dtype: torch.dtype) -> Tensor:
+    return m.to(dtype)
+
+
+def order_statistics(values: Tensor, ks: list[int]) -> Tensor:
+    """The ``k``-th smallest entries (0-based ``ks``) of a 1-D tensor, ``(len(ks),)``, detached.
+
+    On the CPU this is one ``numpy.partition`` call (introselect: about 8x faster than ``torch.kthvalue`` there, and
+    both order statistics of a linear quantile come from one pass); elsewhere ``torch.kthvalue`` per ``k``.
+    """
+    x = values.detach()
+    if x.device.type == "cpu":
+        arr = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
+        part = np.partition(arr, ks)
+        return torch.from_numpy(part[ks].copy()).to(x.dtype)
+    return torch.stack([torch.kthvalue(x, k + 1).values for k in ks])
 
 
 def zero_masked_means(m: Tensor, *values: Tensor) -> list[Tensor]:
@@ -168,9 +216,12 @@ def finish_loss(
     entropy: Tensor | None,
     token_weights: Tensor | None = None,
 ) -> LossOutput:
-    """Aggregate the per-token losses (times ``token_weights``, with the counts of ``m``); add the entropy metric."""
+    """Aggregate per-token losses that are **exactly 0 at masked positions** (times ``token_weights``, with the
+    counts of ``m``); add the entropy metric."""
     if entropy is not None:
         metrics["entropy"] = masked_mean(entropy, m)
     if token_weights is not None:
-        per_token = torch.where(m & (token_weights != 0), per_token * token_weights, 0.0)
-    return LossOutput(aggregate(per_token, m, Aggregation.of(agg)), metrics)  # type: ignore[arg-type]
+        w = token_weights if token_weights.dtype == torch.bool else zero_masked(token_weights, m.to(per_token.dtype))
+        per_token = per_token * w
+    spec = Aggregation.of(agg)  # type: ignore[arg-type]
+    return LossOutput(aggregate_zero_masked(per_token, m, spec), metrics)

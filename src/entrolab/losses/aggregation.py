@@ -174,7 +174,12 @@ def aggregate(
     if values.ndim < 1:
         raise ValueError(f"values must have at least one (token) dimension, got shape {tuple(values.shape)}")
     m = as_mask(mask, values.shape)
-    masked = torch.where(m, values, 0.0)
+    return aggregate_zero_masked(torch.where(m, values, 0.0), m, spec)
+
+
+def aggregate_zero_masked(masked: Tensor, m: Tensor, spec: Aggregation) -> Tensor:
+    """:func:`aggregate` for values already exactly 0 at masked positions (the losses' fast path; not public)."""
+    values = masked
     per_seq = masked.sum(-1)  # (B,) S_i
     counts = m.sum(-1)  # (B,) n_i
     zero = values.new_zeros(())

@@ -12,25 +12,27 @@ from entrolab._typing import LossOutput
 from entrolab._validation import describe
 from entrolab.losses import _dist
 from entrolab.losses._common import (
-    LOG_RATIO_CLAMP,
     check_compat,
     check_number,
     check_policy_inputs,
     check_token_weights,
     finish_loss,
-    masked_mean,
+    zero_masked,
+    zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
+from entrolab.losses.ppo import ppo_core, ppo_metrics
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["entropy_aware_advantages", "entropy_balanced"]
 
 
 def _entropy_z(
-    entropy: Tensor, m: Tensor, entropy_stats: tuple[Any, Any] | None, group: Any
+    entropy: Tensor, m: Tensor, entropy_stats: tuple[Any, Any] | None, group: Any, mf: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``z = (H - mean) / std`` over valid tokens (unbiased std; std 0 or undefined -> 1), detached."""
-    h = entropy.detach()
+    """``z = (H - mean) / std`` over valid tokens (unbiased std; std 0 or undefined -> 1), detached, 0 at padding."""
+    mf = m.to(entropy.dtype) if mf is None else mf
+    h = zero_masked(entropy.detach(), mf)
     if entropy_stats is not None:
         if not isinstance(entropy_stats, tuple | list) or len(entropy_stats) != 2:
             raise ValueError(f"entropy_stats must be a pair (mean, std), got {entropy_stats!r}")
@@ -39,15 +41,15 @@ def _entropy_z(
         if not bool(torch.isfinite(mean) & torch.isfinite(std) & (std >= 0)):
             raise ValueError(f"entropy_stats must be finite with std >= 0, got {entropy_stats!r}")
     else:
-        hv = torch.where(m, h, 0.0).to(torch.float64)
-        sums = _dist.all_sum(torch.stack([hv.sum(), (hv * hv).sum(), m.sum().to(torch.float64)]), group)
+        hv = h.to(torch.float64)
+        sums = _dist.all_sum(torch.stack([hv.sum(), (hv * hv).sum(), mf.sum().to(torch.float64)]), group)
         n = sums[2]
         mean64 = sums[0] / n.clamp_min(1)
         var = ((sums[1] - n * mean64 * mean64) / (n - 1).clamp_min(1)).clamp_min(0)
         mean = mean64.to(h.dtype)
         std = torch.where(n > 1, var.sqrt(), 0.0).to(h.dtype)
     std = torch.where(std > 0, std, 1.0)
-    return torch.where(m, (h - mean) / std, 0.0), mean, std
+    return (h - mean) / std * mf, mean, std
 
 
 def entropy_aware_advantages(
@@ -184,35 +186,24 @@ def entropy_balanced(
     compat = check_compat(compat)
     weights = check_token_weights(token_weights, m)
     group = _dist.resolve_group(global_stats, process_group)
-    metrics: dict[str, Tensor] = {}
-    a = torch.where(m, adv, 0.0)
+    mf = m.to(logp.dtype)
+    a = zero_masked(adv, mf)
+    adv_metric = None
     if entropy_advantage and compat == "paper":
         if entropy is None:
             raise ValueError(
                 "entropy_balanced needs entropy= for its entropy-aware advantage (the authors' configs silently "
                 "skip it); pass entropy_advantage=False to turn it off"
             )
-        z, _, _ = _entropy_z(entropy, m, entropy_stats, group)
-        a = torch.where(m, a * (1 + entropy_adv_coef * z.to(a.dtype)), 0.0)
-        metrics["entropy_adv_mean"] = masked_mean(a, m)
-
-    log_ratio = torch.where(m, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    r = torch.exp(log_ratio)
-    top = r > 1 + eps_high
-    # (1 + eps_high) r / sg(r): the value of the clip bound, with r's gradient
-    clipped_r = torch.where(top, (1 + eps_high) * r / r.detach(), r.clamp_min(1 - eps_low))
-    unclipped = -a * r
-    clipped = -a * clipped_r
-    per_token = torch.maximum(unclipped, clipped)
-    metrics.update(
-        clipfrac=masked_mean(clipped > unclipped, m),
-        clipfrac_high=masked_mean(top & (a > 0), m),
-        approx_kl=masked_mean(-log_ratio, m),
-        ratio_mean=masked_mean(r, m),
+        z, _, _ = _entropy_z(entropy, m, entropy_stats, group, mf=mf)
+        a = a * (1 + entropy_adv_coef * z.to(a.dtype))
+        adv_metric = a
+    per_token, terms = ppo_core(
+        logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, top_gradient=True
     )
-    if dual_clip is not None:
-        floor = -a * dual_clip
-        lower = (a < 0) & (per_token > floor)
-        per_token = torch.where(lower, floor, per_token)
-        metrics["clipfrac_lower"] = masked_mean(lower, m)
-    return finish_loss(torch.where(m, per_token, 0.0), m, agg, metrics, entropy, weights)
+    metrics = ppo_metrics(m, mf, terms)
+    (high,) = zero_masked_means(m, terms.clipped & (terms.ratio > 1 + eps_high))
+    metrics["clipfrac_high"] = high
+    if adv_metric is not None:
+        metrics["entropy_adv_mean"] = zero_masked_means(m, adv_metric)[0]
+    return finish_loss(per_token, m, agg, metrics, entropy, weights)

@@ -19,22 +19,24 @@ from torch import Tensor
 from entrolab._typing import LossOutput
 from entrolab.losses import _dist
 from entrolab.losses._common import (
-    LOG_RATIO_CLAMP,
     check_local_stat,
     check_number,
     check_policy_inputs,
     check_token_weights,
     finish_loss,
-    masked_mean,
+    order_statistics,
+    zero_masked,
+    zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
+from entrolab.losses.ppo import ppo_core, ppo_metrics
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["clip_cov", "kl_cov", "token_covariance"]
 
 
 def _center(
-    logp: Tensor, adv: Tensor, m: Tensor, cov_center: tuple[Any, Any] | None, group: Any
+    logp: Tensor, adv: Tensor, m: Tensor, cov_center: tuple[Any, Any] | None, group: Any, mf: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     if cov_center is not None:
         if not isinstance(cov_center, tuple | list) or len(cov_center) != 2:
@@ -43,12 +45,12 @@ def _center(
         mean_lp = check_local_stat("cov_center[1]", cov_center[1])
         assert mean_a is not None and mean_lp is not None
         return mean_a.to(adv), mean_lp.to(logp)
-    lp = logp.detach()
+    mf = m.to(logp.dtype) if mf is None else mf
     sums = torch.stack(
         [
-            torch.where(m, adv, 0.0).sum().to(torch.float64),
-            torch.where(m, lp, 0.0).sum().to(torch.float64),
-            m.sum().to(torch.float64),
+            zero_masked(adv.detach(), mf).sum().to(torch.float64),
+            zero_masked(logp.detach(), mf).sum().to(torch.float64),
+            mf.sum().to(torch.float64),
         ]
     )
     sums = _dist.all_sum(sums, group)
@@ -101,10 +103,11 @@ def token_covariance(
     return _covariance(logp, adv, m, cov_center, _dist.resolve_group(global_stats, process_group))
 
 
-def _covariance(logp: Tensor, adv: Tensor, m: Tensor, cov_center: Any, group: Any) -> Tensor:
-    mean_a, mean_lp = _center(logp, adv, m, cov_center, group)
-    cov = (adv.detach() - mean_a) * (logp.detach() - mean_lp)
-    return torch.where(m, cov, 0.0)
+def _covariance(logp: Tensor, adv: Tensor, m: Tensor, cov_center: Any, group: Any, mf: Tensor | None = None) -> Tensor:
+    """Per-token centred products, exactly 0 at masked positions (detached)."""
+    mf = m.to(logp.dtype) if mf is None else mf
+    mean_a, mean_lp = _center(logp, adv, m, cov_center, group, mf)
+    return (zero_masked(adv.detach(), mf) - mean_a) * (zero_masked(logp.detach(), mf) - mean_lp) * mf
 
 
 def _select_count(ratio: float, n_total: int) -> int:
@@ -141,8 +144,29 @@ def _topk_by_value_then_index(values: Tensor, gidx: Tensor, k: int) -> tuple[Ten
     return v[order[k - 1]], i[order[k - 1]]
 
 
+def _local_top_k(cov: Tensor, m: Tensor, k: int) -> Tensor:
+    """Mask of the ``k`` valid tokens with the largest ``cov`` (0 at padding), ties broken by row-major position."""
+    if k == 0:
+        return torch.zeros_like(m)
+    big = torch.finfo(cov.dtype).max
+    full = (cov + (m.to(cov.dtype) - 1) * big).reshape(-1)  # padding -> -max, valid unchanged, no bool where
+    n = full.numel()
+    n_valid = int(m.sum())
+    if k < n_valid:
+        below, kth = order_statistics(full, [n - k - 1, n - k])  # the (k+1)-th and k-th largest
+    else:
+        below, kth = full.new_tensor(-big), order_statistics(full, [n - k])[0]
+    if bool(below == kth):  # a tie straddles the boundary: resolve it by position
+        greater = full > kth
+        tied = full == kth
+        return (greater | (tied & (torch.cumsum(tied, 0) <= k - greater.sum()))).view_as(m)
+    return (full >= kth).view_as(m)
+
+
 def _top_k(cov: Tensor, m: Tensor, n_select: int, group: Any) -> Tensor:
     """Mask of the ``n_select`` valid tokens with the largest ``cov`` (ties by row-major index), over all ranks."""
+    if group is None:
+        return _local_top_k(cov, m, min(n_select, int(m.sum())))
     values = cov[m]  # (N,) row-major
     n_local = values.numel()
     offset, total = _dist.rank_offset(n_local, cov.device, group)
@@ -164,13 +188,7 @@ def _top_k(cov: Tensor, m: Tensor, n_select: int, group: Any) -> Tensor:
         all_i = _dist.gather_concat(cand_i, group)
         kth_v, kth_i = _topk_by_value_then_index(all_v, all_i, k)
     else:
-        kth_v = torch.topk(values, k).values[-1]
-        greater = values > kth_v
-        need = k - greater.sum()
-        tied = values == kth_v
-        keep = greater | (tied & (torch.cumsum(tied, 0) <= need))
-        chosen[m] = keep
-        return chosen
+        return _local_top_k(cov, m, k)
     chosen[m] = (values > kth_v) | ((values == kth_v) & (gidx <= kth_i))
     return chosen
 
@@ -264,32 +282,17 @@ def clip_cov(
     weights = check_token_weights(token_weights, m)
     group = _dist.resolve_group(global_stats, process_group)
 
-    log_ratio = torch.where(m, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    r = torch.exp(log_ratio)
-    a = torch.where(m, adv, 0.0)
-    l1 = -a * r
-    l2 = -a * r.clamp(1.0 - eps_low, 1.0 + eps_high)
-    by_origin = (l2 > l1) & m
-    per_token = torch.maximum(l1, l2)
-    metrics = {"clipfrac": masked_mean(by_origin, m)}
-    if dual_clip is not None:
-        floor = -a * dual_clip
-        lower = (a < 0) & (per_token > floor)
-        per_token = torch.where(lower, floor, per_token)
-        metrics["clipfrac_lower"] = masked_mean(lower, m)
-
-    cov = _covariance(logp, a, m, cov_center, group)
-    cand = m & ~by_origin & (cov > cov_lb) & (cov < cov_ub)
+    mf = m.to(logp.dtype)
+    a = zero_masked(adv, mf)
+    per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
+    metrics = ppo_metrics(m, mf, terms)
+    cov = _covariance(logp, a, m, cov_center, group, mf=mf)
+    cand = m & ~terms.clipped & (cov > cov_lb) & (cov < cov_ub)
     n_valid = _dist.all_sum(m.sum(), group)
     chosen = _random_subset(cand, _select_count(ratio, int(n_valid)), generator, group)
-    per_token = torch.where(chosen | ~m, 0.0, per_token)
-    metrics.update(
-        covclip_frac=masked_mean(chosen, m),
-        cov_candidate_frac=masked_mean(cand, m),
-        cov_mean=masked_mean(cov, m),
-        approx_kl=masked_mean(-log_ratio, m),
-        ratio_mean=masked_mean(r, m),
-    )
+    per_token = per_token * ~chosen  # value 0 and gradient 0; the token stays in every denominator
+    covclip, candidates, cov_mean = zero_masked_means(m, chosen, cand, cov)
+    metrics.update(covclip_frac=covclip, cov_candidate_frac=candidates, cov_mean=cov_mean)
     return finish_loss(per_token, m, agg, metrics, entropy, weights)
 
 
@@ -358,21 +361,23 @@ def kl_cov(
     weights = check_token_weights(token_weights, m)
     group = _dist.resolve_group(global_stats, process_group)
 
-    diff = torch.where(m, logp - old_logp, 0.0)
-    log_ratio = diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    r = torch.exp(log_ratio)
-    a = torch.where(m, adv, 0.0)
-    per_token = -a * r
-    cov = _covariance(logp, a, m, cov_center, group)
+    mf = m.to(logp.dtype)
+    a = zero_masked(adv, mf)
+    # no PPO clip: eps_low = 1 and eps_high = inf make the clip inactive (l = -A r, gradient -A r everywhere)
+    per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=1.0, eps_high=math.inf, dual_clip=None)
+    cov = _covariance(logp, a, m, cov_center, group, mf=mf)
     n_valid = _dist.all_sum(m.sum(), group)
     chosen = _top_k(cov, m, _select_count(ratio, int(n_valid)), group)
-    penalty = diff.abs()
-    per_token = torch.where(chosen, per_token + kl_coef * penalty, per_token)
+    penalty = (zero_masked(logp, mf) - zero_masked(old_logp, mf)).abs()
+    per_token = per_token + (kl_coef * chosen) * penalty
+    frac, kl_sel, cov_mean, approx_kl, ratio_mean = zero_masked_means(
+        m, chosen, penalty.detach() * chosen, cov, terms.log_ratio, terms.ratio * mf
+    )
     metrics = {
-        "klcov_frac": masked_mean(chosen, m),
-        "klcov_abs_log_ratio": masked_mean(penalty, chosen),
-        "cov_mean": masked_mean(cov, m),
-        "approx_kl": masked_mean(-log_ratio, m),
-        "ratio_mean": masked_mean(r, m),
+        "klcov_frac": frac,
+        "klcov_abs_log_ratio": kl_sel / frac.clamp_min(1e-30),  # mean over the penalised tokens (0 if none)
+        "cov_mean": cov_mean,
+        "approx_kl": -approx_kl,
+        "ratio_mean": ratio_mean,
     }
     return finish_loss(per_token, m, agg, metrics, entropy, weights)

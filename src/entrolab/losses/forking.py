@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any
@@ -12,27 +13,34 @@ from torch import Tensor
 from entrolab._typing import LossOutput
 from entrolab._validation import describe
 from entrolab.losses import _dist
-from entrolab.losses._common import check_local_stat, check_number, check_policy_inputs, masked_mean
+from entrolab.losses._common import (
+    check_local_stat,
+    check_number,
+    check_policy_inputs,
+    masked_mean,
+    order_statistics,
+)
 from entrolab.losses.aggregation import Aggregation, as_mask
 from entrolab.losses.registry import get_policy_loss, register_policy_loss
 
 __all__ = ["high_entropy_mask", "high_entropy_tokens", "linear_quantile"]
 
 
-def linear_quantile(values: Tensor, q: float) -> Tensor:
+def linear_quantile(values: Tensor, q: float, *, num_valid: int | None = None) -> Tensor:
     """``torch.quantile(values, q)`` (linear interpolation) of a 1-D tensor, also beyond 2^24 elements.
 
-    ``torch.quantile`` refuses inputs above 2^24 elements (pytorch issue #64947); this uses two ``kthvalue`` calls
-    instead of a sort.  An empty input gives 0.
+    ``torch.quantile`` refuses inputs above 2^24 elements (pytorch issue #64947) and sorts; this takes the two order
+    statistics it needs by selection.  With ``num_valid``, only the ``num_valid`` smallest entries count (the rest
+    being ``+inf`` padding).  An empty input gives 0.
     """
-    n = values.numel()
+    n = values.numel() if num_valid is None else num_valid
     if n == 0:
         return values.new_zeros(())
     pos = q * (n - 1)
     lo = min(math.floor(pos), n - 1)
     hi = min(lo + 1, n - 1)
-    v_lo = torch.kthvalue(values, lo + 1).values
-    v_hi = torch.kthvalue(values, hi + 1).values if hi != lo else v_lo
+    v = order_statistics(values, [lo, hi] if hi != lo else [lo])
+    v_lo, v_hi = v[0], v[-1]
     return torch.lerp(v_lo, v_hi, torch.tensor(pos - lo, dtype=values.dtype, device=values.device))
 
 
@@ -92,8 +100,16 @@ def high_entropy_mask(
         assert tau is not None
         tau = tau.to(h)
     else:
-        tau = linear_quantile(_dist.gather_concat(h[m], group), 1.0 - rho)
+        if group is None:  # +inf at padding: the order statistics of the valid entries, without a gather
+            tau = linear_quantile(torch.where(m, h, float("inf")).reshape(-1), 1.0 - rho, num_valid=int(m.sum()))
+        else:
+            tau = linear_quantile(_dist.gather_concat(h[m], group), 1.0 - rho)
     return m & (h >= tau), tau
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters(fn: Any) -> Any:
+    return inspect.signature(fn).parameters
 
 
 @register_policy_loss("high_entropy_tokens")
@@ -152,7 +168,7 @@ def high_entropy_tokens(
     if base == "high_entropy_tokens":
         raise ValueError("base must be another loss, not 'high_entropy_tokens' itself")
     fn = get_policy_loss(base)
-    params = inspect.signature(fn).parameters
+    params = _parameters(fn)
     if "token_weights" not in params:
         raise TypeError(f"base loss {base!r} does not accept token_weights, so the 80/20 mask cannot be applied")
     m, _ = check_policy_inputs(logp, old_logp, advantages, mask, entropy)

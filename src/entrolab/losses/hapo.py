@@ -16,11 +16,13 @@ from entrolab.losses._common import (
     check_policy_inputs,
     check_token_weights,
     finish_loss,
-    masked_mean,
+    order_statistics,
+    zero_masked,
+    zero_masked_means,
 )
 from entrolab.losses.advantages import _groups, grpo_advantages
 from entrolab.losses.aggregation import Aggregation, as_mask
-from entrolab.losses.ppo import ppo_token_losses
+from entrolab.losses.ppo import ppo_core, ppo_metrics
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["HapoEntropyStats", "hapo", "hapo_normalized_entropy", "hapo_token_level_advantages"]
@@ -39,14 +41,15 @@ class HapoEntropyStats(NamedTuple):
     """``min(h)`` over non-positive ``h``, capped at -1e-8."""
 
 
-def _nearest_quantile(values: Tensor, q: float) -> Tensor:
-    """``torch.quantile(values, q, interpolation="nearest")`` without its 2^24-element limit."""
-    n = values.numel()
+def _nearest_quantile(values: Tensor, q: float, *, num_valid: int | None = None) -> Tensor:
+    """``torch.quantile(values, q, interpolation="nearest")`` without its 2^24-element limit (``+inf`` padding
+    beyond ``num_valid``)."""
+    n = values.numel() if num_valid is None else num_valid
     if n == 0:
         return values.new_zeros(())
     pos = torch.tensor(q, dtype=values.dtype) * (n - 1)
     idx = int(torch.round(pos))  # half to even, as torch.quantile
-    return torch.kthvalue(values, idx + 1).values
+    return order_statistics(values, [idx])[0]
 
 
 def hapo_normalized_entropy(
@@ -101,29 +104,52 @@ def hapo_normalized_entropy(
     if not isinstance(entropy, Tensor) or not entropy.dtype.is_floating_point:
         raise TypeError(f"entropy must be a floating tensor, got {describe(entropy)}")
     m = as_mask(mask, entropy.shape)
-    if bool((m & ~torch.isfinite(entropy)).any()) or bool((m & (entropy < 0)).any()):
-        raise ValueError("entropy must be finite and >= 0 at valid positions")
+    if bool((m & ~torch.isfinite(entropy)).any()):
+        raise ValueError("entropy is not finite at a valid position")
+    return _normalized(entropy, m, m.to(entropy.dtype), entropy_pivot, compat, stats, global_stats, process_group)
+
+
+def _normalized(
+    entropy: Tensor,
+    m: Tensor,
+    mf: Tensor,
+    entropy_pivot: object,
+    compat: str,
+    stats: HapoEntropyStats | None,
+    global_stats: bool,
+    process_group: Any,
+) -> tuple[Tensor, HapoEntropyStats]:
+    """:func:`hapo_normalized_entropy` on finite-at-valid ``entropy`` with float mask ``mf``."""
     q = check_number("entropy_pivot", entropy_pivot, low=0.0, high=1.0)
     compat = check_compat(compat)
     group = _dist.resolve_group(global_stats, process_group)
     with torch.no_grad():
-        ell = torch.log(torch.where(m, entropy, 1.0).clamp_min(1e-8))
+        h_s = zero_masked(entropy.detach(), mf)
+        if h_s.numel() and bool(h_s.amin() < 0):
+            raise ValueError("entropy must be >= 0 at valid positions")
+        ell = torch.log((h_s + (1 - mf)).clamp_min(1e-8))  # padding -> log(1) = 0
         if stats is None:
-            pivot = _nearest_quantile(_dist.gather_concat(ell[m], group), q)
-            sq = _dist.all_sum(torch.where(m, (ell - pivot) ** 2, 0.0).sum(), group)
+            n_local = int(m.sum())
+            if group is None:
+                big = torch.finfo(ell.dtype).max
+                pivot = _nearest_quantile((ell + (1 - mf) * big).reshape(-1), q, num_valid=n_local)
+            else:
+                pivot = _nearest_quantile(_dist.gather_concat(ell[m], group), q)
+            dev = (ell - pivot) * mf
+            sq = _dist.all_sum((dev * dev).sum(), group)
             n = _dist.all_sum(m.sum(), group).clamp_min(1)
             scale = (sq / n).sqrt().clamp_min(1e-8)
-            h = torch.where(m, (ell - pivot) / scale, 0.0)
+            h = dev / scale
             pos_max = _dist.all_max(h.amax() if h.numel() else h.new_zeros(()), group).clamp_min(1e-8)
             neg_min = _dist.all_min(h.amin() if h.numel() else h.new_zeros(()), group).clamp_max(-1e-8)
             stats = HapoEntropyStats(pivot, scale, pos_max, neg_min)
         else:
             if not isinstance(stats, HapoEntropyStats):
                 raise TypeError(f"stats must be a HapoEntropyStats, got {describe(stats)}")
-            h = torch.where(m, (ell - stats.pivot_value) / stats.scale, 0.0)
+            h = (ell - stats.pivot_value) / stats.scale * mf
         neg_scale = stats.neg_min if compat == "code" else -stats.neg_min
-        h_hat = torch.where(h > 0, h / stats.pos_max, h / neg_scale).clamp(-1.0, 1.0)
-        return torch.where(m, h_hat, 0.0), stats
+        h_hat = (h.clamp_min(0) / stats.pos_max + h.clamp_max(0) / neg_scale).clamp(-1.0, 1.0) * mf
+        return h_hat, stats
 
 
 @register_policy_loss("hapo")
@@ -196,30 +222,21 @@ def hapo(
     clip_alpha = check_number("clip_alpha", clip_alpha, low=0.0)
     adv_beta = check_number("adv_beta", adv_beta, low=0.0)
     weights = check_token_weights(token_weights, m)
-    h_hat, _ = hapo_normalized_entropy(
-        entropy,
-        m,
-        entropy_pivot=entropy_pivot,
-        compat=compat,
-        stats=entropy_stats,
-        global_stats=global_stats,
-        process_group=process_group,
-    )
-    h_hat = h_hat.to(logp.dtype)
-    high = h_hat > 0
-    el = torch.where(high, eps_low, eps_low * (1 - clip_alpha * h_hat))
-    eh = torch.where(high, eps_high * (1 + clip_alpha * h_hat), eps_high)
+    mf = m.to(logp.dtype)
+    h_hat, _ = _normalized(entropy, m, mf, entropy_pivot, compat, entropy_stats, global_stats, process_group)
+    h = h_hat.to(logp.dtype)
+    el = eps_low * (1 - clip_alpha * h.clamp_max(0))  # h <= 0: the low clip widens
+    eh = eps_high * (1 + clip_alpha * h.clamp_min(0))  # h > 0: the high clip widens
+    a = zero_masked(adv, mf)
     with torch.no_grad():
-        r = torch.where(m, logp - old_logp, 0.0).clamp(-20, 20).exp()
+        r = torch.exp((zero_masked(logp.detach(), mf) - zero_masked(old_logp, mf)).clamp(-20, 20))
         in_zone = (r > 1 - el / 2) & (r < 1 + eh / 2)
-        use_ent = torch.where(high, ~in_zone, in_zone)
-    a = torch.where(use_ent, adv * (1 + adv_beta * h_hat), adv)
-    per_token, metrics = ppo_token_losses(logp, old_logp, a, m, eps_low=el, eps_high=eh, dual_clip=dual_clip)
-    metrics.update(
-        hapo_h_mean=masked_mean(h_hat, m),
-        hapo_high_frac=masked_mean(high, m),
-        hapo_adv_changed_frac=masked_mean(use_ent & (h_hat != 0), m),
-    )
+        use_ent = (h > 0) ^ in_zone  # high entropy: A_ent outside the zone; low entropy: A_ent inside it
+    a = a * (1 + adv_beta * h * use_ent)
+    per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=el, eps_high=eh, dual_clip=dual_clip)
+    metrics = ppo_metrics(m, mf, terms)
+    h_mean, high_frac, changed = zero_masked_means(m, h, h > 0, use_ent & (h != 0))
+    metrics.update(hapo_h_mean=h_mean, hapo_high_frac=high_frac, hapo_adv_changed_frac=changed)
     return finish_loss(per_token, m, agg, metrics, entropy, weights)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -12,12 +14,104 @@ from entrolab.losses._common import (
     check_policy_inputs,
     check_token_weights,
     finish_loss,
+    zero_masked,
     zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
 from entrolab.losses.registry import register_policy_loss
 
-__all__ = ["ppo", "ppo_token_losses"]
+__all__ = ["PPOTerms", "ppo", "ppo_core", "ppo_metrics", "ppo_token_losses"]
+
+
+class PPOTerms(NamedTuple):
+    """What :func:`ppo_core` computes besides the per-token loss (all detached, 0 or False at masked positions)."""
+
+    log_ratio: Tensor
+    ratio: Tensor
+    clipped: Tensor
+    """bool: the clipped branch is strictly larger (PPO's ``clipfrac``; Clip-Cov's ``clip_by_origin``)."""
+    lower: Tensor | None
+    """bool: dual-clip active (``None`` without dual-clip)."""
+
+
+class _PPOSurrogate(torch.autograd.Function):
+    """Per-token clipped surrogate with its analytic gradient: one saved coefficient, one multiply in backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logp: Tensor,
+        old_logp: Tensor,
+        a: Tensor,
+        mf: Tensor,
+        eps_low: float | Tensor,
+        eps_high: float | Tensor,
+        dual_clip: float | None,
+        top_gradient: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        raw = zero_masked(logp, mf) - zero_masked(old_logp, mf)
+        log_ratio = raw.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        ratio = torch.exp(log_ratio)
+        unclipped = -a * ratio
+        high = 1.0 + eps_high
+        clipped = -a * torch.clamp(ratio, 1.0 - eps_low, high)  # type: ignore[arg-type]
+        per_token = torch.maximum(unclipped, clipped)
+        sel = clipped > unclipped
+        # d l / d logp: -A r on the unclipped branch (ties included, as autograd's max/clamp give), 0 when clipped
+        coef = unclipped * ~sel
+        if top_gradient:  # AEPO-EB's stop-gradient high clip: (1 + eps_high)(-A) on top-clipped tokens
+            coef = coef + (-a * high) * (sel & (ratio > high))
+        lower = None
+        if dual_clip is not None:
+            floor = -a * dual_clip
+            lower = (a < 0) & (per_token > floor)
+            per_token = torch.where(lower, floor, per_token)
+            coef = coef * ~lower
+        coef = coef * (raw.abs() <= LOG_RATIO_CLAMP) * mf  # the clamp zeroes the gradient beyond +-20
+        ctx.save_for_backward(coef)
+        ctx.mark_non_differentiable(log_ratio, ratio, sel)
+        return per_token, log_ratio, ratio, sel, lower
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+        (coef,) = ctx.saved_tensors
+        return grad * coef, None, None, None, None, None, None, None
+
+
+def ppo_core(
+    logp: Tensor,
+    old_logp: Tensor,
+    a: Tensor,
+    mf: Tensor,
+    *,
+    eps_low: float | Tensor,
+    eps_high: float | Tensor,
+    dual_clip: float | None,
+    top_gradient: bool = False,
+) -> tuple[Tensor, PPOTerms]:
+    """Per-token PPO losses ``(B, T)``, exactly 0 at masked positions, and the detached terms behind them.
+
+    ``a`` must already be 0 at masked positions and ``mf`` is the float mask.  ``eps_low``/``eps_high`` may be
+    per-token tensors (HAPO).  The gradient flows to ``logp`` only (``old_logp`` and ``a`` are constants of the
+    surrogate); it is the analytic ``-A r`` on the unclipped branch and 0 elsewhere, in one multiply, which
+    ``tests/test_losses_fastpath_on_cpu.py`` checks against plain autograd in float64.
+    """
+    per_token, log_ratio, ratio, sel, lower = _PPOSurrogate.apply(
+        logp, old_logp.detach(), a.detach(), mf, eps_low, eps_high, dual_clip, top_gradient
+    )
+    return per_token, PPOTerms(log_ratio, ratio, sel, lower)
+
+
+def ppo_metrics(m: Tensor, mf: Tensor, terms: PPOTerms) -> dict[str, Tensor]:
+    """``clipfrac``, ``approx_kl``, ``ratio_mean`` (and ``clipfrac_lower``) in one stacked reduction."""
+    values = [terms.clipped, terms.log_ratio, terms.ratio * mf]
+    if terms.lower is not None:
+        values.append(terms.lower)
+    means = zero_masked_means(m, *values)
+    metrics = {"clipfrac": means[0], "approx_kl": -means[1], "ratio_mean": means[2]}
+    if terms.lower is not None:
+        metrics["clipfrac_lower"] = means[3]
+    return metrics
 
 
 def ppo_token_losses(
@@ -33,23 +127,11 @@ def ppo_token_losses(
     """Per-token PPO losses ``(B, T)`` (0 at masked positions) and their clip metrics; inputs already checked.
 
     ``eps_low`` and ``eps_high`` may be per-token tensors ``(B, T)`` (HAPO's adaptive clip)."""
-    log_ratio = torch.where(m, logp - old_logp, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)
-    a = torch.where(m, adv, 0.0)  # 0 at masked positions: every per-token loss below is then exactly 0 there
-    unclipped = -a * ratio
-    clipped = -a * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # type: ignore[arg-type]
-    per_token = torch.maximum(unclipped, clipped)
-    with torch.no_grad():
-        clipfrac, approx_kl, ratio_mean = zero_masked_means(
-            m, clipped > unclipped, log_ratio, torch.where(m, ratio, 0.0)
-        )
-    metrics = {"clipfrac": clipfrac, "approx_kl": -approx_kl, "ratio_mean": ratio_mean}
-    if dual_clip is not None:
-        floor = -a * dual_clip
-        lower = (a < 0) & (per_token > floor)
-        per_token = torch.where(lower, floor, per_token)
-        metrics["clipfrac_lower"] = zero_masked_means(m, lower)[0]
-    return per_token, metrics
+    mf = m.to(logp.dtype)
+    per_token, terms = ppo_core(
+        logp, old_logp, zero_masked(adv, mf), mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
+    )
+    return per_token, ppo_metrics(m, mf, terms)
 
 
 @register_policy_loss("ppo")

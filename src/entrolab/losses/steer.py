@@ -16,10 +16,11 @@ from entrolab.losses._common import (
     check_policy_inputs,
     check_token_weights,
     finish_loss,
-    masked_mean,
+    zero_masked,
+    zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
-from entrolab.losses.ppo import ppo_token_losses
+from entrolab.losses.ppo import ppo_core, ppo_metrics
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["steer", "steer_weights"]
@@ -83,14 +84,40 @@ def steer_weights(
     >>> [round(v, 4) for v in w[0].tolist()]
     [0.8819, 0.9682, 0.8]
     """
-    from entrolab.dynamics import steer_omega
-
     mode = check_choice("mode", mode, STEER_MODES)
-    lambda_min = check_number("lambda_min", lambda_min, low=0.0, low_open=True, high=1.0 if mode == "exp" else None)
-    lambda_max = check_number("lambda_max", lambda_max, low=lambda_min)
-    m, _ = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    lambda_min, lambda_max = _check_lambdas(lambda_min, lambda_max, mode)
+    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    mf = m.to(logp.dtype)
+    w = _weights(
+        logp, old_logp, adv, m, mf, entropy, lambda_min, lambda_max, mode, omega_range, global_stats, process_group
+    )
+    return w * mf + (1 - mf)
+
+
+def _check_lambdas(lambda_min: object, lambda_max: object, mode: str) -> tuple[float, float]:
+    low = check_number("lambda_min", lambda_min, low=0.0, low_open=True, high=1.0 if mode == "exp" else None)
+    return low, check_number("lambda_max", lambda_max, low=low)
+
+
+def _weights(
+    logp: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    m: Tensor,
+    mf: Tensor,
+    entropy: Tensor,
+    lambda_min: float,
+    lambda_max: float,
+    mode: str,
+    omega_range: Any,
+    global_stats: bool,
+    process_group: Any,
+) -> Tensor:
+    """Weights on checked inputs (values at masked positions unspecified)."""
+    from entrolab.dynamics import omega_unchecked
+
     group = _dist.resolve_group(global_stats, process_group)
-    mag = steer_omega(logp, old_logp, advantages, mask, entropy=entropy).abs()
+    mag = omega_unchecked(logp, old_logp, adv, mf, entropy).abs()  # 0 at padding
     if omega_range is not None:
         if not isinstance(omega_range, tuple | list) or len(omega_range) != 2:
             raise ValueError(f"omega_range must be a pair (min |Omega|, max |Omega|), got {omega_range!r}")
@@ -99,19 +126,19 @@ def steer_weights(
         if not bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0) & (hi >= lo)):
             raise ValueError(f"omega_range must satisfy 0 <= min <= max, finite; got {omega_range!r}")
     else:
-        hi = _dist.all_max(torch.where(m, mag, 0.0).amax() if mag.numel() else mag.new_zeros(()), group)
-        lo = _dist.all_min(torch.where(m, mag, float("inf")).amin() if mag.numel() else mag.new_zeros(()), group)
-        lo = torch.where(torch.isfinite(lo), lo, 0.0)
+        empty = mag.numel() == 0
+        hi = _dist.all_max(mag.new_zeros(()) if empty else mag.amax(), group)
+        big = torch.finfo(mag.dtype).max
+        lo = _dist.all_min(mag.new_tensor(big) if empty else (mag + (1 - mf) * big).amin(), group)
+        lo = torch.where(lo < big, lo, 0.0)
     with torch.no_grad():
         if mode == "exp":
             k = -math.log(lambda_min) / hi.clamp_min(_OMEGA_FLOOR)
-            w = torch.exp(-k * mag).clamp(lambda_min, 1.0)
-        else:
-            span = hi - lo
-            slope = (lambda_max - lambda_min) / torch.where(span > 0, span, 1.0)
-            w = (lambda_max - (mag - lo) * slope).clamp(lambda_min, lambda_max)
-            w = torch.where(span > 0, w, 0.5 * (lambda_min + lambda_max))
-        return torch.where(m, w, 1.0)
+            return torch.exp(-k * mag).clamp(lambda_min, 1.0)
+        span = hi - lo
+        if bool(span > 0):
+            return (lambda_max - (mag - lo) * ((lambda_max - lambda_min) / span)).clamp(lambda_min, lambda_max)
+        return torch.full_like(mag, 0.5 * (lambda_min + lambda_max))
 
 
 @register_policy_loss("steer")
@@ -175,29 +202,24 @@ def steer(
     if lambda_max is None:
         lambda_max = 1.0 if mode == "exp" else 1.2
     m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    lambda_min, lambda_max = _check_lambdas(lambda_min, lambda_max, mode)
     eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
     eps_high = check_number("eps_high", eps_high, low=0.0)
     if dual_clip is not None:
         dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
     weights = check_token_weights(token_weights, m)
-    w = steer_weights(
-        logp,
-        old_logp,
-        advantages,
-        mask,
-        entropy=entropy,
-        lambda_min=lambda_min,
-        lambda_max=lambda_max,
-        mode=mode,
-        omega_range=omega_range,
-        global_stats=global_stats,
-        process_group=process_group,
+    mf = m.to(logp.dtype)
+    w = _weights(
+        logp, old_logp, adv, m, mf, entropy, lambda_min, lambda_max, mode, omega_range, global_stats, process_group
     )
-    per_token, metrics = ppo_token_losses(
-        logp, old_logp, adv, m, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
+    # w > 0 and PPO's per-token loss is positively homogeneous in A: l(w A) = w l(A), gradient included
+    per_token, terms = ppo_core(
+        logp, old_logp, zero_masked(adv, mf) * w, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
     )
-    per_token = per_token * w.to(per_token.dtype)
-    metrics["steer_weight_mean"] = masked_mean(w, m)
-    low = torch.where(m, w, float("inf")).amin() if w.numel() else w.new_tensor(float("inf"))
-    metrics["steer_weight_min"] = torch.where(torch.isfinite(low), low, 1.0).float()
+    metrics = ppo_metrics(m, mf, terms)
+    (w_mean,) = zero_masked_means(m, w * mf)
+    big = torch.finfo(w.dtype).max
+    w_min = (w + (1 - mf) * big).amin() if w.numel() else w.new_tensor(big)
+    metrics["steer_weight_mean"] = w_mean
+    metrics["steer_weight_min"] = torch.where(w_min < big, w_min, 1.0).float()
     return finish_loss(per_token, m, agg, metrics, entropy, weights)
