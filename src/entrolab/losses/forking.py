@@ -16,9 +16,9 @@ from entrolab.losses import _dist
 from entrolab.losses._common import (
     check_local_stat,
     check_number,
-    check_policy_inputs,
     masked_mean,
     order_statistics,
+    zero_masked,
 )
 from entrolab.losses.aggregation import Aggregation, as_mask
 from entrolab.losses.registry import get_policy_loss, register_policy_loss
@@ -90,7 +90,10 @@ def high_entropy_mask(
     if not isinstance(entropy, Tensor) or not entropy.dtype.is_floating_point:
         raise TypeError(f"entropy must be a floating tensor, got {describe(entropy)}")
     m = as_mask(mask, entropy.shape)
-    if bool((m & ~torch.isfinite(entropy)).any()):
+    big = torch.finfo(entropy.dtype).max
+    if entropy.numel() and not bool(
+        (torch.nan_to_num(entropy.detach(), nan=big, posinf=big, neginf=big).abs() * m).amax() < big
+    ):
         raise ValueError("entropy is not finite at a valid position")
     rho = check_number("rho", rho, low=0.0, low_open=True, high=1.0)
     group = _dist.resolve_group(global_stats, process_group)
@@ -100,11 +103,13 @@ def high_entropy_mask(
         assert tau is not None
         tau = tau.to(h)
     else:
-        if group is None:  # +inf at padding: the order statistics of the valid entries, without a gather
-            tau = linear_quantile(torch.where(m, h, float("inf")).reshape(-1), 1.0 - rho, num_valid=int(m.sum()))
+        if group is None:  # +max at padding: the order statistics of the valid entries, without a gather
+            mf = m.to(h.dtype)
+            padded = zero_masked(h, mf) + (1 - mf) * big
+            tau = linear_quantile(padded.reshape(-1), 1.0 - rho, num_valid=int(m.sum()))
         else:
             tau = linear_quantile(_dist.gather_concat(h[m], group), 1.0 - rho)
-    return m & (h >= tau), tau
+    return m & (h >= tau), tau  # NaN garbage at padding compares False anyway
 
 
 @functools.lru_cache(maxsize=64)
@@ -171,7 +176,11 @@ def high_entropy_tokens(
     params = _parameters(fn)
     if "token_weights" not in params:
         raise TypeError(f"base loss {base!r} does not accept token_weights, so the 80/20 mask cannot be applied")
-    m, _ = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    if not isinstance(logp, Tensor) or not logp.dtype.is_floating_point:
+        raise TypeError(f"logp must be a floating torch.Tensor, got {describe(logp)}")
+    if not isinstance(entropy, Tensor) or entropy.shape != logp.shape:
+        raise ValueError(f"entropy must be a tensor of shape {tuple(logp.shape)}, got {describe(entropy)}")
+    m = as_mask(mask, logp.shape)  # the base loss checks everything else
     keep, tau = high_entropy_mask(
         entropy,
         m,
