@@ -34,9 +34,11 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) bench/roofline.py
 	$(PY) bench/entropy.py
+	$(PY) bench/losses.py
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/entropy.py --quick
+	$(PY) bench/losses.py --quick
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench

@@ -26,10 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 from _common import fmt_table, machine, roofline, set_threads, timeit, write_csv
-
 from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.losses import (
-    Aggregation,
     SirenAnchor,
     entropy_bonus,
     epo,
@@ -109,9 +107,7 @@ def verl_baselines() -> dict[str, Any]:
         clip_ratio_high=0.2,
         clip_ratio_c=3.0,
         global_batch_info={},
-        policy_loss=_Config(
-            clip_cov_ratio=2e-4, clip_cov_lb=1.0, clip_cov_ub=5.0, kl_cov_ratio=2e-3, ppo_kl_coef=1.0
-        ),
+        policy_loss=_Config(clip_cov_ratio=2e-4, clip_cov_lb=1.0, clip_cov_ub=5.0, kl_cov_ratio=2e-3, ppo_kl_coef=1.0),
     )
     out = {}
     for ours, theirs, mode in (
@@ -172,7 +168,7 @@ def main() -> None:
     methods: dict[str, Any] = {}
     for name in policy_losses():
         kw: dict[str, Any] = {"generator": gen} if name == "clip_cov" else {}
-        methods[name] = (lambda n=name, k=kw: get_policy_loss(n)(logp, old, adv, mask, entropy=ent0, **k).loss)
+        methods[name] = lambda n=name, k=kw: get_policy_loss(n)(logp, old, adv, mask, entropy=ent0, **k).loss
     methods["ppo+dual_clip"] = lambda: get_policy_loss("ppo")(logp, old, adv, mask, dual_clip=3.0).loss
     ctl = AdaptiveEntropyCoefficient(target=10.0, init=0.01)
     ctl.observe(1.0)
