@@ -36,26 +36,20 @@ __all__ = ["clip_cov", "kl_cov", "token_covariance"]
 
 
 def _center(
-    logp: Tensor, adv: Tensor, m: Tensor, cov_center: tuple[Any, Any] | None, group: Any, mf: Tensor | None = None
+    lp_s: Tensor, a_s: Tensor, mf: Tensor, cov_center: tuple[Any, Any] | None, group: Any
 ) -> tuple[Tensor, Tensor]:
+    """Means of the sanitised (0 at padding) advantages and log-probs over valid tokens, or the given centre."""
     if cov_center is not None:
         if not isinstance(cov_center, tuple | list) or len(cov_center) != 2:
             raise ValueError(f"cov_center must be a pair (mean_advantage, mean_logp), got {cov_center!r}")
         mean_a = check_local_stat("cov_center[0]", cov_center[0])
         mean_lp = check_local_stat("cov_center[1]", cov_center[1])
         assert mean_a is not None and mean_lp is not None
-        return mean_a.to(adv), mean_lp.to(logp)
-    mf = m.to(logp.dtype) if mf is None else mf
-    sums = torch.stack(
-        [
-            zero_masked(adv.detach(), mf).sum().to(torch.float64),
-            zero_masked(logp.detach(), mf).sum().to(torch.float64),
-            mf.sum().to(torch.float64),
-        ]
-    )
+        return mean_a.to(a_s), mean_lp.to(lp_s)
+    sums = torch.stack([a_s.sum(), lp_s.sum(), mf.sum()]).to(torch.float64)
     sums = _dist.all_sum(sums, group)
     n = sums[2].clamp_min(1)
-    return (sums[0] / n).to(adv.dtype), (sums[1] / n).to(logp.dtype)
+    return (sums[0] / n).to(a_s.dtype), (sums[1] / n).to(lp_s.dtype)
 
 
 def token_covariance(
@@ -106,8 +100,13 @@ def token_covariance(
 def _covariance(logp: Tensor, adv: Tensor, m: Tensor, cov_center: Any, group: Any, mf: Tensor | None = None) -> Tensor:
     """Per-token centred products, exactly 0 at masked positions (detached)."""
     mf = m.to(logp.dtype) if mf is None else mf
-    mean_a, mean_lp = _center(logp, adv, m, cov_center, group, mf)
-    return (zero_masked(adv.detach(), mf) - mean_a) * (zero_masked(logp.detach(), mf) - mean_lp) * mf
+    return _covariance_clean(zero_masked(logp.detach(), mf), zero_masked(adv.detach(), mf), mf, cov_center, group)
+
+
+def _covariance_clean(lp_s: Tensor, a_s: Tensor, mf: Tensor, cov_center: Any, group: Any) -> Tensor:
+    """:func:`_covariance` on inputs already 0 at padding."""
+    mean_a, mean_lp = _center(lp_s, a_s, mf, cov_center, group)
+    return (a_s - mean_a) * (lp_s - mean_lp) * mf
 
 
 def _select_count(ratio: float, n_total: int) -> int:
@@ -286,7 +285,7 @@ def clip_cov(
     a = zero_masked(adv, mf)
     per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
     metrics = ppo_metrics(m, mf, terms)
-    cov = _covariance(logp, a, m, cov_center, group, mf=mf)
+    cov = _covariance_clean(zero_masked(logp.detach(), mf), a.detach(), mf, cov_center, group)
     cand = m & ~terms.clipped & (cov > cov_lb) & (cov < cov_ub)
     n_valid = _dist.all_sum(m.sum(), group)
     chosen = _random_subset(cand, _select_count(ratio, int(n_valid)), generator, group)
@@ -365,13 +364,16 @@ def kl_cov(
     a = zero_masked(adv, mf)
     # no PPO clip: eps_low = 1 and eps_high = inf make the clip inactive (l = -A r, gradient -A r everywhere)
     per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=1.0, eps_high=math.inf, dual_clip=None)
-    cov = _covariance(logp, a, m, cov_center, group, mf=mf)
+    lp_s = zero_masked(logp.detach(), mf)
+    olp_s = zero_masked(old_logp.detach(), mf)
+    cov = _covariance_clean(lp_s, a.detach(), mf, cov_center, group)
     n_valid = _dist.all_sum(m.sum(), group)
     chosen = _top_k(cov, m, _select_count(ratio, int(n_valid)), group)
-    penalty = (zero_masked(logp, mf) - zero_masked(old_logp, mf)).abs()
-    per_token = per_token + (kl_coef * chosen) * penalty
+    sel = chosen.to(logp.dtype)
+    penalty = (zero_masked(logp, mf) - olp_s).abs()  # kl_coef |logp - old_logp| on the chosen tokens
+    per_token = per_token + (kl_coef * sel) * penalty
     frac, kl_sel, cov_mean, approx_kl, ratio_mean = zero_masked_means(
-        m, chosen, penalty.detach() * chosen, cov, terms.log_ratio, terms.ratio * mf
+        m, sel, penalty.detach() * sel, cov, terms.log_ratio, terms.ratio * mf
     )
     metrics = {
         "klcov_frac": frac,
