@@ -158,6 +158,14 @@ def clipped_surrogate(ratio: Tensor, a: Tensor, *, eps_low: float, eps_high: flo
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
+def check_clip(eps_low: object, eps_high: object, dual_clip: object) -> tuple[float, float, float | None]:
+    """PPO's clip knobs: ``eps_low`` in [0, 1], ``eps_high >= 0``, ``dual_clip`` None or > 1."""
+    low = check_number("eps_low", eps_low, low=0.0, high=1.0)
+    high = check_number("eps_high", eps_high, low=0.0)
+    dual = None if dual_clip is None else check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    return low, high, dual
+
+
 COMPAT = ("paper", "code")
 
 

@@ -37,29 +37,25 @@ def _dist() -> Any:
     return dist
 
 
-def all_sum(t: Tensor, group: Any) -> Tensor:
-    """Sum of ``t`` over the ranks of ``group`` (``t`` itself when local); never in place on the input."""
+def _all_reduce(t: Tensor, group: Any, op: str) -> Tensor:
     if group is None:
         return t
-    out = t.detach().clone()
-    _dist().all_reduce(out, op=_dist().ReduceOp.SUM, group=group)
+    out = t.detach().clone()  # never in place on the input
+    _dist().all_reduce(out, op=getattr(_dist().ReduceOp, op), group=group)
     return out
+
+
+def all_sum(t: Tensor, group: Any) -> Tensor:
+    """Sum of ``t`` over the ranks of ``group`` (``t`` itself when local)."""
+    return _all_reduce(t, group, "SUM")
 
 
 def all_max(t: Tensor, group: Any) -> Tensor:
-    if group is None:
-        return t
-    out = t.detach().clone()
-    _dist().all_reduce(out, op=_dist().ReduceOp.MAX, group=group)
-    return out
+    return _all_reduce(t, group, "MAX")
 
 
 def all_min(t: Tensor, group: Any) -> Tensor:
-    if group is None:
-        return t
-    out = t.detach().clone()
-    _dist().all_reduce(out, op=_dist().ReduceOp.MIN, group=group)
-    return out
+    return _all_reduce(t, group, "MIN")
 
 
 def _counts(n: int, device: torch.device, group: Any) -> list[int]:

@@ -12,6 +12,7 @@ from entrolab._typing import LossOutput
 from entrolab._validation import describe
 from entrolab.losses import _dist
 from entrolab.losses._common import (
+    check_clip,
     check_compat,
     check_number,
     check_policy_inputs,
@@ -176,10 +177,7 @@ def entropy_balanced(
     (-1.2, -1.2)
     """
     m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
-    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
-    eps_high = check_number("eps_high", eps_high, low=0.0)
-    if dual_clip is not None:
-        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
     if not isinstance(entropy_advantage, bool):
         raise TypeError(f"entropy_advantage must be a bool, got {describe(entropy_advantage)}")
     entropy_adv_coef = check_number("entropy_adv_coef", entropy_adv_coef, low=0.0)

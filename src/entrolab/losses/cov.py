@@ -19,6 +19,7 @@ from torch import Tensor
 from entrolab._typing import LossOutput
 from entrolab.losses import _dist
 from entrolab.losses._common import (
+    check_clip,
     check_local_stat,
     check_number,
     check_policy_inputs,
@@ -274,10 +275,7 @@ def clip_cov(
     cov_ub = check_number("cov_ub", cov_ub)
     if not cov_lb < cov_ub:
         raise ValueError(f"cov_lb must be < cov_ub, got cov_lb={cov_lb}, cov_ub={cov_ub}")
-    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
-    eps_high = check_number("eps_high", eps_high, low=0.0)
-    if dual_clip is not None:
-        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
     weights = check_token_weights(token_weights, m)
     group = _dist.resolve_group(global_stats, process_group)
 

@@ -11,6 +11,7 @@ from entrolab._typing import LossOutput
 from entrolab._validation import describe
 from entrolab.losses import _dist
 from entrolab.losses._common import (
+    check_clip,
     check_compat,
     check_number,
     check_policy_inputs,
@@ -215,10 +216,7 @@ def hapo(
     if entropy is None:
         raise ValueError("hapo needs entropy= (token entropies, (B, T))")
     m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
-    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
-    eps_high = check_number("eps_high", eps_high, low=0.0)
-    if dual_clip is not None:
-        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
     clip_alpha = check_number("clip_alpha", clip_alpha, low=0.0)
     adv_beta = check_number("adv_beta", adv_beta, low=0.0)
     weights = check_token_weights(token_weights, m)

@@ -10,7 +10,7 @@ from torch import Tensor
 from entrolab._typing import LossOutput
 from entrolab.losses._common import (
     LOG_RATIO_CLAMP,
-    check_number,
+    check_clip,
     check_policy_inputs,
     check_token_weights,
     finish_loss,
@@ -211,10 +211,7 @@ def ppo(
     -1.25
     """
     m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
-    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
-    eps_high = check_number("eps_high", eps_high, low=0.0)
-    if dual_clip is not None:
-        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
     per_token, metrics = ppo_token_losses(
         logp, old_logp, adv, m, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
     )

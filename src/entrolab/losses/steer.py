@@ -12,6 +12,7 @@ from entrolab._typing import LossOutput
 from entrolab.losses import _dist
 from entrolab.losses._common import (
     check_choice,
+    check_clip,
     check_number,
     check_policy_inputs,
     check_token_weights,
@@ -203,10 +204,7 @@ def steer(
         lambda_max = 1.0 if mode == "exp" else 1.2
     m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
     lambda_min, lambda_max = _check_lambdas(lambda_min, lambda_max, mode)
-    eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
-    eps_high = check_number("eps_high", eps_high, low=0.0)
-    if dual_clip is not None:
-        dual_clip = check_number("dual_clip", dual_clip, low=1.0, low_open=True)
+    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
     weights = check_token_weights(token_weights, m)
     mf = m.to(logp.dtype)
     w = _weights(
