@@ -152,3 +152,20 @@ def test_fit_entropy_law_recovers_the_worked_example():
     ):
         with pytest.raises(ValueError, match=match):
             fit_entropy_law(bad_h, bad_r)
+
+
+def test_softmax_entropy_change_and_hwe_counts_reject_bad_input():
+    from entrolab.losses import hwe_counts
+
+    z = torch.zeros(4, dtype=F64)
+    with pytest.raises(ValueError, match="logits"):
+        softmax_entropy_change(torch.tensor([0.0, float("nan")]), torch.zeros(2))
+    with pytest.raises(ValueError, match="delta_logits"):
+        softmax_entropy_change(z, torch.full((4,), float("inf"), dtype=F64))
+    with pytest.raises(ValueError, match="delta_logits"):
+        softmax_entropy_change(z, torch.zeros(3, dtype=F64))
+    ok = torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(TypeError, match="window_entropy"):
+        hwe_counts(torch.ones(1, 3, dtype=torch.long), ok, ok, threshold=0.5)
+    with pytest.raises(ValueError, match="triggers"):
+        hwe_counts(torch.ones(1, 3), ok, ok.float(), threshold=0.5)

@@ -180,3 +180,14 @@ def test_base_must_accept_token_weights():
             )
     finally:
         _POLICY_LOSSES.pop("_no_weights_for_test")
+
+
+def test_linear_quantile_rejects_bad_input():
+    with pytest.raises(ValueError, match="q"):
+        linear_quantile(torch.zeros(3), 1.5)
+    with pytest.raises(TypeError, match="values"):
+        linear_quantile(torch.zeros(2, 2), 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        linear_quantile(torch.tensor([0.0, float("nan")]), 0.5)
+    with pytest.raises(ValueError, match="num_valid"):
+        linear_quantile(torch.zeros(3), 0.5, num_valid=4)

@@ -158,6 +158,10 @@ def softmax_entropy_change(logits: Tensor, delta_logits: Tensor, *, dim: int = -
         raise TypeError(f"logits must be a floating tensor, got {describe(logits)}")
     if not isinstance(delta_logits, Tensor) or delta_logits.shape != logits.shape:
         raise ValueError(f"delta_logits must be a tensor of shape {tuple(logits.shape)}, got {describe(delta_logits)}")
+    if bool(torch.isnan(logits).any()) or bool((logits == float("inf")).any()):
+        raise ValueError("logits must not contain NaN or +inf (-inf marks an impossible action)")
+    if not bool(torch.isfinite(delta_logits).all()):
+        raise ValueError("delta_logits must be finite")
     logp = torch.log_softmax(logits, dim=dim)
     p = logp.exp()
     safe = torch.where(p > 0, logp, 0.0)  # -inf logits: p = 0 contributes nothing

@@ -102,6 +102,8 @@ def hwe_counts(
     ``triggers`` marks positions whose token is a curated reasoning token (ARES normalises the argmax token and looks
     it up in its list); ``defined`` is :func:`window_entropy`'s mask.  Returns ``(count (B,), soft_cost (B,))``.
     """
+    if not isinstance(window_entropy, Tensor) or not window_entropy.dtype.is_floating_point:
+        raise TypeError(f"window_entropy must be a floating tensor, got {describe(window_entropy)}")
     for name, t in (("defined", defined), ("triggers", triggers)):
         if not isinstance(t, Tensor) or t.dtype != torch.bool or t.shape != window_entropy.shape:
             raise ValueError(f"{name} must be a bool tensor of shape {tuple(window_entropy.shape)}, got {describe(t)}")
