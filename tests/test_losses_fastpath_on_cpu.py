@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from entrolab.losses._common import order_statistics
 from entrolab.losses.ppo import ppo_core
 
 SHAPES = [(1, 1), (3, 7), (17, 33)]
@@ -106,3 +107,24 @@ def test_fast_surrogate_matches_plain_autograd(shape, dtype, eps, dual_clip, top
     assert torch.allclose(g_fast, g_ref, rtol=tol, atol=tol)
     assert torch.isfinite(g_fast).all() and bool((g_fast[~m] == 0).all())
     assert bool((terms.log_ratio[~m] == 0).all()) and not bool(terms.clipped[~m].any())
+    assert bool((terms.ratio[~m] == 0).all())
+    ref_clipped = (-a_clean * torch.clamp(terms.ratio, 1.0 - eps_low, 1.0 + eps_high)) > -a_clean * terms.ratio
+    assert torch.equal(terms.clipped, (ref_clipped & m).to(dtype))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4099])
+@pytest.mark.parametrize("kind", ["normal", "ties", "padded"])
+def test_order_statistics_match_a_full_sort(n, kind):
+    """The nested-partition selection behind every quantile and top-k equals indexing a full sort."""
+    g = torch.Generator().manual_seed(n)
+    if kind == "normal":
+        x = torch.randn(n, generator=g)
+    elif kind == "ties":
+        x = torch.randint(0, 3, (n,), generator=g).float()
+    else:  # padding at the dtype's extremes, as the losses' selections use it
+        x = torch.randn(n, generator=g)
+        x[torch.rand(n, generator=g) < 0.3] = torch.finfo(torch.float32).max
+    sorted_x = torch.sort(x).values
+    for ks in ([0], [n - 1], [n // 2, n // 2], [max(0, n - 2), n - 1], [0, n // 3, max(0, n - 2), n - 1]):
+        assert torch.equal(order_statistics(x, ks), sorted_x[ks]), ks
+    assert torch.equal(order_statistics(x.double(), [n - 1]), sorted_x.double()[[n - 1]])

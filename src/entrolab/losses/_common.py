@@ -121,6 +121,15 @@ def float_mask(m: Tensor, dtype: torch.dtype) -> Tensor:
     return m.to(dtype)
 
 
+def positive(x: Tensor) -> Tensor:
+    """``(x > 0)`` as 0/1 in ``x``'s dtype (``x`` NaN-free), from two float ops.
+
+    On CPU builds a comparison (bool result), a bool-to-float conversion and ``torch.where`` each cost 5-20x a float
+    multiply over the same elements; the losses build their indicators with this instead.
+    """
+    return torch.sign(x.clamp_min(0.0))
+
+
 def order_statistics(values: Tensor, ks: list[int]) -> Tensor:
     """The ``k``-th smallest entries (0-based ``ks``) of a 1-D tensor, ``(len(ks),)``, detached.
 
@@ -130,9 +139,39 @@ def order_statistics(values: Tensor, ks: list[int]) -> Tensor:
     x = values.detach()
     if x.device.type == "cpu":
         arr = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
-        part = np.partition(arr, ks)
-        return torch.from_numpy(part[ks].copy()).to(x.dtype)
+        return torch.from_numpy(_select_numpy(arr, ks)).to(x.dtype)
     return torch.stack([torch.kthvalue(x, k + 1).values for k in ks])
+
+
+def valid_values(x: Tensor, m: Tensor) -> Tensor:
+    """``x[m]`` (row-major), detached: the entries an order statistic is taken over.
+
+    On the CPU through numpy's boolean indexing, about 10x faster there than ``torch``'s.  Selecting among the valid
+    entries only (rather than pushing padding to an extreme value) also keeps ``numpy.partition`` fast: runs of
+    equal padding values at row ends drive its introselect into its slow fallback (50x slower on a 64k batch).
+    """
+    x = x.detach()
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(x.numpy()[m.numpy()])
+    return x[m]
+
+
+def _select_numpy(arr: np.ndarray, ks: list[int]) -> np.ndarray:
+    """``np.sort(arr)[ks]`` by nested single-``k`` partitions, largest ``k`` first.
+
+    ``np.partition`` with a list of ``k`` is an order of magnitude slower than with one ``k`` on random data; after
+    partitioning at ``k`` every smaller order statistic lies in the prefix ``[:k]``, and the ``(k-1)``-th is its max.
+    """
+    found: dict[int, Any] = {}
+    work, top = arr, len(arr)
+    for k in sorted(set(ks), reverse=True):
+        if k == top - 1 and top < len(arr):
+            found[k] = work[:top].max()
+        else:
+            work = np.partition(work[:top], k)
+            found[k] = work[k]
+        top = k
+    return np.array([found[k] for k in ks], dtype=arr.dtype)
 
 
 def zero_masked_means(m: Tensor, *values: Tensor) -> list[Tensor]:

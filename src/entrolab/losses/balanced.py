@@ -18,6 +18,7 @@ from entrolab.losses._common import (
     check_policy_inputs,
     check_token_weights,
     finish_loss,
+    positive,
     zero_masked,
     zero_masked_means,
 )
@@ -200,7 +201,7 @@ def entropy_balanced(
         logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, top_gradient=True
     )
     metrics = ppo_metrics(m, mf, terms)
-    (high,) = zero_masked_means(m, terms.clipped & (terms.ratio > 1 + eps_high))
+    (high,) = zero_masked_means(m, terms.clipped * positive(terms.ratio - (1 + eps_high)))
     metrics["clipfrac_high"] = high
     if adv_metric is not None:
         metrics["entropy_adv_mean"] = zero_masked_means(m, adv_metric)[0]

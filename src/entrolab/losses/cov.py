@@ -26,6 +26,8 @@ from entrolab.losses._common import (
     check_token_weights,
     finish_loss,
     order_statistics,
+    positive,
+    valid_values,
     zero_masked,
     zero_masked_means,
 )
@@ -144,53 +146,51 @@ def _topk_by_value_then_index(values: Tensor, gidx: Tensor, k: int) -> tuple[Ten
     return v[order[k - 1]], i[order[k - 1]]
 
 
-def _local_top_k(cov: Tensor, m: Tensor, k: int) -> Tensor:
-    """Mask of the ``k`` valid tokens with the largest ``cov`` (0 at padding), ties broken by row-major position."""
-    if k == 0:
-        return torch.zeros_like(m)
-    big = torch.finfo(cov.dtype).max
-    full = (cov + (m.to(cov.dtype) - 1) * big).reshape(-1)  # padding -> -max, valid unchanged, no bool where
-    n = full.numel()
-    n_valid = int(m.sum())
-    if k < n_valid:
-        below, kth = order_statistics(full, [n - k - 1, n - k])  # the (k+1)-th and k-th largest
-    else:
-        below, kth = full.new_tensor(-big), order_statistics(full, [n - k])[0]
+def _local_top_k(cov: Tensor, m: Tensor, mf: Tensor, k: int) -> Tensor:
+    """0/1 mask (``cov``'s dtype) of the ``k`` valid tokens with the largest ``cov``, ties broken by row-major position.
+
+    ``cov`` must be 0 at padding and ``mf`` is the float mask.
+    """
+    values = valid_values(cov, m)
+    n_valid = values.numel()
+    if k == 0 or n_valid == 0:
+        return torch.zeros_like(mf)
+    if k >= n_valid:
+        return mf.clone()
+    below, kth = order_statistics(values, [n_valid - k - 1, n_valid - k])  # the (k+1)-th and k-th largest
     if bool(below == kth):  # a tie straddles the boundary: resolve it by position
-        greater = full > kth
-        tied = full == kth
-        return (greater | (tied & (torch.cumsum(tied, 0) <= k - greater.sum()))).view_as(m)
-    return (full >= kth).view_as(m)
+        greater = m & (cov > kth)
+        tied = (m & (cov == kth)).reshape(-1)
+        first = torch.cumsum(tied, 0) <= k - greater.sum()
+        return (greater | (tied & first).view_as(m)).to(mf.dtype)
+    return mf * (1.0 - positive(kth - cov))  # valid and cov >= kth, in float arithmetic
 
 
-def _top_k(cov: Tensor, m: Tensor, n_select: int, group: Any) -> Tensor:
-    """Mask of the ``n_select`` valid tokens with the largest ``cov`` (ties by row-major index), over all ranks."""
+def _top_k(cov: Tensor, m: Tensor, mf: Tensor, n_select: int, group: Any) -> Tensor:
+    """0/1 mask of the ``n_select`` valid tokens with the largest ``cov`` (ties by row-major index), over all ranks."""
     if group is None:
-        return _local_top_k(cov, m, min(n_select, int(m.sum())))
+        return _local_top_k(cov, m, mf, min(n_select, int(m.sum())))
     values = cov[m]  # (N,) row-major
     n_local = values.numel()
     offset, total = _dist.rank_offset(n_local, cov.device, group)
     k = min(n_select, total)
     chosen = torch.zeros_like(m)
     if k == 0:
-        return chosen
+        return torch.zeros_like(mf)
     gidx = torch.arange(offset, offset + n_local, device=cov.device)
-    if group is not None:
-        # each rank's own top-min(k, n) (ties by index) is enough to decide the global top-k
-        k_local = min(k, n_local)
-        if k_local:
-            kth_v, kth_i = _topk_by_value_then_index(values, gidx, k_local)
-            keep = (values > kth_v) | ((values == kth_v) & (gidx <= kth_i))
-            cand_v, cand_i = values[keep], gidx[keep]
-        else:
-            cand_v, cand_i = values[:0], gidx[:0]
-        all_v = _dist.gather_concat(cand_v, group)
-        all_i = _dist.gather_concat(cand_i, group)
-        kth_v, kth_i = _topk_by_value_then_index(all_v, all_i, k)
+    # each rank's own top-min(k, n) (ties by index) is enough to decide the global top-k
+    k_local = min(k, n_local)
+    if k_local:
+        kth_v, kth_i = _topk_by_value_then_index(values, gidx, k_local)
+        keep = (values > kth_v) | ((values == kth_v) & (gidx <= kth_i))
+        cand_v, cand_i = values[keep], gidx[keep]
     else:
-        return _local_top_k(cov, m, k)
+        cand_v, cand_i = values[:0], gidx[:0]
+    all_v = _dist.gather_concat(cand_v, group)
+    all_i = _dist.gather_concat(cand_i, group)
+    kth_v, kth_i = _topk_by_value_then_index(all_v, all_i, k)
     chosen[m] = (values > kth_v) | ((values == kth_v) & (gidx <= kth_i))
-    return chosen
+    return chosen.to(mf.dtype)
 
 
 @register_policy_loss("clip_cov")
@@ -284,10 +284,11 @@ def clip_cov(
     per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
     metrics = ppo_metrics(m, mf, terms)
     cov = _covariance_clean(zero_masked(logp.detach(), mf), a.detach(), mf, cov_center, group)
-    cand = m & ~terms.clipped & (cov > cov_lb) & (cov < cov_ub)
+    # candidates as 0/1 floats (mf * not clipped * cov in the open window): no bool passes on the hot path
+    cand = (mf - terms.clipped) * positive(cov - cov_lb) * positive(cov_ub - cov)
     n_valid = _dist.all_sum(m.sum(), group)
     chosen = _random_subset(cand, _select_count(ratio, int(n_valid)), generator, group)
-    per_token = per_token * ~chosen  # value 0 and gradient 0; the token stays in every denominator
+    per_token = per_token * (1.0 - chosen)  # value 0 and gradient 0; the token stays in every denominator
     covclip, candidates, cov_mean = zero_masked_means(m, chosen, cand, cov)
     metrics.update(covclip_frac=covclip, cov_candidate_frac=candidates, cov_mean=cov_mean)
     return finish_loss(per_token, m, agg, metrics, entropy, weights)
@@ -366,12 +367,12 @@ def kl_cov(
     olp_s = zero_masked(old_logp.detach(), mf)
     cov = _covariance_clean(lp_s, a.detach(), mf, cov_center, group)
     n_valid = _dist.all_sum(m.sum(), group)
-    chosen = _top_k(cov, m, _select_count(ratio, int(n_valid)), group)
+    chosen = _top_k(cov, m, mf, _select_count(ratio, int(n_valid)), group)
     sel = chosen.to(logp.dtype)
     penalty = (zero_masked(logp, mf) - olp_s).abs()  # kl_coef |logp - old_logp| on the chosen tokens
     per_token = per_token + (kl_coef * sel) * penalty
     frac, kl_sel, cov_mean, approx_kl, ratio_mean = zero_masked_means(
-        m, sel, penalty.detach() * sel, cov, terms.log_ratio, terms.ratio * mf
+        m, sel, penalty.detach() * sel, cov, terms.log_ratio, terms.ratio
     )
     metrics = {
         "klcov_frac": frac,

@@ -18,7 +18,7 @@ from entrolab.losses._common import (
     check_number,
     masked_mean,
     order_statistics,
-    zero_masked,
+    valid_values,
 )
 from entrolab.losses.aggregation import Aggregation, as_mask
 from entrolab.losses.registry import get_policy_loss, register_policy_loss
@@ -110,10 +110,8 @@ def high_entropy_mask(
         assert tau is not None
         tau = tau.to(h)
     else:
-        if group is None:  # +max at padding: the order statistics of the valid entries, without a gather
-            mf = m.to(h.dtype)
-            padded = zero_masked(h, mf) + (1 - mf) * big
-            tau = linear_quantile(padded.reshape(-1), 1.0 - rho, num_valid=int(m.sum()))
+        if group is None:
+            tau = linear_quantile(valid_values(h, m), 1.0 - rho)
         else:
             tau = linear_quantile(_dist.gather_concat(h[m], group), 1.0 - rho)
     return m & (h >= tau), tau  # NaN garbage at padding compares False anyway

@@ -18,6 +18,7 @@ from entrolab.losses._common import (
     check_token_weights,
     finish_loss,
     order_statistics,
+    valid_values,
     zero_masked,
     zero_masked_means,
 )
@@ -42,10 +43,9 @@ class HapoEntropyStats(NamedTuple):
     """``min(h)`` over non-positive ``h``, capped at -1e-8."""
 
 
-def _nearest_quantile(values: Tensor, q: float, *, num_valid: int | None = None) -> Tensor:
-    """``torch.quantile(values, q, interpolation="nearest")`` without its 2^24-element limit (``+inf`` padding
-    beyond ``num_valid``)."""
-    n = values.numel() if num_valid is None else num_valid
+def _nearest_quantile(values: Tensor, q: float) -> Tensor:
+    """``torch.quantile(values, q, interpolation="nearest")`` of a 1-D tensor, without its 2^24-element limit."""
+    n = values.numel()
     if n == 0:
         return values.new_zeros(())
     pos = torch.tensor(q, dtype=values.dtype) * (n - 1)
@@ -128,17 +128,16 @@ def _normalized(
         h_s = zero_masked(entropy.detach(), mf)
         if h_s.numel() and bool(h_s.amin() < 0):
             raise ValueError("entropy must be >= 0 at valid positions")
-        ell = torch.log((h_s + (1 - mf)).clamp_min(1e-8))  # padding -> log(1) = 0
+        ell = torch.log(h_s.clamp_min(1e-8)) * mf  # padding: log(1e-8) * 0 = 0
         if stats is None:
-            n_local = int(m.sum())
             if group is None:
-                big = torch.finfo(ell.dtype).max
-                pivot = _nearest_quantile((ell + (1 - mf) * big).reshape(-1), q, num_valid=n_local)
+                pivot = _nearest_quantile(valid_values(ell, m), q)
             else:
                 pivot = _nearest_quantile(_dist.gather_concat(ell[m], group), q)
             dev = (ell - pivot) * mf
-            sq = _dist.all_sum((dev * dev).sum(), group)
-            n = _dist.all_sum(m.sum(), group).clamp_min(1)
+            flat = dev.reshape(-1)
+            sq = _dist.all_sum(torch.dot(flat, flat), group)
+            n = _dist.all_sum(mf.sum(), group).clamp_min(1)
             scale = (sq / n).sqrt().clamp_min(1e-8)
             h = dev / scale
             pos_max = _dist.all_max(h.amax() if h.numel() else h.new_zeros(()), group).clamp_min(1e-8)

@@ -14,6 +14,7 @@ from entrolab.losses._common import (
     check_policy_inputs,
     check_token_weights,
     finish_loss,
+    positive,
     zero_masked,
     zero_masked_means,
 )
@@ -24,18 +25,22 @@ __all__ = ["PPOTerms", "ppo", "ppo_core", "ppo_metrics", "ppo_token_losses"]
 
 
 class PPOTerms(NamedTuple):
-    """What :func:`ppo_core` computes besides the per-token loss (all detached, 0 or False at masked positions)."""
+    """What :func:`ppo_core` computes besides the per-token loss (all detached, 0 at masked positions)."""
 
     log_ratio: Tensor
     ratio: Tensor
     clipped: Tensor
-    """bool: the clipped branch is strictly larger (PPO's ``clipfrac``; Clip-Cov's ``clip_by_origin``)."""
+    """Float 0/1: the clipped branch is strictly larger (PPO's ``clipfrac``; Clip-Cov's ``clip_by_origin``)."""
     lower: Tensor | None
-    """bool: dual-clip active (``None`` without dual-clip)."""
+    """Float 0/1: dual-clip active (``None`` without dual-clip)."""
 
 
 class _PPOSurrogate(torch.autograd.Function):
-    """Per-token clipped surrogate with its analytic gradient: one saved coefficient, one multiply in backward."""
+    """Per-token clipped surrogate with its analytic gradient: one saved coefficient, one multiply in backward.
+
+    Everything is float arithmetic (no bool tensors, no ``where``): on CPU builds a comparison or a ``where`` over
+    64k tokens costs 5-20x a multiply, and this function runs under every policy loss.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -49,25 +54,37 @@ class _PPOSurrogate(torch.autograd.Function):
         dual_clip: float | None,
         top_gradient: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        raw = zero_masked(logp, mf) - zero_masked(old_logp, mf)
+        raw = torch.nan_to_num(logp, nan=0.0, posinf=0.0, neginf=0.0) - torch.nan_to_num(
+            old_logp, nan=0.0, posinf=0.0, neginf=0.0
+        )
+        raw = raw * mf  # exactly 0 at padding, whatever it held
         log_ratio = raw.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        ratio = torch.exp(log_ratio)
-        unclipped = -a * ratio
+        ratio = torch.exp(log_ratio) * mf
+        neg_a = -a  # a is 0 at padding, so every product below is too
+        unclipped = neg_a * ratio
         high = 1.0 + eps_high
-        clipped = -a * torch.clamp(ratio, 1.0 - eps_low, high)  # type: ignore[arg-type]
+        clipped = neg_a * torch.clamp(ratio, 1.0 - eps_low, high)  # type: ignore[arg-type]
         per_token = torch.maximum(unclipped, clipped)
-        sel = clipped > unclipped
+        sel = torch.sign(per_token - unclipped)  # clipped > unclipped, strictly (the difference is >= 0)
         # d l / d logp: -A r on the unclipped branch (ties included, as autograd's max/clamp give), 0 when clipped
-        coef = unclipped * ~sel
+        keep = 1.0 - sel
         if top_gradient:  # AEPO-EB's stop-gradient high clip: (1 + eps_high)(-A) on top-clipped tokens
-            coef = coef + (-a * high) * (sel & (ratio > high))
+            top = sel * positive(ratio - high)
         lower = None
         if dual_clip is not None:
-            floor = -a * dual_clip
-            lower = (a < 0) & (per_token > floor)
-            per_token = torch.where(lower, floor, per_token)
-            coef = coef * ~lower
-        coef = coef * (raw.abs() <= LOG_RATIO_CLAMP) * mf  # the clamp zeroes the gradient beyond +-20
+            # floor -A c binds only for A < 0; |A| c is that floor there and >= 0 >= l for A >= 0 (never binds)
+            floor = a.abs() * dual_clip
+            lower = positive(per_token - floor)
+            per_token = torch.minimum(per_token, floor)
+            keep = keep * (1.0 - lower)
+            if top_gradient:
+                top = top * (1.0 - lower)
+        # the clamp zeroes the gradient beyond +-20 (log_ratio == raw inside, so |raw - log_ratio| = 0 there)
+        inside = 1.0 - torch.sign((raw - log_ratio).abs_())
+        coef = unclipped * keep
+        if top_gradient:
+            coef = coef + (neg_a * high) * top
+        coef = coef * inside
         ctx.save_for_backward(coef)
         ctx.mark_non_differentiable(log_ratio, ratio, sel)
         return per_token, log_ratio, ratio, sel, lower
@@ -104,7 +121,7 @@ def ppo_core(
 
 def ppo_metrics(m: Tensor, mf: Tensor, terms: PPOTerms) -> dict[str, Tensor]:
     """``clipfrac``, ``approx_kl``, ``ratio_mean`` (and ``clipfrac_lower``) in one stacked reduction."""
-    values = [terms.clipped, terms.log_ratio, terms.ratio * mf]
+    values = [terms.clipped, terms.log_ratio, terms.ratio]
     if terms.lower is not None:
         values.append(terms.lower)
     means = zero_masked_means(m, *values)
