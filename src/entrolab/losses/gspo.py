@@ -11,9 +11,11 @@ from entrolab.losses._common import (
     check_number,
     check_policy_inputs,
     check_token_weights,
-    clipped_surrogate,
     finish_loss,
     masked_mean,
+    positive,
+    zero_masked,
+    zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
 from entrolab.losses.registry import register_policy_loss
@@ -78,21 +80,28 @@ def gspo(
     m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
     eps_low = check_number("eps_low", eps_low, low=0.0, high=1.0)
     eps_high = check_number("eps_high", eps_high, low=0.0)
-    diff = torch.where(m, logp - old_logp, 0.0)
-    seq_log_ratio = diff.sum(-1) / m.sum(-1).clamp_min(1)  # (B,)
-    lp_valid = torch.where(m, logp, 0.0)
-    token_log_ratio = (seq_log_ratio.detach().unsqueeze(1) + lp_valid - lp_valid.detach()).clamp(
-        max=_GSPO_LOG_RATIO_MAX
-    )
+    mf = m.to(logp.dtype)
+    lp_s = zero_masked(logp, mf)  # 0 at padding, gradient masked
+    a = zero_masked(adv, mf)
+    with torch.no_grad():
+        diff = lp_s.detach() - zero_masked(old_logp.detach(), mf)
+        diff_rows = diff.sum(-1)  # (B,)
+        counts = mf.sum(-1)  # (B,)
+        seq_log_ratio = diff_rows / counts.clamp_min(1)  # (B,)
+    token_log_ratio = (seq_log_ratio.unsqueeze(1) + lp_s - lp_s.detach()).clamp(max=_GSPO_LOG_RATIO_MAX)
     ratio = torch.exp(token_log_ratio)
-    surrogate, is_clipped = clipped_surrogate(ratio, torch.where(m, adv, 0.0), eps_low=eps_low, eps_high=eps_high)
-    per_token = torch.where(m, surrogate, 0.0)
-    has = m.any(-1)
-    metrics = {
-        "clipfrac": masked_mean(is_clipped, m),
-        "seq_ratio_mean": (torch.where(has, seq_log_ratio.detach().exp(), 0.0).sum() / has.sum().clamp_min(1)),
-        "approx_kl": masked_mean(-diff, m),
-    }
+    unclipped = -a * ratio
+    clipped = -a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    per_token = torch.maximum(unclipped, clipped)  # 0 at padding (a is)
+    with torch.no_grad():
+        has = (counts > 0).to(logp.dtype)  # (B,)
+        n_seq = has.sum().clamp_min(1)
+        clipfrac, neg_kl = zero_masked_means(m, positive(clipped - unclipped), diff_rows)
+        metrics = {
+            "clipfrac": clipfrac,
+            "seq_ratio_mean": ((seq_log_ratio.exp() * has).sum() / n_seq).to(torch.float32),
+            "approx_kl": -neg_kl,
+        }
     return finish_loss(per_token, m, agg, metrics, entropy, check_token_weights(token_weights, m))
 
 
