@@ -14,11 +14,12 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,lab]"
 	@touch $(STAMP)
 
+# The main job: the entropy lab on the embedded default (report in lab-runs/demo/report.html).
 demo: $(STAMP)
-	$(PY) -m entrolab demo
+	$(PY) -m entrolab lab --out lab-runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest

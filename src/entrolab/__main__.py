@@ -1,14 +1,22 @@
 """Command line: ``entrolab <command>`` (or ``python -m entrolab <command>``).
 
 Commands:
-    demo    a short demonstration of the entropy core on a built-in example (what ``make demo`` runs)
+    lab     the entropy lab: warm-start a small policy, run RL with several entropy methods and seeds, write a
+            report (what ``make demo`` runs; ``entrolab lab --help`` lists every option)
+    report  rebuild the report of an existing lab run: ``entrolab report DIR``
+    demo    a short demonstration of the entropy core (fused log-prob and entropy from hidden states)
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-COMMANDS = {"demo": "entrolab.demo"}
+COMMANDS = {
+    "lab": ("entrolab.lab.cli", "main"),
+    "report": ("entrolab.lab.cli", "report_main"),
+    "demo": ("entrolab.demo", "main"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"entrolab: unknown command {command!r}; valid commands: {', '.join(sorted(COMMANDS))}", file=sys.stderr)
         return 2
-    import importlib
-
-    importlib.import_module(COMMANDS[command]).main(rest)
-    return 0
+    module, function = COMMANDS[command]
+    status = getattr(importlib.import_module(module), function)(rest)
+    return int(status or 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,237 @@
+"""``entrolab lab`` and ``entrolab report``: the command line of the entropy lab.
+
+Every field of :class:`~entrolab.lab.trainer.LabConfig` is an option, documented by the field's docstring.  Values
+come from, in increasing priority: the defaults, ``--quick``, ``--config FILE`` (TOML or YAML, safe loaders), and the
+flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from entrolab.lab.presets import PRESETS, preset_from_mapping
+from entrolab.lab.trainer import LabConfig, LabError, run_lab
+
+__all__ = ["QUICK", "load_config_file", "main", "report_main"]
+
+QUICK: dict[str, Any] = {
+    "methods": ("grpo", "clip_cov"),
+    "seeds": 1,
+    "steps": 20,
+    "prompts_per_step": 8,
+    "eval_every": 10,
+    "eval_prompts": 32,
+    "eval_samples": 8,
+    "sft_steps": 300,
+    "checkpoint_every": 10,
+}
+"""``--quick``: a smoke run (about a minute on a 2-core CPU)."""
+
+
+def _field_docs() -> dict[str, str]:
+    """Attribute docstrings of LabConfig's fields (the string literal after each annotated assignment)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(LabConfig)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        is_doc = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)
+        if is_field and is_doc:
+            docs[node.target.id] = " ".join(nxt.value.value.split())  # type: ignore[union-attr]
+    return docs
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The first line that assigns ``key`` (TOML ``key =``, YAML ``key:``) or opens its table (``[presets.key]``)."""
+    pattern = re.compile(rf"^\s*(['\"]?{re.escape(key)}['\"]?\s*[=:]|\[\s*presets\.{re.escape(key)}\s*\])")
+    for i, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return i
+    return None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """LabConfig values from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file.
+
+    Errors name the file, the line when known, and the field: syntax errors, unknown fields, wrong types.  Tables
+    under ``presets`` define new methods (:func:`~entrolab.lab.presets.preset_from_mapping`).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--config {p}: no such file")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{p}: invalid TOML: {exc}") from None
+    elif p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"{p}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raw = raw or {}
+    else:
+        raise ValueError(f"--config {p}: expected a .toml, .yaml or .yml file")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: the top level must be a table of fields, got {type(raw).__name__}")
+    names = {f.name: f for f in dataclasses.fields(LabConfig)}
+    values: dict[str, Any] = {}
+    presets: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{p}, line {_line_of(text, key)}" if _line_of(text, key) else str(p)
+        if key == "presets":
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: field 'presets' must be a table of tables")
+            for pname, table in value.items():
+                pwhere = f"{p}, line {_line_of(text, pname)}" if _line_of(text, pname) else str(p)
+                if pname in PRESETS:
+                    raise ValueError(f"{pwhere}: preset {pname!r} is built in; give the new method another name")
+                try:
+                    presets[pname] = preset_from_mapping(pname, table, known=presets)
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"{pwhere}: {exc}") from None
+            continue
+        if key not in names:
+            raise ValueError(f"{where}: unknown field {key!r}; valid fields: {', '.join(sorted(names))}")
+        default = names[key].default
+        if key == "methods":
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                value = tuple(value)
+            else:
+                raise ValueError(f"{where}: field 'methods' must be a list of names or a comma-separated string")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: field {key!r} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{where}: field {key!r} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{where}: field {key!r} must be a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(f"{where}: field {key!r} must be a string, got {value!r}")
+        values[key] = value
+    if presets:
+        values["presets"] = presets
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    docs = _field_docs()
+    parser = argparse.ArgumentParser(
+        prog="entrolab lab",
+        description=(
+            "Warm-start a small policy on a built-in verifiable task, run RL with several entropy methods and seeds "
+            "side by side, and write a report (report.html, summary.md, figures/) into --out."
+        ),
+        epilog="Methods: " + ", ".join(f"{n} ({p.description})" for n, p in PRESETS.items()),
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML or YAML file of these options; flags override it")
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {json.dumps(QUICK)}")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoints")
+    parser.add_argument("--overwrite", action="store_true", help="replace the runs of an existing --out directory")
+    parser.add_argument("--no-report", action="store_true", help="skip the report (build it with entrolab report)")
+    parser.add_argument("--progress", choices=("auto", "on", "off"), help="progress bar (auto: on a terminal)")
+    for f in dataclasses.fields(LabConfig):
+        if f.name == "presets":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{docs.get(f.name, '')} (default: {','.join(default) if isinstance(default, tuple) else default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, metavar="A,B,...", help=help_text)
+        elif isinstance(default, int):
+            parser.add_argument(flag, type=int, metavar="N", help=help_text)
+        elif isinstance(default, float):
+            parser.add_argument(flag, type=float, metavar="X", help=help_text)
+        else:
+            parser.add_argument(flag, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``entrolab lab [options]``; returns the exit status (2 for bad options, 1 for a failed run)."""
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    try:
+        if "resume" in args:
+            directory = Path(args["resume"])
+            saved_path = directory / "config.json"
+            if not saved_path.exists():
+                raise ValueError(f"--resume {directory}: no config.json there (not a lab run directory)")
+            saved = json.loads(saved_path.read_text())
+            presets = {
+                n: preset_from_mapping(n, {k: v for k, v in p.items() if k != "name"})
+                for n, p in saved.pop("presets", {}).items()
+            }
+            saved["methods"] = tuple(saved["methods"])
+            cfg = LabConfig(**saved, presets=presets)
+            resume = True
+        else:
+            values: dict[str, Any] = {}
+            if args.get("quick"):
+                values.update(QUICK)
+            if "config" in args:
+                values.update(load_config_file(args["config"]))
+            for f in dataclasses.fields(LabConfig):
+                if f.name in args:
+                    values[f.name] = args[f.name]
+            cfg = LabConfig(**values)
+            resume = False
+    except (ValueError, TypeError) as exc:
+        print(f"entrolab lab: {exc}", file=sys.stderr)
+        return 2
+    progress = {"on": True, "off": False}.get(args.get("progress", "auto"))
+    try:
+        out = run_lab(cfg, resume=resume, overwrite=bool(args.get("overwrite")), progress=progress)
+    except LabError as exc:
+        print(f"entrolab lab: {exc}", file=sys.stderr)
+        return 1
+    if not args.get("no_report"):
+        from entrolab.lab.report import build_report
+
+        paths = build_report(out)
+        print(f"report: {paths['html']}")
+        print(paths["summary"].read_text())
+    return 0
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``entrolab report DIR``: rebuild the report of an existing run from its metrics files."""
+    parser = argparse.ArgumentParser(prog="entrolab report", description=report_main.__doc__)
+    parser.add_argument("dir", help="a lab run directory (the --out of entrolab lab)")
+    args = parser.parse_args(argv)
+    from entrolab.lab.report import build_report
+
+    try:
+        paths = build_report(args.dir)
+    except ValueError as exc:
+        print(f"entrolab report: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {paths['html']}")
+    return 0

@@ -1,0 +1,183 @@
+"""The lab's policies: a built-in tiny decoder-only transformer with a KV cache, and its character tokenizer.
+
+The built-in model is a small GPT (pre-LayerNorm blocks, causal multi-head attention through
+``scaled_dot_product_attention``, GELU MLP, learned positions) sized to train in seconds on a laptop CPU.  It
+returns final hidden states, so the lab computes token log-probs and entropies with
+:func:`entrolab.entropy.linear_logprob_and_entropy` straight from them and the LM head, never materialising logits.
+
+Left padding is handled by an explicit key mask and per-row positions, so a batch of prompts of different lengths
+generates exactly what each prompt would generate alone (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CharTokenizer", "KVCache", "TinyGPT", "TinyGPTConfig"]
+
+
+class CharTokenizer:
+    """One token per character of a fixed alphabet, plus ``<pad>`` (0), ``<bos>`` (1) and ``<eos>`` (2)."""
+
+    specials = ("<pad>", "<bos>", "<eos>")
+
+    def __init__(self, alphabet: str) -> None:
+        chars = sorted(set(alphabet))
+        if not chars:
+            raise ValueError("alphabet must not be empty")
+        self.alphabet = "".join(chars)
+        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+        self._to_id = {c: i + len(self.specials) for i, c in enumerate(chars)}
+        self._to_char = {i: c for c, i in self._to_id.items()}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.specials) + len(self._to_id)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._to_id[c] for c in text]
+        except KeyError as exc:
+            raise ValueError(
+                f"character {exc.args[0]!r} is not in the tokenizer's alphabet {self.alphabet!r}"
+            ) from None
+
+    def decode(self, ids: list[int]) -> str:
+        """Characters up to the first ``<eos>``; other special tokens are dropped."""
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            c = self._to_char.get(int(i))
+            if c is not None:
+                out.append(c)
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class TinyGPTConfig:
+    """Size of the built-in policy (defaults: about 0.1M parameters)."""
+
+    vocab_size: int
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 96
+    max_len: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+
+
+KVCache = list[tuple[Tensor, Tensor]]
+"""Per layer, keys and values ``(B, n_head, S, d_head)`` of every position seen so far."""
+
+
+class _Block(nn.Module):
+    def __init__(self, cfg: TinyGPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model)
+        )
+
+    def forward(self, x: Tensor, bias: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, nh, T, dh)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, S, dh)
+            v = torch.cat([past[1], v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # bias (B, 1, T, S) additive
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        x = x + self.mlp(self.ln2(x))
+        return x, (k, v)
+
+
+class TinyGPT(nn.Module):
+    """A small GPT that returns final hidden states; ``head`` is the LM head ``(V, d_model)``."""
+
+    def __init__(self, cfg: TinyGPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    def forward(
+        self,
+        ids: Tensor,
+        key_mask: Tensor,
+        *,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        """Hidden states of the new tokens and the updated cache.
+
+        Parameters
+        ----------
+        ids : Tensor
+            New token ids ``(B, T)``.
+        key_mask : Tensor
+            ``(B, S)`` bool over **all** positions (cached and new, ``S = cached + T``); False marks left padding,
+            which no query attends to and which does not advance the positions.
+        cache : KVCache, optional
+            Keys and values of the first ``S - T`` positions.
+
+        Returns
+        -------
+        hidden ``(B, T, d_model)`` and the cache over all ``S`` positions.
+        """
+        b, t = ids.shape
+        s = key_mask.shape[1]
+        if key_mask.shape[0] != b or s < t:
+            raise ValueError(f"key_mask must have shape (B, S >= T) = ({b}, >={t}), got {tuple(key_mask.shape)}")
+        if s > self.cfg.max_len:
+            raise ValueError(f"sequence length {s} exceeds the model's max_len {self.cfg.max_len}")
+        km = key_mask.to(torch.bool)
+        positions = (km.long().cumsum(1) - 1).clamp_min(0)[:, s - t :]  # (B, T) padding does not count
+        x = self.tok(ids) + self.pos(positions)
+        causal = torch.ones(t, s, dtype=torch.bool, device=ids.device).tril(s - t)  # (T, S)
+        allowed = causal.unsqueeze(0) & km.unsqueeze(1)  # (B, T, S)
+        # a padding query may see nothing; let it see itself so that softmax stays finite (its output is unused)
+        own = torch.zeros(t, s, dtype=torch.bool, device=ids.device)
+        own[torch.arange(t), torch.arange(s - t, s)] = True  # (T, S) each query's own position
+        allowed = allowed | own.unsqueeze(0)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=ids.device).masked_fill_(~allowed, float("-inf"))
+        bias = bias.unsqueeze(1)  # (B, 1, T, S)
+        new_cache: KVCache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, bias, None if cache is None else cache[i])
+            new_cache.append(kv)
+        return self.ln_f(x), new_cache

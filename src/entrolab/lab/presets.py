@@ -1,0 +1,235 @@
+"""The lab's methods: named presets, each a combination of advantage, policy loss, regularizers and sampling.
+
+A preset is data (:class:`Preset`), not code: the trainer reads its fields and calls the matching functions of
+:mod:`entrolab.losses` and :mod:`entrolab.control`.  A config file composes new methods from the same parts::
+
+    [presets.steer_hot]
+    base = "steer"            # start from a built-in preset (default: "grpo")
+    temperature = 1.2
+    loss_kwargs = { k = 2.0 }
+
+Unknown preset names, unknown fields and bad values fail with the name, the field and the valid choices.
+
+Fractions the papers tune for 10^6-token batches (Clip-Cov's 2e-4, KL-Cov's 2e-3) would touch at most one token of a
+lab batch (a few hundred tokens); the lab presets scale them to 2% and say so in their descriptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses
+
+__all__ = ["ADVANTAGES", "PRESETS", "Preset", "get_preset", "preset_from_mapping"]
+
+ADVANTAGES = ("grpo", "dr_grpo", "rloo", "empg")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One lab method.
+
+    Every field has a default, so a config file only names what it changes.
+    """
+
+    name: str
+    description: str = ""
+    """One line: what the method does to entropy."""
+    reference: str = ""
+    """The paper (arXiv id)."""
+    advantage: str = "grpo"
+    """``grpo`` (group z-score), ``dr_grpo`` (group mean only), ``rloo`` (leave-one-out) or ``empg`` (GRPO, then
+    EMPG's entropy modulation per token)."""
+    loss: str = "ppo"
+    """A registered policy loss (:func:`entrolab.losses.policy_losses`)."""
+    loss_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Hyperparameters passed to the policy loss."""
+    agg: str = "token-mean"
+    """Aggregation mode (:data:`entrolab.losses.AGG_MODES`); ``seq-mean-token-sum-norm`` uses the generation length
+    as its constant."""
+    entropy_coef: float = 0.0
+    """Fixed entropy-bonus coefficient (0: none)."""
+    adaptive_entropy_target: float | None = None
+    """Adaptive entropy coefficient (Skywork-OR1): the target as a fraction of the policy's mean entropy at the
+    first RL step (``None``: off)."""
+    siren_coef: float = 0.0
+    """SIREN's coefficient (0: off); the anchor is the first step's masked top-p entropy."""
+    epo_coef: float = 0.0
+    """EPO's coefficient (0: off); the reference is the running mean of past steps' entropy."""
+    kl_coef: float = 0.0
+    """k3 KL penalty to the initial (warm-started) policy (0: off; the KL is still reported)."""
+    temperature: float = 1.0
+    """Sampling temperature of the training rollouts."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"preset name must be a non-empty string, got {self.name!r}")
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(
+                f"preset {self.name!r}: advantage must be one of {', '.join(ADVANTAGES)}; got {self.advantage!r}"
+            )
+        if self.loss not in policy_losses():
+            raise ValueError(
+                f"preset {self.name!r}: loss {self.loss!r} is not registered; "
+                f"valid losses: {', '.join(policy_losses())}"
+            )
+        if self.agg not in AGG_MODES:
+            raise ValueError(f"preset {self.name!r}: agg must be one of {', '.join(AGG_MODES)}; got {self.agg!r}")
+        if not isinstance(self.loss_kwargs, Mapping):
+            raise TypeError(f"preset {self.name!r}: loss_kwargs must be a mapping, got {self.loss_kwargs!r}")
+        for key in ("entropy_coef", "siren_coef", "epo_coef", "kl_coef"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"preset {self.name!r}: {key} must be a number >= 0, got {value!r}")
+        t = self.adaptive_entropy_target
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < 10):
+            raise ValueError(f"preset {self.name!r}: adaptive_entropy_target must be in (0, 10) or None, got {t!r}")
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, int | float)
+            or not self.temperature > 0
+        ):
+            raise ValueError(f"preset {self.name!r}: temperature must be > 0, got {self.temperature!r}")
+        fn = get_policy_loss(self.loss)
+        params = inspect.signature(fn).parameters
+        for key in self.loss_kwargs:
+            if key not in params or key in ("logp", "old_logp", "advantages", "mask", "entropy", "agg", "generator"):
+                raise ValueError(f"preset {self.name!r}: loss {self.loss!r} has no hyperparameter {key!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["loss_kwargs"] = dict(self.loss_kwargs)
+        return d
+
+
+_LAB_RATIO = 0.02
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "grpo",
+            "GRPO: PPO clip 0.2, group z-score advantages, per-sequence mean; the baseline whose entropy collapses",
+            "arXiv 2402.03300",
+            agg="seq-mean-token-mean",
+        ),
+        Preset(
+            "dr_grpo",
+            "Dr. GRPO: no std normalisation, constant-length token sum (removes GRPO's length and difficulty biases)",
+            "arXiv 2503.20783",
+            advantage="dr_grpo",
+            agg="seq-mean-token-sum-norm",
+        ),
+        Preset(
+            "dapo",
+            "DAPO clip-higher: eps_high 0.28 lets low-probability tokens rise, slowing entropy collapse",
+            "arXiv 2503.14476",
+            loss_kwargs={"eps_low": 0.2, "eps_high": 0.28},
+        ),
+        Preset(
+            "entropy_bonus",
+            "fixed entropy bonus 0.01 * H: pushes entropy up everywhere (may over-explore)",
+            "arXiv 1602.01783",
+            entropy_coef=0.01,
+        ),
+        Preset(
+            "adaptive_entropy",
+            "Skywork-OR1 adaptive coefficient: bonus switched on when entropy falls below 60% of its start",
+            "arXiv 2505.22312",
+            adaptive_entropy_target=0.6,
+        ),
+        Preset(
+            "clip_cov",
+            "Clip-Cov: detach a random 2% (lab-scaled; paper 0.02%) of tokens with covariance in (1, 5)",
+            "arXiv 2505.22617",
+            loss="clip_cov",
+            loss_kwargs={"ratio": _LAB_RATIO},
+        ),
+        Preset(
+            "kl_cov",
+            "KL-Cov: |log r| penalty on the top 2% (lab-scaled; paper 0.2%) covariance tokens",
+            "arXiv 2505.22617",
+            loss="kl_cov",
+            loss_kwargs={"ratio": _LAB_RATIO},
+        ),
+        Preset(
+            "steer",
+            "STEER: down-weight tokens whose predicted entropy change |Omega| is large (exp weighting)",
+            "arXiv 2510.10150",
+            loss="steer",
+        ),
+        Preset(
+            "siren",
+            "SIREN: anchor the top-p entropy of the peak tokens to its first-step value",
+            "arXiv 2509.25133",
+            siren_coef=0.005,
+        ),
+        Preset(
+            "epo",
+            "EPO: hinge penalty keeping step entropy within [0.8, 1.2] x its running mean",
+            "arXiv 2509.22576",
+            epo_coef=0.01,
+        ),
+        Preset(
+            "hapo",
+            "HAPO: clip range and advantage adapted per token from normalised log-entropy",
+            "arXiv 2509.16591",
+            loss="hapo",
+        ),
+        Preset(
+            "high_entropy_tokens",
+            "80/20: policy gradient only through the top-20% entropy (forking) tokens",
+            "arXiv 2506.01939",
+            loss="high_entropy_tokens",
+        ),
+        Preset(
+            "entropy_balanced",
+            "AEPO-EB: stop-gradient high clip and entropy-aware advantage",
+            "arXiv 2510.14545",
+            loss="entropy_balanced",
+        ),
+        Preset(
+            "empg",
+            "EMPG: advantages modulated by token entropy, with a future-clarity bonus",
+            "arXiv 2509.09265",
+            advantage="empg",
+        ),
+    ]
+}
+
+
+def get_preset(name: str, extra: Mapping[str, Preset] | None = None) -> Preset:
+    """A preset by name (``extra`` presets from a config file first); unknown -> ``ValueError`` listing valid names."""
+    table = {**PRESETS, **(extra or {})}
+    if name not in table:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(table))}")
+    return table[name]
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Preset)} - {"name"}
+
+
+def preset_from_mapping(name: str, values: Mapping[str, Any], *, known: Mapping[str, Preset] | None = None) -> Preset:
+    """A new preset ``name`` from a config-file table: ``base`` (default ``"grpo"``) plus overridden fields.
+
+    ``loss_kwargs`` are merged into the base's when the loss is unchanged, replaced otherwise.
+    """
+    if not isinstance(values, Mapping):
+        raise TypeError(f"preset {name!r} must be a table of fields, got {values!r}")
+    values = dict(values)
+    base = get_preset(values.pop("base", "grpo"), known)
+    unknown = sorted(set(values) - _FIELDS)
+    if unknown:
+        raise ValueError(f"preset {name!r}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(_FIELDS))}")
+    merged = base.to_dict()
+    if "loss_kwargs" in values and values.get("loss", base.loss) == base.loss:
+        values["loss_kwargs"] = {**merged["loss_kwargs"], **dict(values["loss_kwargs"])}
+    elif "loss" in values and values["loss"] != base.loss:
+        merged["loss_kwargs"] = {}
+    merged.update(values)
+    merged["name"] = name
+    return Preset(**merged)

@@ -1,0 +1,281 @@
+"""The lab's report: figures, a table of final metrics with intervals, ``report.html`` (self-contained) and
+``summary.md``, rebuilt from the metrics files of a run directory alone (``entrolab report DIR``).
+
+Figures (PNG for the HTML page and the README, SVG alongside):
+
+- entropy vs step and accuracy vs step per method, mean over seeds with a 95% band (Student t);
+- pass@k at the end of training per method (with the warm-started policy for reference);
+- entropy vs reward with the fitted law ``R = -a exp(H) + b`` (:func:`entrolab.dynamics.fit_entropy_law`) and its
+  predicted ceiling ``b - a`` per method.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from entrolab.dynamics import fit_entropy_law
+
+__all__ = ["build_report", "load_run"]
+
+# two-sided 95% Student t quantiles for n - 1 degrees of freedom (n seeds)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% interval of the mean (0 half-width for one value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan
+    if arr.size == 1:
+        return float(arr[0]), 0.0
+    t = _T95.get(arr.size - 1, 1.96)
+    return float(arr.mean()), float(t * arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def load_run(directory: str | Path) -> dict[str, Any]:
+    """A run directory's config and metric rows: ``{"config", "sft", "runs": {method: {seed: [rows]}}}``.
+
+    Malformed JSON lines raise ``ValueError`` naming the file and the line.
+    """
+    out = Path(directory)
+    config_path = out / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"{out} is not a lab run directory (no config.json)")
+    config = json.loads(config_path.read_text())
+    sft_path = out / "sft" / "summary.json"
+    sft = json.loads(sft_path.read_text()) if sft_path.exists() else {}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for method in config["methods"]:
+        for seed_dir in sorted((out / "runs" / method).glob("seed*")):
+            path = seed_dir / "metrics.jsonl"
+            if not path.exists():
+                continue
+            rows = []
+            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
+            runs.setdefault(method, {})[int(seed_dir.name[4:])] = rows
+    return {"config": config, "sft": sft, "runs": runs, "dir": str(out)}
+
+
+def _series(rows_by_seed: dict[int, list[dict]], kind: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean and 95% half-width of ``key`` across seeds (steps present in every seed)."""
+    per_seed = [
+        {r["step"]: r[key] for r in rows if r.get("kind") == kind and key in r} for rows in rows_by_seed.values()
+    ]
+    if not per_seed:
+        return np.array([]), np.array([]), np.array([])
+    steps = sorted(set.intersection(*(set(d) for d in per_seed)))
+    means, halves = [], []
+    for s in steps:
+        m, h = _interval([d[s] for d in per_seed])
+        means.append(m)
+        halves.append(h)
+    return np.array(steps), np.array(means), np.array(halves)
+
+
+def _smooth(y: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1 or y.size < width:
+        return y
+    kernel = np.ones(width) / width
+    padded = np.concatenate([np.full(width - 1, y[0]), y])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def _final(rows_by_seed: dict[int, list[dict]], kind: str, key: str) -> tuple[float, float]:
+    values = []
+    for rows in rows_by_seed.values():
+        cand = [r for r in rows if r.get("kind") == kind and key in r]
+        if cand:
+            values.append(cand[-1][key])
+    return _interval(values)
+
+
+def _first(rows_by_seed: dict[int, list[dict]], kind: str, key: str) -> tuple[float, float]:
+    values = []
+    for rows in rows_by_seed.values():
+        cand = [r for r in rows if r.get("kind") == kind and key in r]
+        if cand:
+            values.append(cand[0][key])
+    return _interval(values)
+
+
+def _fmt(mean: float, half: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}" if half > 0 else f"{mean:.{digits}f}"
+
+
+def build_report(directory: str | Path) -> dict[str, Path]:
+    """Write ``report.html``, ``summary.md`` and ``figures/*.png|svg`` into ``directory``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = load_run(directory)
+    out = Path(directory)
+    figdir = out / "figures"
+    figdir.mkdir(exist_ok=True)
+    runs = data["runs"]
+    methods = [m for m in data["config"]["methods"] if m in runs]
+    if not methods:
+        raise ValueError(f"{out}: no metrics yet (no runs/<method>/seed*/metrics.jsonl)")
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    steps_total = data["config"]["steps"]
+    smooth = max(1, steps_total // 20)
+    paths: dict[str, Path] = {}
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            fig.savefig(figdir / f"{name}.{ext}", dpi=110)
+        plt.close(fig)
+        paths[name] = figdir / f"{name}.png"
+
+    # 1. entropy and accuracy vs step, seed bands
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "entropy", "mean token entropy (nats)"), (axes[1], "accuracy", "train accuracy")):
+        for m in methods:
+            x, y, h = _series(runs[m], "train", key)
+            if x.size == 0:
+                continue
+            y, h = _smooth(y, smooth), _smooth(h, smooth)
+            ax.plot(x, y, color=colors[m], label=m)
+            ax.fill_between(x, y - h, y + h, color=colors[m], alpha=0.15, linewidth=0)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"entropy (mean over seeds, 95% band; {smooth}-step moving average)", fontsize=9)
+    axes[1].set_title("accuracy on training prompts", fontsize=9)
+    save(fig, "entropy_accuracy")
+
+    # 2. pass@k at the end (and at the warm start)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sft_eval = data["sft"].get("eval", {})
+    ks = sorted(int(k[5:]) for k in sft_eval if k.startswith("pass@"))
+    if ks:
+        ax.plot(ks, [sft_eval[f"pass@{k}"] for k in ks], "k--", label="warm start")
+    for m in methods:
+        vals = [_final(runs[m], "eval", f"pass@{k}") for k in ks]
+        if ks and not any(math.isnan(v[0]) for v in vals):
+            ax.errorbar(ks, [v[0] for v in vals], yerr=[v[1] for v in vals], color=colors[m], label=m, capsize=2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k (held-out prompts)")
+    ax.set_title("pass@k after RL (mean over seeds, 95% interval)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, "pass_at_k")
+
+    # 3. entropy vs reward with the fitted law per method
+    fig, ax = plt.subplots(figsize=(6, 4))
+    fits: dict[str, Any] = {}
+    for m in methods:
+        h_all, r_all = [], []
+        for rows in runs[m].values():
+            tr = [r for r in rows if r.get("kind") == "train"]
+            h_all += [r["entropy"] for r in tr]
+            r_all += [r["reward"] for r in tr]
+        if len(h_all) < 3:
+            continue
+        ax.scatter(h_all, r_all, s=4, color=colors[m], alpha=0.25)
+        try:
+            fit = fit_entropy_law(h_all, r_all)
+        except ValueError:
+            continue
+        fits[m] = fit
+        grid = np.linspace(0.0, max(h_all), 50)
+        ax.plot(grid, fit.predict(grid), color=colors[m], label=f"{m}: ceiling {fit.ceiling:.2f}")
+    ax.set_xlabel("mean token entropy (nats)")
+    ax.set_ylabel("train reward")
+    ax.set_title("R = -a exp(H) + b per method; ceiling = b - a at H = 0", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, "entropy_law")
+
+    # table of final metrics
+    header = [
+        "method",
+        "entropy start",
+        "entropy end",
+        "pass@1",
+        f"pass@{ks[-1]}" if ks else "pass@k",
+        "distinct correct",
+        "KL to init",
+        "law ceiling",
+        "wall s / run",
+        "tokens/s",
+    ]
+    table = []
+    for m in methods:
+        e0 = _first(runs[m], "train", "entropy")
+        e1 = _final(runs[m], "train", "entropy")
+        secs, tps = [], []
+        for rows in runs[m].values():
+            tr = [r for r in rows if r.get("kind") == "train"]
+            secs.append(sum(r.get("step_seconds", 0.0) for r in tr) + sum(r.get("eval_seconds", 0.0) for r in rows))
+            tps += [r.get("tokens_per_s", 0.0) for r in tr]
+        table.append(
+            [
+                m,
+                _fmt(*e0),
+                _fmt(*e1),
+                _fmt(*_final(runs[m], "eval", "pass@1")),
+                _fmt(*_final(runs[m], "eval", f"pass@{ks[-1]}")) if ks else "-",
+                _fmt(*_final(runs[m], "eval", "distinct_correct"), digits=2),
+                _fmt(*_final(runs[m], "train", "kl_to_init"), digits=4),
+                f"{fits[m].ceiling:.3f}" if m in fits else "-",
+                f"{np.mean(secs):.1f}",
+                f"{np.mean(tps):.0f}" if tps else "-",
+            ]
+        )
+    cfg = data["config"]
+    seeds = cfg["seeds"]
+    intro = (
+        f"Task `{cfg['task']}`, model `{cfg['model']}`, {len(methods)} methods x {seeds} seed(s), {cfg['steps']} RL "
+        f"steps of {cfg['prompts_per_step']} prompts x {cfg['group_size']} samples.  Warm start pass@1 "
+        f"{sft_eval.get('pass@1', float('nan')):.3f}.  Intervals: 95% over seeds (Student t)."
+    )
+    md = ["# entrolab lab report", "", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in table]
+    md += ["", *(f"![{name}](figures/{name}.png)" for name in paths)]
+    summary = out / "summary.md"
+    summary.write_text("\n".join(md) + "\n")
+
+    def img(name: str) -> str:
+        data64 = base64.b64encode(paths[name].read_bytes()).decode()
+        return (
+            f'<figure><img alt="{name}" src="data:image/png;base64,{data64}"><figcaption>{name}</figcaption></figure>'
+        )
+
+    rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>entrolab lab report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} figure {{ margin: 1em 0; }}
+figcaption {{ font-size: 0.8em; color: #666; }}
+</style></head><body>
+<h1>entrolab lab report</h1>
+<p>{html.escape(intro)}</p>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr>{rows_html}</table>
+{"".join(img(name) for name in paths)}
+</body></html>
+"""
+    report = out / "report.html"
+    report.write_text(page)
+    return {"html": report, "summary": summary, **paths}

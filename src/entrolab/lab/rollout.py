@@ -1,0 +1,123 @@
+"""Batched, KV-cached sampling from the lab's policy, and the training-time forward that scores what was sampled.
+
+:func:`generate` left-pads the prompts, runs the prompt once, then one token per step for the whole batch from the
+KV cache, at a given temperature, with an explicit ``torch.Generator``.  :func:`score_completions` runs the full
+sequences once more, with gradients, and returns the per-token log-probs and entropies of the completion tokens from
+the final hidden states through :func:`entrolab.entropy.linear_logprob_and_entropy` (no ``(B, T, V)`` logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from entrolab.entropy import linear_logprob_and_entropy
+from entrolab.lab.policy import TinyGPT
+
+__all__ = ["Rollout", "generate", "left_pad", "score_completions"]
+
+
+@dataclass
+class Rollout:
+    """Sampled completions for a batch of prompts.
+
+    Shapes: ``prompt_ids``/``prompt_mask`` ``(B, P)`` (left-padded), ``completion_ids``/``completion_mask``
+    ``(B, L)`` (the mask covers tokens up to and including ``<eos>``), ``sample_logp`` ``(B, L)`` (log-prob of each
+    sampled token under the sampling distribution, 0 at padding).
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    sample_logp: Tensor
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.completion_mask.sum(-1)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token lists as a left-padded ``(B, P)`` id tensor and its bool mask."""
+    if not seqs:
+        raise ValueError("at least one prompt is needed")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = True
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(
+    model: TinyGPT,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample up to ``max_new_tokens`` tokens per prompt (stopping a row at ``<eos>``), KV-cached.
+
+    ``temperature`` must be > 0.  Rows that have finished keep producing ``pad_id`` (masked out).
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+    was_training = model.training
+    model.eval()
+    ids, pmask = left_pad(prompts, pad_id)
+    b = ids.shape[0]
+    head = model.head.weight
+    hidden, cache = model(ids, pmask)
+    key_mask = pmask
+    out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long)
+    out_mask = torch.zeros((b, max_new_tokens), dtype=torch.bool)
+    out_logp = torch.zeros((b, max_new_tokens))
+    alive = torch.ones(b, dtype=torch.bool)
+    last = hidden[:, -1]  # (B, d)
+    for step in range(max_new_tokens):
+        logits = (last @ head.T).float() / temperature  # (B, V)
+        logp_all = torch.log_softmax(logits, -1)
+        tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)  # (B,)
+        tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
+        out[:, step] = tok
+        out_mask[:, step] = alive
+        out_logp[:, step] = torch.where(alive, logp_all.gather(1, tok.unsqueeze(1)).squeeze(1), 0.0)
+        alive = alive & (tok != eos_id)
+        if not bool(alive.any()) or step == max_new_tokens - 1:
+            break
+        key_mask = torch.cat([key_mask, torch.ones(b, 1, dtype=torch.bool)], dim=1)
+        hidden, cache = model(tok.unsqueeze(1), key_mask, cache=cache)
+        last = hidden[:, -1]
+    model.train(was_training)
+    return Rollout(ids, pmask, out, out_mask, out_logp)
+
+
+def score_completions(
+    model: TinyGPT, rollout: Rollout, *, temperature: float = 1.0, with_logits: bool = False
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-token ``(logp, entropy)`` ``(B, L)`` of the completion tokens under ``model`` (differentiable), 0 at
+    padding; with ``with_logits`` also the completion logits ``(B, L, V)`` (SIREN needs them)."""
+    full = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # (B, P + L)
+    key_mask = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.completion_mask)], dim=1)
+    hidden, _ = model(full[:, :-1], key_mask[:, :-1])  # position i predicts token i + 1
+    p = rollout.prompt_ids.shape[1]
+    h = hidden[:, p - 1 :]  # (B, L, d): predictions of the completion tokens
+    labels = torch.where(rollout.completion_mask, rollout.completion_ids, -100)
+    b, length, d = h.shape
+    logp, ent = linear_logprob_and_entropy(
+        h.reshape(b * length, d), model.head.weight, labels.reshape(-1), temperature=temperature
+    )
+    assert logp is not None
+    logits = model.head(h) / temperature if with_logits else None
+    mf = rollout.completion_mask.to(logp.dtype)
+    return logp.view(b, length), ent.view(b, length) * mf, logits

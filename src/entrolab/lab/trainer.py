@@ -1,0 +1,675 @@
+"""The lab's recipe, read top to bottom: warm-start a small policy, then RL with one method, one seed.
+
+``run_lab(config)`` does, for the configured task and policy:
+
+1. **Held-out split**: ``eval_prompts`` distinct prompts; training never samples them.
+2. **Warm start** (:func:`warm_start`): supervised fine-tuning on generated solutions, cached in ``out/sft`` and
+   reused by every method and seed (and by later runs with the same settings).
+3. **RL** (:func:`train_one`) per method and seed: each step samples ``prompts_per_step`` prompts, ``group_size``
+   completions each (batched, KV-cached), scores them, computes advantages, then ``ppo_epochs`` passes over
+   ``minibatches`` with the method's policy loss and regularizers from :mod:`entrolab.losses`.  Token log-probs and
+   entropies come from :func:`entrolab.entropy.linear_logprob_and_entropy` on the final hidden states.
+4. **Metrics** every step (JSONL, and TensorBoard event files when ``tensorboard`` is installed) and every
+   ``eval_every`` steps on the held-out prompts: pass@1 ... pass@k (unbiased estimator) and distinct correct answers.
+5. **Checkpoints** every ``checkpoint_every`` steps, written atomically, holding everything a resumed run needs
+   (model, optimizer, RNG states, controller/anchor/history states, the number of metric rows written).
+
+Everything is seeded: with ``deterministic=True`` a resumed run reproduces the uninterrupted run's metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from entrolab.control import AdaptiveEntropyCoefficient
+from entrolab.dynamics import entropy_dynamics
+from entrolab.lab.policy import CharTokenizer, TinyGPT, TinyGPTConfig
+from entrolab.lab.presets import Preset, get_preset
+from entrolab.lab.rollout import Rollout, generate, score_completions
+from entrolab.lab.tasks import Example, Task, get_task, make_splits, sample_train
+from entrolab.losses import (
+    Aggregation,
+    EntropyHistory,
+    SirenAnchor,
+    dr_grpo_advantages,
+    empg_advantages,
+    entropy_bonus,
+    epo,
+    get_policy_loss,
+    grpo_advantages,
+    kl_estimate,
+    kl_penalty,
+    rloo_advantages,
+    siren,
+)
+
+__all__ = ["LabConfig", "LabError", "pass_at_k", "run_lab", "train_one", "warm_start"]
+
+
+class LabError(RuntimeError):
+    """A lab run cannot continue (NaN loss, an existing run directory, a bad resume)."""
+
+
+@dataclass
+class LabConfig:
+    """Everything a lab run depends on.  Every field is a command-line option of ``entrolab lab``."""
+
+    methods: tuple[str, ...] = ("grpo", "dapo", "clip_cov", "kl_cov", "entropy_bonus", "steer")
+    """Methods (presets) to compare, run one after another."""
+    seeds: int = 2
+    """Seeds per method (0 .. seeds-1, offset by ``seed``)."""
+    seed: int = 0
+    """Base seed: the held-out split, the warm start and every run derive from it."""
+    steps: int = 150
+    """RL steps per run."""
+    task: str = "countdown"
+    """Built-in task: ``countdown`` (many correct answers) or ``arithmetic`` (one)."""
+    model: str = "tiny"
+    """``tiny`` (the built-in transformer)."""
+    prompts_per_step: int = 16
+    """Prompts per RL step."""
+    group_size: int = 8
+    """Completions per prompt (the group of GRPO)."""
+    max_new_tokens: int = 0
+    """Completion budget in tokens; 0 means the task's longest answer plus 2."""
+    lr: float = 3e-4
+    """Adam learning rate of the RL updates."""
+    ppo_epochs: int = 1
+    """Passes over each step's samples (1: on-policy; >1 uses the old log-probs)."""
+    minibatches: int = 1
+    """Optimizer steps per pass (the step's groups are split evenly)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    eval_every: int = 20
+    """Held-out evaluation every this many steps (and at the first and last step)."""
+    eval_prompts: int = 64
+    """Held-out prompts."""
+    eval_samples: int = 16
+    """Samples per held-out prompt: pass@k is reported for k = 1, 2, 4, ... up to this."""
+    sft_steps: int = 600
+    """Warm-start steps (supervised, on generated solutions)."""
+    sft_batch: int = 64
+    """Warm-start batch size."""
+    sft_lr: float = 2e-3
+    """Warm-start learning rate."""
+    d_model: int = 96
+    """Width of the built-in model."""
+    n_layer: int = 2
+    """Layers of the built-in model."""
+    checkpoint_every: int = 20
+    """Checkpoint every this many RL steps (and at the end)."""
+    threads: int = 0
+    """torch threads (0: leave torch's default)."""
+    out: str = "lab-runs/default"
+    """Run directory."""
+    deterministic: bool = True
+    """Deterministic torch algorithms (a resumed run then reproduces an uninterrupted one exactly)."""
+    presets: dict[str, Preset] = field(default_factory=dict)
+    """Extra presets defined in a config file (``[presets.NAME]`` tables)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):
+            self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())
+        self.methods = tuple(self.methods)
+        if not self.methods:
+            raise ValueError("methods must name at least one method")
+        for name in self.methods:
+            get_preset(name, self.presets)
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must not repeat a name, got {','.join(self.methods)}")
+        for name in (
+            "seeds",
+            "steps",
+            "prompts_per_step",
+            "group_size",
+            "ppo_epochs",
+            "minibatches",
+            "eval_every",
+            "eval_prompts",
+            "eval_samples",
+            "sft_batch",
+            "d_model",
+            "n_layer",
+            "checkpoint_every",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("sft_steps", "max_new_tokens", "threads", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        for name in ("lr", "sft_lr", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (group advantages need two samples), got {self.group_size}")
+        if self.prompts_per_step % self.minibatches:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be divisible by minibatches ({self.minibatches})"
+            )
+        get_task(self.task)
+        if self.model != "tiny":
+            raise ValueError(f"model must be 'tiny' (the built-in policy), got {self.model!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "presets"}
+        d["methods"] = list(self.methods)
+        d["presets"] = {k: v.to_dict() for k, v in self.presets.items()}
+        return d
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct: ``1 - C(n - c, k) / C(n, k)`` (Chen et al., arXiv
+    2107.03374, eq. 1), computed as a stable product.
+
+    >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 4), pass_at_k(5, 0, 2)
+    (0.25, 1.0, 0.0)
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _prompt_ids(tok: CharTokenizer, ex: Example) -> list[int]:
+    return [tok.bos_id, *tok.encode(ex.prompt)]
+
+
+def _build_model(cfg: LabConfig, tok: CharTokenizer, max_new: int, task: Task) -> TinyGPT:
+    longest_prompt = 24  # the built-in tasks' prompts are at most ~12 characters
+    return TinyGPT(
+        TinyGPTConfig(
+            vocab_size=tok.vocab_size,
+            d_model=cfg.d_model,
+            n_layer=cfg.n_layer,
+            n_head=4,
+            max_len=longest_prompt + max_new + 2,
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------------- warm start
+def _sft_key(cfg: LabConfig, model_cfg: dict) -> str:
+    keys = {k: getattr(cfg, k) for k in ("task", "model", "seed", "sft_steps", "sft_batch", "sft_lr", "eval_prompts")}
+    return hashlib.sha256(json.dumps({**keys, "model_cfg": model_cfg}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warm_start(
+    cfg: LabConfig, task: Task, tok: CharTokenizer, exclude: set[str], max_new: int, directory: Path
+) -> tuple[TinyGPT, dict[str, Any]]:
+    """The warm-started policy: loaded from ``directory`` when a previous run used the same settings, else trained
+    by supervised fine-tuning on ``task.solution`` completions and saved there (atomically)."""
+    torch.manual_seed(cfg.seed)
+    model = _build_model(cfg, tok, max_new, task)
+    key = _sft_key(cfg, model.config_dict())
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"sft-{key}.pt"
+    if path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        return model, json.loads(state["meta"])
+    rng = random.Random(f"sft-{cfg.seed}")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(cfg.sft_steps):
+        lr = cfg.sft_lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.sft_steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        examples = [sample_train(task, rng, exclude) for _ in range(cfg.sft_batch)]
+        prompts = [_prompt_ids(tok, ex) for ex in examples]
+        answers = [[*tok.encode(task.solution(ex, rng)), tok.eos_id] for ex in examples]
+        width = max(len(a) for a in answers)
+        comp = torch.full((len(answers), width), tok.pad_id, dtype=torch.long)
+        cmask = torch.zeros((len(answers), width), dtype=torch.bool)
+        for i, a in enumerate(answers):
+            comp[i, : len(a)] = torch.tensor(a)
+            cmask[i, : len(a)] = True
+        from entrolab.lab.rollout import left_pad
+
+        pids, pmask = left_pad(prompts, tok.pad_id)
+        r = Rollout(pids, pmask, comp, cmask, torch.zeros(comp.shape))
+        logp, _, _ = score_completions(model, r)
+        loss = -(logp * cmask).sum() / cmask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    meta = {"key": key, "sft_loss": losses[-1] if losses else None, "sft_seconds": time.perf_counter() - t0}
+    atomic_torch_save({"model": model.state_dict(), "meta": json.dumps(meta)}, path)
+    return model, meta
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+@torch.no_grad()
+def evaluate(
+    model: TinyGPT,
+    task: Task,
+    tok: CharTokenizer,
+    examples: list[Example],
+    *,
+    samples: int,
+    max_new: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """pass@k (k = 1, 2, 4, ... <= samples) at temperature 1, mean accuracy and mean distinct correct answers."""
+    prompts = [_prompt_ids(tok, ex) for ex in examples for _ in range(samples)]
+    r = generate(model, prompts, max_new_tokens=max_new, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator)
+    texts = [tok.decode(row.tolist()) for row in r.completion_ids]
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
+    totals = dict.fromkeys(ks, 0.0)
+    correct_total, distinct_total = 0, 0
+    for i, ex in enumerate(examples):
+        keys = [task.answer_key(ex, t) for t in texts[i * samples : (i + 1) * samples]]
+        c = sum(k is not None for k in keys)
+        correct_total += c
+        distinct_total += len({k for k in keys if k is not None})
+        for k in ks:
+            totals[k] += pass_at_k(samples, c, k)
+    n = len(examples)
+    out = {f"pass@{k}": totals[k] / n for k in ks}
+    out["accuracy"] = correct_total / (n * samples)
+    out["distinct_correct"] = distinct_total / n
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------- RL
+def _advantages(preset: Preset, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    if preset.advantage == "dr_grpo":
+        return dr_grpo_advantages(rewards, group_size=group_size)
+    if preset.advantage == "rloo":
+        return rloo_advantages(rewards, group_size=group_size)
+    return grpo_advantages(rewards, group_size=group_size)
+
+
+def _subset(r: Rollout, idx: torch.Tensor) -> Rollout:
+    return Rollout(
+        r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx], r.sample_logp[idx]
+    )
+
+
+class _Metrics:
+    """Appends JSON rows to ``metrics.jsonl`` (flushed per row) and mirrors scalars to TensorBoard when available."""
+
+    def __init__(self, directory: Path, keep_rows: int | None) -> None:
+        self.path = directory / "metrics.jsonl"
+        rows = self.path.read_text().splitlines() if self.path.exists() else []
+        if keep_rows is not None:  # resume: drop rows written after the checkpoint (they will be written again)
+            rows = rows[:keep_rows]
+            _atomic_write_bytes(self.path, "".join(r + "\n" for r in rows).encode())
+        elif rows:
+            self.path.unlink()
+            rows = []
+        self.rows = len(rows)
+        self.file = open(self.path, "a")  # noqa: SIM115 (closed in close())
+        self.tb: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(directory / "tb"))
+        except Exception:  # tensorboard is an optional extra
+            self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self.rows += 1
+        if self.tb is not None:
+            prefix = "eval/" if row.get("kind") == "eval" else "train/"
+            for k, v in row.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("step", "seed"):
+                    self.tb.add_scalar(prefix + k, v, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def _rng_state(rng: random.Random, gen: torch.Generator) -> dict[str, Any]:
+    return {"python": json.dumps(rng.getstate()), "torch_gen": gen.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any], rng: random.Random, gen: torch.Generator) -> None:
+    py = json.loads(state["python"])
+    rng.setstate((py[0], tuple(py[1]), py[2]))
+    gen.set_state(state["torch_gen"])
+    torch.set_rng_state(state["torch"])
+
+
+def train_one(
+    cfg: LabConfig,
+    preset: Preset,
+    seed: int,
+    *,
+    task: Task,
+    tok: CharTokenizer,
+    init_model: TinyGPT,
+    eval_examples: list[Example],
+    exclude: set[str],
+    max_new: int,
+    directory: Path,
+    resume: bool = False,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One RL run of ``preset`` with ``seed``; metrics in ``directory/metrics.jsonl``; returns the last eval row."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ckpt_path = directory / "checkpoint.pt"
+    model = copy.deepcopy(init_model)
+    ref = copy.deepcopy(init_model).requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    rng = random.Random(f"train-{cfg.seed}-{seed}")
+    gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + cfg.seed)
+    eval_gen_seed = 7_919 * (seed + 1) + cfg.seed
+    controller: AdaptiveEntropyCoefficient | None = None
+    anchor = SirenAnchor()
+    history = EntropyHistory(max_steps=1)  # single-turn tasks: one entropy per RL step
+    loss_fn = get_policy_loss(preset.loss)
+    agg = Aggregation(preset.agg, max_length=max_new) if preset.agg == "seq-mean-token-sum-norm" else preset.agg
+    start, keep_rows = 0, None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], rng, gen)
+        if state["controller"] is not None:
+            controller = AdaptiveEntropyCoefficient(target=1.0)
+            controller.load_state_dict(json.loads(state["controller"]))
+        anchor.load_state_dict(json.loads(state["anchor"]))
+        history.load_state_dict(json.loads(state["history"]))
+        start, keep_rows = int(state["step"]), int(state["metric_rows"])
+    elif resume:
+        keep_rows = 0
+    metrics = _Metrics(directory, keep_rows)
+    base = {"method": preset.name, "seed": seed}
+    last_eval: dict[str, Any] = {}
+
+    def run_eval(step: int) -> None:
+        nonlocal last_eval
+        g = torch.Generator().manual_seed(eval_gen_seed + step)
+        t0 = time.perf_counter()
+        res = evaluate(model, task, tok, eval_examples, samples=cfg.eval_samples, max_new=max_new, generator=g)
+        last_eval = {"kind": "eval", **base, "step": step, **res, "eval_seconds": time.perf_counter() - t0}
+        metrics.write(last_eval)
+
+    def save(step: int) -> None:
+        atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": _rng_state(rng, gen),
+                "controller": None if controller is None else json.dumps(controller.state_dict()),
+                "anchor": json.dumps(anchor.state_dict()),
+                "history": json.dumps(history.state_dict()),
+                "step": step,
+                "metric_rows": metrics.rows,
+            },
+            ckpt_path,
+        )
+
+    if start == 0:
+        run_eval(0)
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            examples = [sample_train(task, rng, exclude) for _ in range(cfg.prompts_per_step)]
+            prompts = [_prompt_ids(tok, ex) for ex in examples for _ in range(cfg.group_size)]
+            rollout = generate(
+                model,
+                prompts,
+                max_new_tokens=max_new,
+                temperature=preset.temperature,
+                eos_id=tok.eos_id,
+                pad_id=tok.pad_id,
+                generator=gen,
+            )
+            t_gen = time.perf_counter() - t0
+            texts = [tok.decode(row.tolist()) for row in rollout.completion_ids]
+            owners = [ex for ex in examples for _ in range(cfg.group_size)]
+            rewards = torch.tensor([task.score(ex, t) for ex, t in zip(owners, texts)], dtype=torch.float32)
+            adv_seq = _advantages(preset, rewards, cfg.group_size)  # (B,)
+            mask = rollout.completion_mask
+            with torch.no_grad():
+                old_logp, old_ent, _ = score_completions(model, rollout, temperature=preset.temperature)
+                ref_logp, _, _ = score_completions(ref, rollout, temperature=preset.temperature)
+            adv: torch.Tensor = adv_seq
+            if preset.advantage == "empg":
+                adv = empg_advantages(old_ent, mask, adv_seq)
+            valid_ent = old_ent[mask]
+            mean_ent = float(valid_ent.mean()) if valid_ent.numel() else 0.0
+            if preset.adaptive_entropy_target is not None and controller is None:
+                controller = AdaptiveEntropyCoefficient(target=preset.adaptive_entropy_target * max(mean_ent, 1e-6))
+            past = history.reference()
+            reference_entropy = None if past is None else float(past[0])
+            loss_metrics: dict[str, float] = {}
+            num_groups = cfg.prompts_per_step // cfg.minibatches
+            for _epoch in range(cfg.ppo_epochs):
+                for mb in range(cfg.minibatches):
+                    idx = torch.arange(mb * num_groups * cfg.group_size, (mb + 1) * num_groups * cfg.group_size)
+                    sub = _subset(rollout, idx)
+                    logp, ent, logits = score_completions(
+                        model, sub, temperature=preset.temperature, with_logits=preset.siren_coef > 0
+                    )
+                    m = sub.completion_mask
+                    out = loss_fn(
+                        logp, old_logp[idx], adv[idx], m, entropy=ent, agg=agg, generator=gen, **preset.loss_kwargs
+                    )
+                    loss = out.loss
+                    extra: dict[str, torch.Tensor] = dict(out.metrics)
+                    if preset.entropy_coef > 0:
+                        loss = loss + entropy_bonus(ent, m, coef=preset.entropy_coef, agg=agg).loss
+                    if controller is not None:
+                        loss = loss + entropy_bonus(ent, m, coef=controller, agg=agg).loss
+                        extra["entropy_coef"] = torch.tensor(controller.value)
+                    if preset.siren_coef > 0:
+                        assert logits is not None
+                        s = siren(logits, m, anchor=anchor, coef=preset.siren_coef)
+                        loss = loss + s.loss
+                        extra.update(s.metrics)
+                    if preset.epo_coef > 0:
+                        e = epo(ent, m, reference_entropy=reference_entropy, coef=preset.epo_coef)
+                        loss = loss + e.loss
+                        extra.update(e.metrics)
+                    if preset.kl_coef > 0:
+                        k = kl_penalty(logp, ref_logp[idx], m, kind="k3", coef=preset.kl_coef)
+                        loss = loss + k.loss
+                    if not torch.isfinite(loss):
+                        raise LabError(
+                            f"{preset.name} seed {seed}: the loss is {float(loss.detach())} at step {step + 1}; "
+                            f"stopping. The last good checkpoint is {ckpt_path} (resume with --resume after changing "
+                            "the settings)"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    loss_metrics = {k: float(v) for k, v in extra.items()}
+                    loss_metrics["loss"] = float(loss.detach())
+                    loss_metrics["grad_norm"] = float(grad_norm)
+            if controller is not None:
+                controller.observe(old_ent, mask)
+            history.record([mean_ent])
+            dyn = entropy_dynamics(old_logp, adv_seq, mask, entropy=old_ent)
+            ent_np = valid_ent.numpy()
+            kl = kl_estimate(old_logp, ref_logp, kind="k3")
+            n_tok = int(mask.sum())
+            seconds = time.perf_counter() - t0
+            row = {
+                "kind": "train",
+                **base,
+                "step": step + 1,
+                "reward": float(rewards.mean()),
+                "accuracy": float((rewards > 0.5).float().mean()),
+                "entropy": mean_ent,
+                "entropy_p10": float(np.percentile(ent_np, 10)) if ent_np.size else 0.0,
+                "entropy_p50": float(np.percentile(ent_np, 50)) if ent_np.size else 0.0,
+                "entropy_p90": float(np.percentile(ent_np, 90)) if ent_np.size else 0.0,
+                "cov_mean": float(dyn.cov_mean),
+                "cov_std": float(dyn.cov_std),
+                "cov_positive_frac": float(dyn.cov_positive_frac),
+                "predicted_entropy_change": float(dyn.predicted_entropy_change),
+                "kl_to_init": float((kl * mask).sum() / max(n_tok, 1)),
+                "response_length": float(mask.sum(-1).float().mean()),
+                "zero_variance_groups": float((rewards.view(-1, cfg.group_size).std(-1) == 0).float().mean()),
+                "tokens_per_s": n_tok / max(seconds, 1e-9),
+                "generation_seconds": t_gen,
+                "step_seconds": seconds,
+                **loss_metrics,
+            }
+            metrics.write(row)
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                run_eval(done)
+            if on_step is not None:
+                on_step(row)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                save(done)
+    finally:
+        metrics.close()
+    return last_eval
+
+
+# ------------------------------------------------------------------------------------------------------- driver
+def run_lab(
+    cfg: LabConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Run every method and seed of ``cfg``; returns the run directory (the report is built by the caller)."""
+    out = Path(cfg.out)
+    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    config_path = out / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise LabError(f"--resume {out}: no config.json there (not a lab run directory)")
+        saved = json.loads(config_path.read_text())
+        if saved != json.loads(json.dumps(cfg.to_dict())):
+            raise LabError(f"--resume {out}: the settings differ from the saved config.json; resume with the same ones")
+    elif out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise LabError(f"run directory {out} exists and is not empty; pass --overwrite or choose another --out")
+        for sub in (out / "runs",):
+            if sub.exists():
+                import shutil
+
+                shutil.rmtree(sub)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(config_path, json.dumps(cfg.to_dict(), indent=1).encode())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    task = get_task(cfg.task)
+    tok = CharTokenizer(task.alphabet)
+    max_new = cfg.max_new_tokens or task.max_answer_chars + 2
+    eval_examples, exclude = make_splits(task, seed=cfg.seed, num_eval=cfg.eval_prompts)
+    say(f"entrolab lab: task {task.name}, methods {', '.join(cfg.methods)}, {cfg.seeds} seed(s), {cfg.steps} steps")
+    t0 = time.perf_counter()
+    init_model, sft_meta = warm_start(cfg, task, tok, exclude, max_new, out / "sft")
+    g = torch.Generator().manual_seed(cfg.seed)
+    init_eval = evaluate(init_model, task, tok, eval_examples, samples=cfg.eval_samples, max_new=max_new, generator=g)
+    sft_meta = {**sft_meta, "eval": init_eval}
+    _atomic_write_bytes(out / "sft" / "summary.json", json.dumps(sft_meta, indent=1).encode())
+    say(f"warm start: pass@1 {init_eval['pass@1']:.3f} ({time.perf_counter() - t0:.1f} s)")
+    runs = [(name, cfg.seed + s) for name in cfg.methods for s in range(cfg.seeds)]
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _progress(len(runs) * cfg.steps, show)
+    for name, seed in runs:
+        preset = get_preset(name, cfg.presets)
+        directory = out / "runs" / name / f"seed{seed}"
+        done_marker = directory / "done.json"
+        if resume and done_marker.exists():
+            bar.update(cfg.steps)
+            continue
+
+        def on_step(row: dict[str, Any], _name: str = name, _seed: int = seed) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{_name} s{_seed} step {row['step']} H {row['entropy']:.3f} acc {row['accuracy']:.2f}")
+
+        t_run = time.perf_counter()
+        last = train_one(
+            cfg,
+            preset,
+            seed,
+            task=task,
+            tok=tok,
+            init_model=init_model,
+            eval_examples=eval_examples,
+            exclude=exclude,
+            max_new=max_new,
+            directory=directory,
+            resume=resume,
+            on_step=on_step,
+        )
+        _atomic_write_bytes(
+            done_marker, json.dumps({"last_eval": last, "seconds": time.perf_counter() - t_run}).encode()
+        )
+    bar.close()
+    return out
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, show: bool) -> Any:
+    """A tqdm bar on a terminal (step, ETA, entropy, accuracy); nothing otherwise."""
+    if not show:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def config_dict(cfg: LabConfig) -> dict[str, Any]:
+    return asdict(cfg)

@@ -1,0 +1,219 @@
+"""The lab end to end on tiny settings: every preset trains, the report renders, runs resume exactly after SIGKILL,
+a NaN loss stops cleanly, and an existing run directory is never overwritten silently."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from entrolab.lab import LabConfig, LabError, run_lab
+from entrolab.lab.presets import PRESETS
+
+TINY = {
+    "seeds": 1,
+    "steps": 3,
+    "prompts_per_step": 4,
+    "group_size": 4,
+    "eval_every": 2,
+    "eval_prompts": 4,
+    "eval_samples": 4,
+    "sft_steps": 5,
+    "sft_batch": 8,
+    "d_model": 32,
+    "checkpoint_every": 2,
+    "threads": 1,
+}
+TIMING = {"tokens_per_s", "step_seconds", "generation_seconds", "eval_seconds"}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _strip(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_every_preset_trains_and_the_report_renders(tmp_path):
+    cfg = LabConfig(methods=tuple(PRESETS), out=str(tmp_path / "run"), **TINY)
+    out = run_lab(cfg, progress=False, log=lambda s: None)
+    for name in PRESETS:
+        rows = _rows(out / "runs" / name / "seed0" / "metrics.jsonl")
+        train = [r for r in rows if r["kind"] == "train"]
+        evals = [r for r in rows if r["kind"] == "eval"]
+        assert [r["step"] for r in train] == [1, 2, 3], name
+        assert [r["step"] for r in evals] == [0, 2, 3], name
+        for r in rows:
+            for k, v in r.items():
+                if isinstance(v, float):
+                    assert math.isfinite(v), (name, k, v)
+        for key in (
+            "reward",
+            "entropy",
+            "entropy_p90",
+            "cov_mean",
+            "predicted_entropy_change",
+            "kl_to_init",
+            "response_length",
+            "tokens_per_s",
+            "loss",
+        ):
+            assert key in train[-1], (name, key)
+        assert {"pass@1", "pass@4", "distinct_correct"} <= set(evals[-1])
+        assert 0.0 <= evals[-1]["pass@1"] <= evals[-1]["pass@4"] <= 1.0
+    assert "clipfrac" in _rows(out / "runs" / "grpo" / "seed0" / "metrics.jsonl")[1]
+    assert "covclip_frac" in _rows(out / "runs" / "clip_cov" / "seed0" / "metrics.jsonl")[1]
+    assert "siren_entropy" in _rows(out / "runs" / "siren" / "seed0" / "metrics.jsonl")[1]
+    assert list((out / "runs" / "grpo" / "seed0" / "tb").glob("events.out.tfevents.*"))
+
+    from entrolab.lab.report import build_report
+
+    paths = build_report(out)
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == 3
+    summary = paths["summary"].read_text()
+    for name in PRESETS:
+        assert f"| {name} |" in summary
+    for fig in ("entropy_accuracy", "pass_at_k", "entropy_law"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{fig}.svg").exists()
+
+    # the warm start is cached: a second run with the same settings reuses it
+    sft = list((out / "sft").glob("sft-*.pt"))
+    assert len(sft) == 1
+    mtime = sft[0].stat().st_mtime_ns
+    run_lab(LabConfig(methods=("grpo",), out=str(out), **TINY), overwrite=True, progress=False, log=lambda s: None)
+    assert sft[0].stat().st_mtime_ns == mtime
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    cfg = LabConfig(methods=("grpo",), out=str(tmp_path / "run"), **TINY)
+    run_lab(cfg, progress=False, log=lambda s: None)
+    with pytest.raises(LabError, match=r"exists and is not empty; pass --overwrite"):
+        run_lab(cfg, progress=False, log=lambda s: None)
+    with pytest.raises(LabError, match="settings differ"):
+        run_lab(LabConfig(methods=("grpo",), out=str(tmp_path / "run"), **{**TINY, "steps": 4}), resume=True)
+    with pytest.raises(LabError, match=r"no config\.json"):
+        run_lab(LabConfig(methods=("grpo",), out=str(tmp_path / "elsewhere"), **TINY), resume=True)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from entrolab.lab import trainer
+    from entrolab.losses import LossOutput
+
+    calls = {"n": 0}
+    real = trainer.get_policy_loss("ppo")
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        if calls["n"] >= 3:
+            return LossOutput(out.loss * torch.tensor(float("nan")), out.metrics)
+        return out
+
+    monkeypatch.setattr(trainer, "get_policy_loss", lambda name: sometimes_nan)
+    cfg = LabConfig(methods=("grpo",), out=str(tmp_path / "run"), **{**TINY, "steps": 5, "checkpoint_every": 1})
+    with pytest.raises(LabError, match=r"the loss is nan at step 3; stopping. The last good checkpoint"):
+        run_lab(cfg, progress=False, log=lambda s: None)
+    state = torch.load(tmp_path / "run" / "runs" / "grpo" / "seed0" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def _lab_cmd(out: Path, *extra: str) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "entrolab",
+        "lab",
+        "--out",
+        str(out),
+        "--methods",
+        "grpo,clip_cov",
+        "--no-report",
+        "--progress",
+        "off",
+    ]
+    for k, v in {**TINY, "steps": 24, "checkpoint_every": 4, "eval_every": 6}.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args + list(extra)
+
+
+def test_sigkill_then_resume_gives_exactly_the_uninterrupted_metrics(tmp_path):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    ref = tmp_path / "ref"
+    subprocess.run(_lab_cmd(ref), check=True, env=env, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_lab_cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = run / "runs" / "grpo" / "seed0"
+    deadline = time.time() + 120
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        metrics = target / "metrics.jsonl"
+        if (target / "checkpoint.pt").exists() and metrics.exists():
+            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.strip().endswith("}")]
+            if steps and max(steps) >= 6:  # past a checkpoint, mid-way through the first run
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.005)
+    proc.wait()
+    assert killed, "the run finished before it could be killed; make it longer"
+    assert not (target / "done.json").exists()
+    subprocess.run(
+        [sys.executable, "-m", "entrolab", "lab", "--resume", str(run), "--no-report", "--progress", "off"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    for method in ("grpo", "clip_cov"):
+        a = _strip(_rows(ref / "runs" / method / "seed0" / "metrics.jsonl"))
+        b = _strip(_rows(run / "runs" / method / "seed0" / "metrics.jsonl"))
+        assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]  # no duplicates, no gaps
+        assert a == b, method
+
+
+def test_cli_quick_smoke_and_report_command(tmp_path):
+    out = tmp_path / "quick"
+    done = subprocess.run(
+        [sys.executable, "-m", "entrolab", "lab", "--quick", "--out", str(out), "--threads", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "report.html").exists() and "| grpo |" in done.stdout
+    (out / "report.html").unlink()
+    again = subprocess.run([sys.executable, "-m", "entrolab", "report", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0 and (out / "report.html").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "entrolab", "lab", "--methods", "grpo,nope"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "valid methods:" in bad.stderr
+    exists = subprocess.run(
+        [sys.executable, "-m", "entrolab", "lab", "--quick", "--out", str(out)], capture_output=True, text=True
+    )
+    assert exists.returncode == 1 and "--overwrite" in exists.stderr
+    help_text = subprocess.run([sys.executable, "-m", "entrolab", "lab", "--help"], capture_output=True, text=True)
+    for flag in (
+        "--methods",
+        "--seeds",
+        "--steps",
+        "--task",
+        "--model",
+        "--config",
+        "--out",
+        "--quick",
+        "--resume",
+        "--threads",
+    ):
+        assert flag in help_text.stdout

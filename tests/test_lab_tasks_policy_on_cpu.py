@@ -1,0 +1,358 @@
+"""The lab's parts: tasks and their verifiers (hostile completions included), the tiny policy's KV cache and left
+padding, pass@k, presets and config files."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+
+import pytest
+import torch
+
+from entrolab.lab.cli import load_config_file
+from entrolab.lab.policy import CharTokenizer, TinyGPT, TinyGPTConfig
+from entrolab.lab.presets import PRESETS, get_preset, preset_from_mapping
+from entrolab.lab.rollout import generate, left_pad, score_completions
+from entrolab.lab.tasks import ArithmeticTask, CountdownTask, get_task, make_splits, parse_expression, parse_integer
+from entrolab.lab.trainer import LabConfig, pass_at_k
+
+# ----------------------------------------------------------------------------------------------------- verifiers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3*7+4", (25, [3, 7, 4])),
+        (" (8 - 2) * 3 ", (18, [8, 2, 3])),
+        ("2-3-4", (-5, [2, 3, 4])),  # left associative
+        ("2+3*4", (14, [2, 3, 4])),  # precedence
+        ("((((1))))", (1, [1])),
+    ],
+)
+def test_parse_expression_values(text, expected):
+    assert parse_expression(text) == expected
+
+
+HOSTILE = [
+    "9" * 1_000_000,  # a megabyte-long line
+    "1+" * 400_000 + "1",
+    "(" * 10_000 + "1" + ")" * 10_000,  # deep nesting
+    "((((((((((1))))))))))",  # nesting 10 > 8, short
+    "2**9999999",  # exponent
+    "9^9^9^9",
+    "10**10**10",
+    "999999*999999*999999",  # intermediate magnitude beyond 1e12
+    "1234567+1",  # literal of 7 digits
+    "__import__('os').system('true')",
+    "exec('1')",
+    "１２+３",  # non-ASCII digits
+    "3\u200b+4",  # zero-width space
+    "1e999",
+    "0x10",
+    "07+1",  # leading zero
+    "-3+4",  # unary minus is not part of the language
+    "3+",
+    "(3+4",
+    "3 4",
+    "",
+    None,
+    12,
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_completions_are_rejected(text):
+    assert parse_expression(text) is None
+
+
+def test_hostile_completions_score_zero_quickly():
+    countdown, arithmetic = CountdownTask(), ArithmeticTask()
+    rng = random.Random(0)
+    ex_c, ex_a = countdown.sample(rng), arithmetic.sample(rng)
+    start = time.perf_counter()
+    for text in HOSTILE[:-2]:
+        assert countdown.score(ex_c, text) == 0.0 and countdown.answer_key(ex_c, text) is None
+        assert arithmetic.score(ex_a, text) == 0.0
+    # linear in a bounded prefix: a megabyte of input must not take seconds (generous bound, not a benchmark)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_parse_integer():
+    assert parse_integer("-42") == -42 and parse_integer(" 7 ") == 7
+    for bad in ("4 2", "1e3", "--1", "", "-", "１", "9" * 13, "+5", None):
+        assert parse_integer(bad) is None
+
+
+def test_countdown_accepts_every_correct_answer_and_nothing_else():
+    task = CountdownTask()
+    ex = task.sample(random.Random(3))
+    nums, target = ex.data["numbers"], ex.data["target"]
+    correct = set()
+    for perm in itertools.permutations(nums):
+        for ops in itertools.product("+-*", repeat=len(nums) - 1):
+            expr = "".join(str(n) + (ops[i] if i < len(ops) else "") for i, n in enumerate(perm))
+            value = parse_expression(expr)
+            assert value is not None
+            assert task.score(ex, expr) == (1.0 if value[0] == target else 0.0)
+            if value[0] == target:
+                correct.add(task.answer_key(ex, expr))
+    assert correct  # the reference solution's operator order may differ, but some flat expression hits it
+    # numbers not from the prompt, or used twice, are wrong even with the right value
+    assert task.score(ex, f"{target}") == 0.0
+    assert task.score(ex, f"{target}+0*{nums[0]}") == 0.0
+
+
+def test_countdown_worked_example():
+    task = CountdownTask()
+    from entrolab.lab.tasks import Example
+
+    ex = Example("3,7,4:25=", "3*7+4", {"numbers": [3, 7, 4], "target": 25})
+    for good in ("3*7+4", "4+7*3", "7*3+4", "(3*7)+4", " 4 + 3 * 7 "):
+        assert task.score(ex, good) == 1.0
+    assert task.answer_key(ex, " 4 + 3 * 7 ") == "4+3*7"
+    for bad in ("3*7+5", "3+7+4", "3*7+4+0", "25", "3*7*4"):
+        assert task.score(ex, bad) == 0.0
+
+
+@pytest.mark.parametrize("name", ["arithmetic", "countdown"])
+def test_solutions_are_correct_and_splits_are_disjoint_and_seeded(name):
+    task = get_task(name)
+    rng = random.Random(1)
+    for _ in range(300):
+        ex = task.sample(rng)
+        sol = task.solution(ex, rng)
+        assert task.score(ex, sol) == 1.0, (ex, sol)
+        assert len(sol) <= task.max_answer_chars
+        tok = CharTokenizer(task.alphabet)
+        assert tok.decode(tok.encode(ex.prompt + sol)) == ex.prompt + sol
+    ev1, held1 = make_splits(task, seed=5, num_eval=40)
+    ev2, _ = make_splits(task, seed=5, num_eval=40)
+    ev3, _ = make_splits(task, seed=6, num_eval=40)
+    assert [e.prompt for e in ev1] == [e.prompt for e in ev2] != [e.prompt for e in ev3]
+    assert len(held1) == 40
+    from entrolab.lab.tasks import sample_train
+
+    rng = random.Random(0)
+    assert all(sample_train(task, rng, held1).prompt not in held1 for _ in range(500))
+
+
+def test_unknown_task_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid tasks: arithmetic, countdown"):
+        get_task("sudoku")
+
+
+def test_arithmetic_worked_example():
+    from entrolab.lab.tasks import Example
+
+    task = ArithmeticTask()
+    ex = Example("3+4*2-5=", "6", {"value": 6})
+    assert task.score(ex, "6") == 1.0 and task.score(ex, " 6") == 1.0
+    assert task.score(ex, "9") == 0.0 and task.score(ex, "6.0") == 0.0
+
+
+# ------------------------------------------------------------------------------------------------------ pass@k
+
+
+@pytest.mark.parametrize(("n", "c"), [(1, 0), (1, 1), (5, 2), (8, 3), (16, 1), (16, 16), (7, 0)])
+def test_pass_at_k_is_the_combinatorial_probability(n, c):
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(range(n), k))
+        hit = sum(any(i < c for i in s) for s in subsets) / len(subsets)
+        assert math.isclose(pass_at_k(n, c, k), hit, rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_pass_at_k_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 0)
+
+
+# ------------------------------------------------------------------------------------------------------ policy
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    tok = CharTokenizer("0123456789+-*=")
+    return tok, TinyGPT(TinyGPTConfig(vocab_size=tok.vocab_size, d_model=32, n_layer=2, max_len=40, **kw))
+
+
+def test_kv_cache_gives_the_full_recompute():
+    tok, model = _model()
+    ids = torch.randint(3, tok.vocab_size, (3, 11), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[1, :4] = False  # left padding
+    full, _ = model(ids, mask)
+    h, cache = model(ids[:, :6], mask[:, :6])
+    parts = [h]
+    for t in range(6, 11):
+        h, cache = model(ids[:, t : t + 1], mask[:, : t + 1], cache=cache)
+        parts.append(h)
+    stepped = torch.cat(parts, 1)
+    valid = mask.unsqueeze(-1)
+    assert torch.allclose(full * valid, stepped * valid, atol=1e-5)
+
+
+def test_left_padding_does_not_change_a_prompts_generation():
+    tok, model = _model(1)
+    prompts = [[tok.bos_id, *tok.encode("3+4=")], [tok.bos_id, *tok.encode("12*3+45=")]]
+    batch = generate(
+        model,
+        prompts,
+        max_new_tokens=5,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        generator=torch.Generator().manual_seed(0),
+    )
+    ids, mask = left_pad(prompts, tok.pad_id)
+    h_batch, _ = model(ids, mask)
+    h_alone, _ = model(torch.tensor([prompts[0]]), torch.ones(1, len(prompts[0]), dtype=torch.bool))
+    assert torch.allclose(h_batch[0, -len(prompts[0]) :], h_alone[0], atol=1e-5)
+    # scoring the sampled tokens again reproduces the sampling log-probs (0 at padding)
+    logp, ent, _ = score_completions(model, batch)
+    assert torch.allclose(logp, batch.sample_logp, atol=1e-5)
+    assert bool((ent[~batch.completion_mask] == 0).all()) and bool((ent >= 0).all())
+
+
+def test_generation_is_seeded_and_respects_eos():
+    tok, model = _model(2)
+    prompts = [[tok.bos_id, *tok.encode("1+1=")]] * 6
+    a = generate(
+        model,
+        prompts,
+        max_new_tokens=8,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        generator=torch.Generator().manual_seed(3),
+    )
+    b = generate(
+        model,
+        prompts,
+        max_new_tokens=8,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    for row, m in zip(a.completion_ids, a.completion_mask):
+        n = int(m.sum())
+        assert bool(m[:n].all()) and not bool(m[n:].any())
+        assert (row[: n - 1] != tok.eos_id).all()
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, prompts, max_new_tokens=2, temperature=0.0, eos_id=2, pad_id=0)
+
+
+def test_tokenizer_and_model_config_validation():
+    tok = CharTokenizer("ab")
+    with pytest.raises(ValueError, match="not in the tokenizer's alphabet"):
+        tok.encode("abc")
+    with pytest.raises(ValueError, match="d_model"):
+        TinyGPTConfig(vocab_size=10, d_model=30, n_head=4)
+    _, model = _model()
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.zeros(1, 41, dtype=torch.long), torch.ones(1, 41, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------------------------------- presets
+
+REQUIRED = [
+    "grpo",
+    "dr_grpo",
+    "dapo",
+    "entropy_bonus",
+    "adaptive_entropy",
+    "clip_cov",
+    "kl_cov",
+    "steer",
+    "siren",
+    "epo",
+    "hapo",
+    "high_entropy_tokens",
+    "entropy_balanced",
+    "empg",
+]
+
+
+def test_every_required_preset_exists_and_is_documented():
+    for name in REQUIRED:
+        p = PRESETS[name]
+        assert p.description and p.reference, name
+    with pytest.raises(ValueError, match="valid methods: adaptive_entropy, clip_cov"):
+        get_preset("grpo2")
+    with pytest.raises(ValueError, match="valid methods"):
+        LabConfig(methods=("grpo", "nope"))
+
+
+def test_preset_composition_and_errors():
+    p = preset_from_mapping("dapo_hot", {"base": "dapo", "temperature": 1.3, "loss_kwargs": {"eps_high": 0.3}})
+    assert p.loss == "ppo" and p.loss_kwargs == {"eps_low": 0.2, "eps_high": 0.3} and p.temperature == 1.3
+    with pytest.raises(ValueError, match="unknown field"):
+        preset_from_mapping("x", {"temprature": 1.0})
+    with pytest.raises(ValueError, match="has no hyperparameter 'k'"):
+        preset_from_mapping("x", {"base": "steer", "loss_kwargs": {"k": 1}})
+    with pytest.raises(ValueError, match="not registered"):
+        preset_from_mapping("x", {"loss": "nope"})
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        preset_from_mapping("x", {"temperature": 0})
+
+
+def test_config_files_toml_and_yaml(tmp_path):
+    toml = tmp_path / "lab.toml"
+    toml.write_text(
+        'methods = ["grpo", "hot"]\nsteps = 7\nlr = 1e-3\n\n[presets.hot]\nbase = "dapo"\ntemperature = 1.5\n'
+    )
+    values = load_config_file(toml)
+    cfg = LabConfig(**values)
+    assert cfg.steps == 7 and cfg.methods == ("grpo", "hot") and cfg.presets["hot"].temperature == 1.5
+    yml = tmp_path / "lab.yaml"
+    yml.write_text("methods: grpo,clip_cov\nseeds: 3\n")
+    assert LabConfig(**load_config_file(yml)).seeds == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.toml", "steps = 7\nstpes = 3\n", r"a.toml, line 2: unknown field 'stpes'"),
+        ("b.toml", "steps = 'ten'\n", r"b.toml, line 1: field 'steps' must be an integer"),
+        ("c.toml", "steps = = 3\n", r"c.toml: invalid TOML"),
+        ("d.yaml", "steps: 3\nseeds: [1,\n", r"d.yaml, line \d+: invalid YAML"),
+        ("e.yaml", "seeds: 2\nlr: fast\n", r"e.yaml, line 2: field 'lr' must be a number"),
+        ("f.toml", "[presets.grpo]\nbase = 'dapo'\n", r"f.toml, line 1: preset 'grpo' is built in"),
+        ("g.toml", "[presets.x]\ntemprature = 2\n", r"g.toml, line 1: preset 'x': unknown field"),
+        ("h.json", "{}", r"expected a .toml, .yaml or .yml file"),
+    ],
+)
+def test_malformed_config_files_name_file_line_and_field(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config_file(path)
+
+
+def test_yaml_loader_is_safe(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("steps: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ValueError, match="invalid YAML"):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("steps", 0),
+        ("group_size", 1),
+        ("lr", -1.0),
+        ("lr", float("nan")),
+        ("task", "sudoku"),
+        ("methods", ()),
+        ("methods", ("grpo", "grpo")),
+        ("minibatches", 3),
+        ("model", "gpt2"),
+        ("seeds", True),
+    ],
+)
+def test_lab_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field if field != "minibatches" else "divisible"):
+        LabConfig(**{field: value})
