@@ -69,6 +69,10 @@ def test_every_preset_trains_and_the_report_renders(tmp_path):
             assert key in train[-1], (name, key)
         assert {"pass@1", "pass@4", "distinct_correct"} <= set(evals[-1])
         assert 0.0 <= evals[-1]["pass@1"] <= evals[-1]["pass@4"] <= 1.0
+    # same seed, same warm start: every method's first rollout is the same batch, so its statistics agree exactly
+    firsts = {name: _rows(out / "runs" / name / "seed0" / "metrics.jsonl")[1] for name in PRESETS}
+    for key in ("entropy", "reward", "entropy_p90", "response_length"):
+        assert len({r[key] for r in firsts.values()}) == 1, key
     assert "clipfrac" in _rows(out / "runs" / "grpo" / "seed0" / "metrics.jsonl")[1]
     assert "covclip_frac" in _rows(out / "runs" / "clip_cov" / "seed0" / "metrics.jsonl")[1]
     assert "siren_entropy" in _rows(out / "runs" / "siren" / "seed0" / "metrics.jsonl")[1]

@@ -88,9 +88,11 @@ class LabConfig:
     """Completion budget in tokens; 0 means the task's longest answer plus 2."""
     lr: float = 3e-4
     """Adam learning rate of the RL updates."""
-    ppo_epochs: int = 1
-    """Passes over each step's samples (1: on-policy; >1 uses the old log-probs)."""
-    minibatches: int = 1
+    ppo_epochs: int = 2
+    """Passes over each step's samples.  With ``ppo_epochs = minibatches = 1`` every update is on-policy (ratio 1),
+    where PPO's clip, DAPO's clip-higher and KL-Cov's penalty are all inactive; the default 2 x 2 updates per step
+    make the later ones off-policy, as in real RL post-training."""
+    minibatches: int = 2
     """Optimizer steps per pass (the step's groups are split evenly)."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
@@ -552,8 +554,10 @@ def train_one(
                 "tokens_per_s": n_tok / max(seconds, 1e-9),
                 "generation_seconds": t_gen,
                 "step_seconds": seconds,
-                **loss_metrics,
             }
+            # the loss's own metrics (clip and selection fractions, ...); its "entropy" is the last minibatch's after
+            # the earlier updates, so the rollout's mean entropy above keeps the name
+            row.update({k: v for k, v in loss_metrics.items() if k not in row})
             metrics.write(row)
             done = step + 1
             if done % cfg.eval_every == 0 or done == cfg.steps:
