@@ -126,7 +126,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
         return out
 
     monkeypatch.setattr(trainer, "get_policy_loss", lambda name: sometimes_nan)
-    cfg = LabConfig(methods=("grpo",), out=str(tmp_path / "run"), **{**TINY, "steps": 5, "checkpoint_every": 1})
+    overrides = {"steps": 5, "checkpoint_every": 1, "ppo_epochs": 1, "minibatches": 1}  # one loss call per step
+    cfg = LabConfig(methods=("grpo",), out=str(tmp_path / "run"), **{**TINY, **overrides})
     with pytest.raises(LabError, match=r"the loss is nan at step 3; stopping. The last good checkpoint"):
         run_lab(cfg, progress=False, log=lambda s: None)
     state = torch.load(tmp_path / "run" / "runs" / "grpo" / "seed0" / "checkpoint.pt", weights_only=True)

@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         if f.name == "presets":
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         help_text = f"{docs.get(f.name, '')} (default: {','.join(default) if isinstance(default, tuple) else default})"
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)

@@ -69,17 +69,22 @@ def load_run(directory: str | Path) -> dict[str, Any]:
     return {"config": config, "sft": sft, "runs": runs, "dir": str(out)}
 
 
-def _series(rows_by_seed: dict[int, list[dict]], kind: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps, mean and 95% half-width of ``key`` across seeds (steps present in every seed)."""
+def _series(
+    rows_by_seed: dict[int, list[dict]], kind: str, key: str, *, smooth: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean and 95% half-width of ``key`` across seeds (steps present in every seed).  Each seed's curve is
+    smoothed first (trailing moving average over ``smooth`` points), so the band is the seed-to-seed spread of the
+    trend rather than of single noisy steps."""
     per_seed = [
         {r["step"]: r[key] for r in rows if r.get("kind") == kind and key in r} for rows in rows_by_seed.values()
     ]
     if not per_seed:
         return np.array([]), np.array([]), np.array([])
     steps = sorted(set.intersection(*(set(d) for d in per_seed)))
+    curves = [_smooth(np.array([d[s] for s in steps], dtype=np.float64), smooth) for d in per_seed]
     means, halves = [], []
-    for s in steps:
-        m, h = _interval([d[s] for d in per_seed])
+    for i in range(len(steps)):
+        m, h = _interval([c[i] for c in curves])
         means.append(m)
         halves.append(h)
     return np.array(steps), np.array(means), np.array(halves)
@@ -134,7 +139,7 @@ def build_report(directory: str | Path) -> dict[str, Path]:
         raise ValueError(f"{out}: no metrics yet (no runs/<method>/seed*/metrics.jsonl)")
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     steps_total = data["config"]["steps"]
-    smooth = max(1, steps_total // 20)
+    smooth = max(1, steps_total // 12)
     paths: dict[str, Path] = {}
 
     def save(fig: Any, name: str) -> None:
@@ -146,19 +151,20 @@ def build_report(directory: str | Path) -> dict[str, Path]:
 
     # 1. entropy and accuracy vs step, seed bands
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "entropy", "mean token entropy (nats)"), (axes[1], "accuracy", "train accuracy")):
+    panels = ((axes[0], "entropy", "mean token entropy (nats)", None), (axes[1], "accuracy", "train accuracy", 1.0))
+    for ax, key, label, top in panels:
         for m in methods:
-            x, y, h = _series(runs[m], "train", key)
+            x, y, h = _series(runs[m], "train", key, smooth=smooth)
             if x.size == 0:
                 continue
-            y, h = _smooth(y, smooth), _smooth(h, smooth)
             ax.plot(x, y, color=colors[m], label=m)
-            ax.fill_between(x, y - h, y + h, color=colors[m], alpha=0.15, linewidth=0)
+            lo, hi = np.maximum(y - h, 0.0), y + h if top is None else np.minimum(y + h, top)
+            ax.fill_between(x, lo, hi, color=colors[m], alpha=0.12, linewidth=0)
         ax.set_xlabel("RL step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    axes[0].set_title(f"entropy (mean over seeds, 95% band; {smooth}-step moving average)", fontsize=9)
+    axes[0].set_title(f"entropy ({smooth}-step moving average; mean over seeds, 95% band)", fontsize=9)
     axes[1].set_title("accuracy on training prompts", fontsize=9)
     save(fig, "entropy_accuracy")
 
@@ -168,14 +174,19 @@ def build_report(directory: str | Path) -> dict[str, Path]:
     ks = sorted(int(k[5:]) for k in sft_eval if k.startswith("pass@"))
     if ks:
         ax.plot(ks, [sft_eval[f"pass@{k}"] for k in ks], "k--", label="warm start")
-    for m in methods:
+    for i, m in enumerate(methods):
         vals = [_final(runs[m], "eval", f"pass@{k}") for k in ks]
         if ks and not any(math.isnan(v[0]) for v in vals):
-            ax.errorbar(ks, [v[0] for v in vals], yerr=[v[1] for v in vals], color=colors[m], label=m, capsize=2)
+            mean = np.array([v[0] for v in vals])
+            half = np.array([v[1] for v in vals])
+            x = np.array(ks, dtype=np.float64) * 2 ** (0.04 * (i - (len(methods) - 1) / 2))  # dodge the bars
+            err = np.vstack([mean - np.maximum(mean - half, 0.0), np.minimum(mean + half, 1.0) - mean])
+            ax.errorbar(x, mean, yerr=err, color=colors[m], label=m, capsize=2, marker="o", markersize=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k (held-out prompts)")
-    ax.set_title("pass@k after RL (mean over seeds, 95% interval)", fontsize=9)
+    ax.set_title("pass@k after RL (mean over seeds, 95% interval, clipped to [0, 1])", fontsize=9)
+    ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "pass_at_k")

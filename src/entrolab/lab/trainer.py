@@ -28,7 +28,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.dynamics import entropy_dynamics
 from entrolab.lab.policy import CharTokenizer, TinyGPT, TinyGPTConfig
 from entrolab.lab.presets import Preset, get_preset
-from entrolab.lab.rollout import Rollout, generate, score_completions
+from entrolab.lab.rollout import Rollout, generate, left_pad, score_completions
 from entrolab.lab.tasks import Example, Task, get_task, make_splits, sample_train
 from entrolab.losses import (
     Aggregation,
@@ -68,13 +68,13 @@ class LabError(RuntimeError):
 class LabConfig:
     """Everything a lab run depends on.  Every field is a command-line option of ``entrolab lab``."""
 
-    methods: tuple[str, ...] = ("grpo", "dapo", "clip_cov", "kl_cov", "entropy_bonus", "steer")
+    methods: tuple[str, ...] = ("grpo", "dapo", "clip_cov", "kl_cov", "entropy_bonus")
     """Methods (presets) to compare, run one after another."""
-    seeds: int = 2
+    seeds: int = 3
     """Seeds per method (0 .. seeds-1, offset by ``seed``)."""
     seed: int = 0
     """Base seed: the held-out split, the warm start and every run derive from it."""
-    steps: int = 150
+    steps: int = 120
     """RL steps per run."""
     task: str = "countdown"
     """Built-in task: ``countdown`` (many correct answers) or ``arithmetic`` (one)."""
@@ -263,8 +263,6 @@ def warm_start(
         for i, a in enumerate(answers):
             comp[i, : len(a)] = torch.tensor(a)
             cmask[i, : len(a)] = True
-        from entrolab.lab.rollout import left_pad
-
         pids, pmask = left_pad(prompts, tok.pad_id)
         r = Rollout(pids, pmask, comp, cmask, torch.zeros(comp.shape))
         logp, _, _ = score_completions(model, r)
@@ -673,7 +671,3 @@ def _progress(total: int, show: bool) -> Any:
     except ImportError:
         return _NoBar()
     return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
-
-
-def config_dict(cfg: LabConfig) -> dict[str, Any]:
-    return asdict(cfg)
