@@ -98,21 +98,13 @@ def _smooth(y: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
-def _final(rows_by_seed: dict[int, list[dict]], kind: str, key: str) -> tuple[float, float]:
+def _endpoint(rows_by_seed: dict[int, list[dict]], kind: str, key: str, *, last: bool = True) -> tuple[float, float]:
+    """Mean and 95% half-width across seeds of ``key`` in each seed's last (or first) ``kind`` row."""
     values = []
     for rows in rows_by_seed.values():
         cand = [r for r in rows if r.get("kind") == kind and key in r]
         if cand:
-            values.append(cand[-1][key])
-    return _interval(values)
-
-
-def _first(rows_by_seed: dict[int, list[dict]], kind: str, key: str) -> tuple[float, float]:
-    values = []
-    for rows in rows_by_seed.values():
-        cand = [r for r in rows if r.get("kind") == kind and key in r]
-        if cand:
-            values.append(cand[0][key])
+            values.append(cand[-1 if last else 0][key])
     return _interval(values)
 
 
@@ -175,7 +167,7 @@ def build_report(directory: str | Path) -> dict[str, Path]:
     if ks:
         ax.plot(ks, [sft_eval[f"pass@{k}"] for k in ks], "k--", label="warm start")
     for i, m in enumerate(methods):
-        vals = [_final(runs[m], "eval", f"pass@{k}") for k in ks]
+        vals = [_endpoint(runs[m], "eval", f"pass@{k}") for k in ks]
         if ks and not any(math.isnan(v[0]) for v in vals):
             mean = np.array([v[0] for v in vals])
             half = np.array([v[1] for v in vals])
@@ -232,8 +224,8 @@ def build_report(directory: str | Path) -> dict[str, Path]:
     ]
     table = []
     for m in methods:
-        e0 = _first(runs[m], "train", "entropy")
-        e1 = _final(runs[m], "train", "entropy")
+        e0 = _endpoint(runs[m], "train", "entropy", last=False)
+        e1 = _endpoint(runs[m], "train", "entropy")
         secs, tps = [], []
         for rows in runs[m].values():
             tr = [r for r in rows if r.get("kind") == "train"]
@@ -244,10 +236,10 @@ def build_report(directory: str | Path) -> dict[str, Path]:
                 m,
                 _fmt(*e0),
                 _fmt(*e1),
-                _fmt(*_final(runs[m], "eval", "pass@1")),
-                _fmt(*_final(runs[m], "eval", f"pass@{ks[-1]}")) if ks else "-",
-                _fmt(*_final(runs[m], "eval", "distinct_correct"), digits=2),
-                _fmt(*_final(runs[m], "train", "kl_to_init"), digits=4),
+                _fmt(*_endpoint(runs[m], "eval", "pass@1")),
+                _fmt(*_endpoint(runs[m], "eval", f"pass@{ks[-1]}")) if ks else "-",
+                _fmt(*_endpoint(runs[m], "eval", "distinct_correct"), digits=2),
+                _fmt(*_endpoint(runs[m], "train", "kl_to_init"), digits=4),
                 f"{fits[m].ceiling:.3f}" if m in fits else "-",
                 f"{np.mean(secs):.1f}",
                 f"{np.mean(tps):.0f}" if tps else "-",

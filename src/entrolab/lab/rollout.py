@@ -34,10 +34,6 @@ class Rollout:
     completion_mask: Tensor
     sample_logp: Tensor
 
-    @property
-    def lengths(self) -> Tensor:
-        return self.completion_mask.sum(-1)
-
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """Token lists as a left-padded ``(B, P)`` id tensor and its bool mask."""

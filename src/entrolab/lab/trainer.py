@@ -213,7 +213,7 @@ def _prompt_ids(tok: CharTokenizer, ex: Example) -> list[int]:
     return [tok.bos_id, *tok.encode(ex.prompt)]
 
 
-def _build_model(cfg: LabConfig, tok: CharTokenizer, max_new: int, task: Task) -> TinyGPT:
+def _build_model(cfg: LabConfig, tok: CharTokenizer, max_new: int) -> TinyGPT:
     longest_prompt = 24  # the built-in tasks' prompts are at most ~12 characters
     return TinyGPT(
         TinyGPTConfig(
@@ -238,7 +238,7 @@ def warm_start(
     """The warm-started policy: loaded from ``directory`` when a previous run used the same settings, else trained
     by supervised fine-tuning on ``task.solution`` completions and saved there (atomically)."""
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, tok, max_new, task)
+    model = _build_model(cfg, tok, max_new)
     key = _sft_key(cfg, model.config_dict())
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"sft-{key}.pt"

@@ -117,10 +117,6 @@ def zero_masked(x: Tensor, mf: Tensor) -> Tensor:
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) * mf
 
 
-def float_mask(m: Tensor, dtype: torch.dtype) -> Tensor:
-    return m.to(dtype)
-
-
 def positive(x: Tensor) -> Tensor:
     """``(x > 0)`` as 0/1 in ``x``'s dtype (``x`` NaN-free), from two float ops.
 
@@ -190,13 +186,6 @@ def masked_mean(x: Tensor, m: Tensor) -> Tensor:
     return (total / m.sum().clamp_min(1)).to(torch.float32)
 
 
-def clipped_surrogate(ratio: Tensor, a: Tensor, *, eps_low: float, eps_high: float) -> tuple[Tensor, Tensor]:
-    """PPO's ``max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))`` per token, and where the clipped branch is active."""
-    unclipped = -a * ratio
-    clipped = -a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-    return torch.maximum(unclipped, clipped), clipped > unclipped
-
-
 def check_clip(eps_low: object, eps_high: object, dual_clip: object) -> tuple[float, float, float | None]:
     """PPO's clip knobs: ``eps_low`` in [0, 1], ``eps_high >= 0``, ``dual_clip`` None or > 1."""
     low = check_number("eps_low", eps_low, low=0.0, high=1.0)
@@ -248,11 +237,6 @@ def check_local_stat(name: str, value: object) -> Tensor | None:
         return value.detach().reshape(())
     v = check_number(name, value, low=-float("inf"), low_open=True, high=float("inf"), high_open=True)
     return torch.tensor(v, dtype=torch.float64)  # float64 so that a Python float keeps its precision
-
-
-def valid_flat(x: Tensor, m: Tensor) -> Tensor:
-    """The valid entries of ``x`` in row-major order ``(N,)``."""
-    return x[m]
 
 
 def finish_loss(
