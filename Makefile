@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.entrolab-installed
 
-.PHONY: all demo test bench bench-quick lint format clean
+.PHONY: all demo test browser bench bench-quick lint format clean
 
 all: test
 
@@ -14,15 +14,27 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e ".[dev,lab]"
+	$(PY) -m pip install --quiet -e ".[dev,lab,hf]"
 	@touch $(STAMP)
 
 # The main job: the entropy lab on the embedded default (report in lab-runs/demo/report.html).
 demo: $(STAMP)
 	$(PY) -m entrolab lab --out lab-runs/demo --overwrite
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# Debian's chromium for the test that opens the lab report in a headless browser; installed when missing and this
+# is root on a Debian-like machine (CI is), else that test skips (under CI it fails instead).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the report test"; \
+	    for try in 1 2; do \
+	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	        chromium) >/dev/null 2>&1 && break; sleep 5; \
+	    done; \
+	  else echo "chromium not installed (needs root and apt-get): the report's browser test will skip"; fi; }
 
 # The baselines a user would otherwise use.  verl is installed without its dependencies (Ray, vLLM, ...): the
 # benchmark runs its torch-only functions from the installed source files.

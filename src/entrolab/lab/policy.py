@@ -7,18 +7,39 @@ returns final hidden states, so the lab computes token log-probs and entropies w
 
 Left padding is handled by an explicit key mask and per-row positions, so a batch of prompts of different lengths
 generates exactly what each prompt would generate alone (tested).
+
+Instead of the built-in model a user can give a local Hugging Face causal-LM checkpoint directory (``--model PATH``):
+:func:`load_hf_policy` wraps it in :class:`HFPolicy`, which has the built-in model's interface (hidden states of the
+new tokens plus a KV cache, and the LM head as ``head``), and its tokenizer in :class:`HFTokenizer`.  Nothing is ever
+downloaded (``local_files_only``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CharTokenizer", "KVCache", "TinyGPT", "TinyGPTConfig"]
+__all__ = [
+    "CharTokenizer",
+    "HFPolicy",
+    "HFTokenizer",
+    "KVCache",
+    "Policy",
+    "TinyGPT",
+    "TinyGPTConfig",
+    "Tokenizer",
+    "load_hf_policy",
+    "load_hf_tokenizer",
+]
 
 
 class CharTokenizer:
@@ -46,6 +67,10 @@ class CharTokenizer:
             raise ValueError(
                 f"character {exc.args[0]!r} is not in the tokenizer's alphabet {self.alphabet!r}"
             ) from None
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """``<bos>`` then the characters of ``text``."""
+        return [self.bos_id, *self.encode(text)]
 
     def decode(self, ids: list[int]) -> str:
         """Characters up to the first ``<eos>``; other special tokens are dropped."""
@@ -181,3 +206,146 @@ class TinyGPT(nn.Module):
             x, kv = block(x, bias, None if cache is None else cache[i])
             new_cache.append(kv)
         return self.ln_f(x), new_cache
+
+
+# ---------------------------------------------------------------------------------------- local HF checkpoints
+class HFTokenizer:
+    """A Hugging Face tokenizer behind :class:`CharTokenizer`'s interface (``encode``, ``prompt_ids``, ``decode``,
+    ``bos_id``/``eos_id``/``pad_id``).  Prompts get the tokenizer's BOS token when it has one; no chat template."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token; the lab needs one to end completions")
+        self.tokenizer = tokenizer
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.bos_id = None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)
+        self.pad_id = self.eos_id if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_ids(self, text: str) -> list[int]:
+        ids = self.encode(text)
+        return ids if self.bos_id is None else [self.bos_id, *ids]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text up to the first eos token, special tokens dropped."""
+        ids = [int(i) for i in ids]
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+@dataclass(frozen=True)
+class _HFConfig:
+    max_len: int
+
+
+class HFPolicy(nn.Module):
+    """A ``transformers`` causal LM with :class:`TinyGPT`'s interface: ``forward(ids, key_mask, cache=...)`` returns
+    the final hidden states of the new tokens (after the model's final norm) and the KV cache; ``head`` is the LM head.
+
+    Left padding works as in :class:`TinyGPT`: ``key_mask`` is the attention mask and positions count valid tokens
+    only.  Models whose logits are not ``hidden @ head.weight.T`` (an LM-head bias, logit soft-capping or scaling) are
+    refused, since the lab computes log-probs and entropies from hidden states and the head's weight.
+    """
+
+    def __init__(self, model: Any, *, source: str = "") -> None:
+        super().__init__()
+        head = model.get_output_embeddings()
+        if head is None or not isinstance(getattr(head, "weight", None), Tensor):
+            raise ValueError(f"{type(model).__name__} has no linear LM head; the lab needs a causal LM")
+        if getattr(head, "bias", None) is not None:
+            raise ValueError(f"{type(model).__name__}'s LM head has a bias, which the lab's fused scoring does not add")
+        for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+            value = getattr(model.config, attr, None)
+            if value not in (None, 1, 1.0):
+                raise ValueError(f"{type(model).__name__} rescales its logits ({attr}={value}); not supported")
+        self.model = model
+        self.head = head
+        self.source = source
+        self.cfg = _HFConfig(max_len=int(getattr(model.config, "max_position_embeddings", 1 << 30)))
+        params = inspect.signature(model.base_model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def config_dict(self) -> dict:
+        return {"hf": self.source, "config": self.model.config.to_dict(), "max_len": self.cfg.max_len}
+
+    def forward(self, ids: Tensor, key_mask: Tensor, *, cache: Any = None) -> tuple[Tensor, Any]:
+        """Hidden states ``(B, T, d)`` of the new tokens ``ids`` ``(B, T)`` and the updated cache; ``key_mask``
+        ``(B, S)`` covers cached and new positions, as in :meth:`TinyGPT.forward`."""
+        b, t = ids.shape
+        s = key_mask.shape[1]
+        if key_mask.shape[0] != b or s < t:
+            raise ValueError(f"key_mask must have shape (B, S >= T) = ({b}, >={t}), got {tuple(key_mask.shape)}")
+        if s > self.cfg.max_len:
+            raise ValueError(f"sequence length {s} exceeds the model's max_position_embeddings {self.cfg.max_len}")
+        km = key_mask.to(torch.long)
+        positions = (km.cumsum(1) - 1).clamp_min(0)[:, s - t :]  # (B, T) padding does not count
+        kwargs = {self._cache_kw: cache} if cache is not None else {}
+        out = self.model.base_model(
+            input_ids=ids, attention_mask=km, position_ids=positions, use_cache=True, return_dict=True, **kwargs
+        )
+        # transformers >= 5 names the output "cache" (reading "past_key_values" warns); 4.x "past_key_values"
+        new_cache = getattr(out, "cache", None) if self._cache_kw == "cache" else None
+        if new_cache is None:
+            new_cache = getattr(out, "past_key_values", None)
+        return out.last_hidden_state, new_cache
+
+
+Policy = TinyGPT | HFPolicy
+"""What the lab trains: the built-in model or a wrapped local HF checkpoint."""
+Tokenizer = CharTokenizer | HFTokenizer
+
+
+def _checkpoint_fingerprint(directory: Path) -> str:
+    """A hash of the checkpoint's files (names, sizes, modification times): the warm-start cache key."""
+    h = hashlib.sha256()
+    for f in sorted(directory.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _hf_directory(path: str | Path) -> Path:
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise ValueError(f"model {str(path)!r}: not a local Hugging Face checkpoint directory (no config.json)")
+    return directory
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("--model PATH needs the transformers package (pip install 'entrolab[hf]')") from None
+    return transformers
+
+
+def load_hf_policy(path: str | Path) -> HFPolicy:
+    """A local HF causal-LM checkpoint as an :class:`HFPolicy`, in float32 on the CPU (``transformers`` needed;
+    nothing is downloaded).  ``path`` is a directory written by ``save_pretrained`` (``config.json``, weights)."""
+    directory = _hf_directory(path)
+    transformers = _transformers()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"model {str(path)!r}: could not load it: {exc}") from None
+    source = json.dumps({"path": str(directory.resolve()), "files": _checkpoint_fingerprint(directory)})
+    return HFPolicy(model.float(), source=source)
+
+
+def load_hf_tokenizer(path: str | Path) -> HFTokenizer:
+    """The tokenizer saved with a local HF checkpoint, as an :class:`HFTokenizer` (nothing is downloaded)."""
+    directory = _hf_directory(path)
+    transformers = _transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"model {str(path)!r}: could not load its tokenizer: {exc}") from None
+    return HFTokenizer(tokenizer)

@@ -206,7 +206,10 @@ def build_report(directory: str | Path) -> dict[str, Path]:
     ax.set_ylabel("train reward")
     ax.set_title("R = -a exp(H) + b per method; ceiling = b - a at H = 0", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if fits:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "too few distinct points for a fit", transform=ax.transAxes, ha="center", fontsize=9)
     save(fig, "entropy_law")
 
     # table of final metrics

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from entrolab.entropy import linear_logprob_and_entropy
-from entrolab.lab.policy import TinyGPT
+from entrolab.lab.policy import Policy
 
 __all__ = ["Rollout", "generate", "left_pad", "score_completions"]
 
@@ -51,7 +51,7 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def generate(
-    model: TinyGPT,
+    model: Policy,
     prompts: list[list[int]],
     *,
     max_new_tokens: int,
@@ -99,7 +99,7 @@ def generate(
 
 
 def score_completions(
-    model: TinyGPT, rollout: Rollout, *, temperature: float = 1.0, with_logits: bool = False
+    model: Policy, rollout: Rollout, *, temperature: float = 1.0, with_logits: bool = False
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-token ``(logp, entropy)`` ``(B, L)`` of the completion tokens under ``model`` (differentiable), 0 at
     padding; with ``with_logits`` also the completion logits ``(B, L, V)`` (SIREN needs them)."""

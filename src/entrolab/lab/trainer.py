@@ -37,10 +37,18 @@ import torch
 
 from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.dynamics import entropy_dynamics
-from entrolab.lab.policy import CharTokenizer, TinyGPT, TinyGPTConfig
+from entrolab.lab.policy import (
+    CharTokenizer,
+    Policy,
+    TinyGPT,
+    TinyGPTConfig,
+    Tokenizer,
+    load_hf_policy,
+    load_hf_tokenizer,
+)
 from entrolab.lab.presets import Preset, get_preset
 from entrolab.lab.rollout import Rollout, generate, left_pad, score_completions
-from entrolab.lab.tasks import Example, Task, get_task, make_splits, sample_train
+from entrolab.lab.tasks import VERIFIERS, Example, FileTask, Task, make_splits, resolve_task, sample_train
 from entrolab.losses import (
     Aggregation,
     EntropyHistory,
@@ -77,9 +85,14 @@ class LabConfig:
     steps: int = 120
     """RL steps per run."""
     task: str = "countdown"
-    """Built-in task: ``countdown`` (many correct answers) or ``arithmetic`` (one)."""
+    """Built-in task: ``countdown`` (many correct answers) or ``arithmetic`` (one); or a ``.jsonl`` file of
+    ``{"prompt", "answer"}`` rows, scored by ``verifier``."""
+    verifier: str = "exact"
+    """How a task file's answers are checked: ``exact``, ``numeric``, ``regex`` (the answer is a pattern; then set
+    ``sft_steps`` to 0) or ``math`` (needs the math-verify package).  Ignored by the built-in tasks."""
     model: str = "tiny"
-    """``tiny`` (the built-in transformer)."""
+    """``tiny`` (the built-in transformer), or a local Hugging Face causal-LM checkpoint directory with its
+    tokenizer (needs transformers; nothing is downloaded)."""
     prompts_per_step: int = 16
     """Prompts per RL step."""
     group_size: int = 8
@@ -165,9 +178,19 @@ class LabConfig:
             raise ValueError(
                 f"prompts_per_step ({self.prompts_per_step}) must be divisible by minibatches ({self.minibatches})"
             )
-        get_task(self.task)
-        if self.model != "tiny":
-            raise ValueError(f"model must be 'tiny' (the built-in policy), got {self.model!r}")
+        if self.verifier not in VERIFIERS:
+            raise ValueError(f"verifier must be one of {', '.join(VERIFIERS)}; got {self.verifier!r}")
+        task = resolve_task(self.task, verifier=self.verifier)
+        if self.sft_steps and not task.has_solutions:
+            raise ValueError(
+                f"task {self.task!r} with verifier {self.verifier!r} has no reference completions for the warm start; "
+                "set sft_steps to 0"
+            )
+        if self.model != "tiny" and not (Path(self.model) / "config.json").is_file():
+            raise ValueError(
+                f"model must be 'tiny' (the built-in policy) or a local Hugging Face checkpoint directory with a "
+                f"config.json, got {self.model!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "presets"}
@@ -209,12 +232,20 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _prompt_ids(tok: CharTokenizer, ex: Example) -> list[int]:
-    return [tok.bos_id, *tok.encode(ex.prompt)]
+def _prompt_ids(tok: Tokenizer, ex: Example) -> list[int]:
+    return tok.prompt_ids(ex.prompt)
 
 
-def _build_model(cfg: LabConfig, tok: CharTokenizer, max_new: int) -> TinyGPT:
-    longest_prompt = 24  # the built-in tasks' prompts are at most ~12 characters
+def _tokenizer(cfg: LabConfig, task: Task) -> Tokenizer:
+    """The built-in model's character tokenizer over the task's alphabet, or the checkpoint's own tokenizer."""
+    return CharTokenizer(task.alphabet) if cfg.model == "tiny" else load_hf_tokenizer(cfg.model)
+
+
+def _build_model(cfg: LabConfig, task: Task, tok: Tokenizer, max_new: int) -> Policy:
+    if cfg.model != "tiny":
+        return load_hf_policy(cfg.model)
+    # the built-in tasks' prompts are at most ~12 characters; a task file's longest prompt sets it otherwise
+    longest_prompt = max(24, getattr(task, "max_prompt_chars", 0) + 2)
     return TinyGPT(
         TinyGPTConfig(
             vocab_size=tok.vocab_size,
@@ -227,19 +258,23 @@ def _build_model(cfg: LabConfig, tok: CharTokenizer, max_new: int) -> TinyGPT:
 
 
 # ------------------------------------------------------------------------------------------------- warm start
-def _sft_key(cfg: LabConfig, model_cfg: dict) -> str:
+def _sft_key(cfg: LabConfig, task: Task, model_cfg: dict) -> str:
     keys = {k: getattr(cfg, k) for k in ("task", "model", "seed", "sft_steps", "sft_batch", "sft_lr", "eval_prompts")}
+    if isinstance(task, FileTask):  # the file's content and verifier, not only its name
+        keys["task_rows"] = hashlib.sha256(json.dumps([task.rows, task.verifier]).encode()).hexdigest()
     return hashlib.sha256(json.dumps({**keys, "model_cfg": model_cfg}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def warm_start(
-    cfg: LabConfig, task: Task, tok: CharTokenizer, exclude: set[str], max_new: int, directory: Path
-) -> tuple[TinyGPT, dict[str, Any]]:
+    cfg: LabConfig, task: Task, tok: Tokenizer, exclude: set[str], max_new: int, directory: Path
+) -> tuple[Policy, dict[str, Any]]:
     """The warm-started policy: loaded from ``directory`` when a previous run used the same settings, else trained
     by supervised fine-tuning on ``task.solution`` completions and saved there (atomically)."""
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, tok, max_new)
-    key = _sft_key(cfg, model.config_dict())
+    model = _build_model(cfg, task, tok, max_new)
+    key = _sft_key(cfg, task, model.config_dict())
+    if cfg.sft_steps == 0:  # RL straight from the given weights (nothing to cache)
+        return model, {"key": key, "sft_loss": None, "sft_seconds": 0.0}
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"sft-{key}.pt"
     if path.exists():
@@ -280,9 +315,9 @@ def warm_start(
 # ---------------------------------------------------------------------------------------------------- evaluate
 @torch.no_grad()
 def evaluate(
-    model: TinyGPT,
+    model: Policy,
     task: Task,
-    tok: CharTokenizer,
+    tok: Tokenizer,
     examples: list[Example],
     *,
     samples: int,
@@ -381,8 +416,8 @@ def train_one(
     seed: int,
     *,
     task: Task,
-    tok: CharTokenizer,
-    init_model: TinyGPT,
+    tok: Tokenizer,
+    init_model: Policy,
     eval_examples: list[Example],
     exclude: set[str],
     max_new: int,
@@ -602,16 +637,27 @@ def run_lab(
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    task = get_task(cfg.task)
-    tok = CharTokenizer(task.alphabet)
+    try:
+        task = resolve_task(cfg.task, verifier=cfg.verifier)
+        tok = _tokenizer(cfg, task)
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
     max_new = cfg.max_new_tokens or task.max_answer_chars + 2
-    eval_examples, exclude = make_splits(task, seed=cfg.seed, num_eval=cfg.eval_prompts)
+    try:
+        eval_examples, exclude = make_splits(task, seed=cfg.seed, num_eval=cfg.eval_prompts)
+        sample_train(task, random.Random(0), exclude)  # fails now, not mid-run, when every prompt is held out
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
     say(f"entrolab lab: task {task.name}, methods {', '.join(cfg.methods)}, {cfg.seeds} seed(s), {cfg.steps} steps")
     t0 = time.perf_counter()
-    init_model, sft_meta = warm_start(cfg, task, tok, exclude, max_new, out / "sft")
+    try:
+        init_model, sft_meta = warm_start(cfg, task, tok, exclude, max_new, out / "sft")
+    except ValueError as exc:  # a checkpoint that cannot be loaded or used, a prompt that does not tokenize
+        raise LabError(str(exc)) from None
     g = torch.Generator().manual_seed(cfg.seed)
     init_eval = evaluate(init_model, task, tok, eval_examples, samples=cfg.eval_samples, max_new=max_new, generator=g)
     sft_meta = {**sft_meta, "eval": init_eval}
+    (out / "sft").mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(out / "sft" / "summary.json", json.dumps(sft_meta, indent=1).encode())
     say(f"warm start: pass@1 {init_eval['pass@1']:.3f} ({time.perf_counter() - t0:.1f} s)")
     runs = [(name, cfg.seed + s) for name in cfg.methods for s in range(cfg.seeds)]
