@@ -7,6 +7,7 @@ so it needs nothing beyond the standard library and Debian's ``chromium`` packag
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -145,10 +146,8 @@ def inspect_page(path: Path, *, timeout: float = 60) -> dict[str, Any]:
                 errors.append(json.dumps(params.get("args")))
             elif msg.get("method") == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
                 errors.append(str(params["entry"].get("text")))
-        try:
+        with contextlib.suppress(RuntimeError, TimeoutError):  # the browser may close the pipe before answering
             pipe.call("Browser.close", timeout=10)
-        except (RuntimeError, TimeoutError):
-            pass
         return {"title": page["title"], "images": [tuple(i) for i in page["images"]], "errors": errors}
     finally:
         os.close(to_chrome_w)
