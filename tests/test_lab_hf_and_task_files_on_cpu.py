@@ -91,6 +91,7 @@ def test_hf_generation_is_batch_independent_and_scores_reproduce_sampling(checkp
     )
     logp, ent, _ = score_completions(policy, batch)
     assert torch.allclose(logp, batch.sample_logp, atol=1e-5)
+    assert batch.sample_entropy is not None and torch.allclose(ent, batch.sample_entropy, atol=1e-5)
     assert bool((ent[~batch.completion_mask] == 0).all()) and bool((ent[batch.completion_mask] > 0).all())
     ids, mask = left_pad(prompts, tok.pad_id)
     with torch.no_grad():

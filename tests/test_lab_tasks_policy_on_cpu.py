@@ -14,7 +14,7 @@ import torch
 from entrolab.lab.cli import load_config_file
 from entrolab.lab.policy import CharTokenizer, TinyGPT, TinyGPTConfig
 from entrolab.lab.presets import PRESETS, get_preset, preset_from_mapping
-from entrolab.lab.rollout import generate, left_pad, score_completions
+from entrolab.lab.rollout import generate, left_pad, sample_categorical, score_completions
 from entrolab.lab.tasks import ArithmeticTask, CountdownTask, get_task, make_splits, parse_expression, parse_integer
 from entrolab.lab.trainer import LabConfig, pass_at_k
 
@@ -213,6 +213,7 @@ def test_left_padding_does_not_change_a_prompts_generation():
     # scoring the sampled tokens again reproduces the sampling log-probs (0 at padding)
     logp, ent, _ = score_completions(model, batch)
     assert torch.allclose(logp, batch.sample_logp, atol=1e-5)
+    assert batch.sample_entropy is not None and torch.allclose(ent, batch.sample_entropy, atol=1e-5)
     assert bool((ent[~batch.completion_mask] == 0).all()) and bool((ent >= 0).all())
 
 
@@ -356,3 +357,19 @@ def test_yaml_loader_is_safe(tmp_path):
 def test_lab_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field if field != "minibatches" else "divisible"):
         LabConfig(**{field: value})
+
+
+def test_sample_categorical_draws_from_the_distribution():
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3], [0.0, 0.0, 0.0, 2.0], [1e-3, 1.0, 0.0, 1.0]])
+    n = 40_000
+    draws = sample_categorical(probs.repeat(n, 1), generator=torch.Generator().manual_seed(0)).view(n, 3)
+    for row in range(3):
+        freq = torch.bincount(draws[:, row], minlength=4).double() / n
+        expected = probs[row].double() / probs[row].sum()
+        # binomial standard error: 5 sigma bounds, and never a zero-probability entry
+        sigma = (expected * (1 - expected) / n).sqrt()
+        assert bool(((freq - expected).abs() <= 5 * sigma + 1e-12).all()), (row, freq, expected)
+        assert bool((freq[expected == 0] == 0).all())
+    a = sample_categorical(probs, generator=torch.Generator().manual_seed(7))
+    b = sample_categorical(probs, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.dtype == torch.int64 and a.shape == (3,)

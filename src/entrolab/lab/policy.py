@@ -240,6 +240,17 @@ class HFTokenizer:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
+def _disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere (as TRL's ``disable_dropout``): the lab's rollouts double as the behaviour policy's
+    log-probs, which a training-mode forward with dropout would not reproduce."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attr in ("attention_dropout", "dropout", "attn_dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+
+
 @dataclass(frozen=True)
 class _HFConfig:
     max_len: int
@@ -250,8 +261,9 @@ class HFPolicy(nn.Module):
     the final hidden states of the new tokens (after the model's final norm) and the KV cache; ``head`` is the LM head.
 
     Left padding works as in :class:`TinyGPT`: ``key_mask`` is the attention mask and positions count valid tokens
-    only.  Models whose logits are not ``hidden @ head.weight.T`` (an LM-head bias, logit soft-capping or scaling) are
-    refused, since the lab computes log-probs and entropies from hidden states and the head's weight.
+    only.  Dropout is switched off.  Models whose logits are not ``hidden @ head.weight.T`` (an LM-head bias, logit
+    soft-capping or scaling) are refused, since the lab computes log-probs and entropies from hidden states and the
+    head's weight.
     """
 
     def __init__(self, model: Any, *, source: str = "") -> None:
@@ -265,6 +277,7 @@ class HFPolicy(nn.Module):
             value = getattr(model.config, attr, None)
             if value not in (None, 1, 1.0):
                 raise ValueError(f"{type(model).__name__} rescales its logits ({attr}={value}); not supported")
+        _disable_dropout(model)
         self.model = model
         self.head = head
         self.source = source

@@ -125,6 +125,10 @@ class LabConfig:
     """Width of the built-in model."""
     n_layer: int = 2
     """Layers of the built-in model."""
+    kl_metric_every: int = 1
+    """Measure the KL to the initial policy (one extra forward of the initial model) every this many steps when the
+    method has no KL term (the other steps' rows have no ``kl_to_init``); 0 never.  Methods with a KL term compute it at
+    every step anyway."""
     checkpoint_every: int = 20
     """Checkpoint every this many RL steps (and at the end)."""
     threads: int = 0
@@ -164,7 +168,7 @@ class LabConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("sft_steps", "max_new_tokens", "threads", "seed"):
+        for name in ("sft_steps", "max_new_tokens", "threads", "seed", "kl_metric_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -325,7 +329,7 @@ def evaluate(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """pass@k (k = 1, 2, 4, ... <= samples) at temperature 1, mean accuracy and mean distinct correct answers."""
-    prompts = [_prompt_ids(tok, ex) for ex in examples for _ in range(samples)]
+    prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * samples]
     r = generate(model, prompts, max_new_tokens=max_new, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator)
     texts = [tok.decode(row.tolist()) for row in r.completion_ids]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
@@ -355,8 +359,9 @@ def _advantages(preset: Preset, rewards: torch.Tensor, group_size: int) -> torch
 
 
 def _subset(r: Rollout, idx: torch.Tensor) -> Rollout:
+    ent = None if r.sample_entropy is None else r.sample_entropy[idx]
     return Rollout(
-        r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx], r.sample_logp[idx]
+        r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx], r.sample_logp[idx], ent
     )
 
 
@@ -486,7 +491,7 @@ def train_one(
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
             examples = [sample_train(task, rng, exclude) for _ in range(cfg.prompts_per_step)]
-            prompts = [_prompt_ids(tok, ex) for ex in examples for _ in range(cfg.group_size)]
+            prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * cfg.group_size]
             rollout = generate(
                 model,
                 prompts,
@@ -502,9 +507,15 @@ def train_one(
             rewards = torch.tensor([task.score(ex, t) for ex, t in zip(owners, texts)], dtype=torch.float32)
             adv_seq = _advantages(preset, rewards, cfg.group_size)  # (B,)
             mask = rollout.completion_mask
-            with torch.no_grad():
-                old_logp, old_ent, _ = score_completions(model, rollout, temperature=preset.temperature)
-                ref_logp, _, _ = score_completions(ref, rollout, temperature=preset.temperature)
+            # the behaviour policy's log-probs and entropies come from the sampling pass itself (same model code,
+            # same temperature): no second forward over the rollout
+            old_logp, old_ent = rollout.sample_logp, rollout.sample_entropy
+            assert old_ent is not None
+            want_kl = preset.kl_coef > 0 or (cfg.kl_metric_every > 0 and (step + 1) % cfg.kl_metric_every == 0)
+            ref_logp = None
+            if want_kl:
+                with torch.no_grad():
+                    ref_logp, _, _ = score_completions(ref, rollout, temperature=preset.temperature)
             adv: torch.Tensor = adv_seq
             if preset.advantage == "empg":
                 adv = empg_advantages(old_ent, mask, adv_seq)
@@ -544,6 +555,7 @@ def train_one(
                         loss = loss + e.loss
                         extra.update(e.metrics)
                     if preset.kl_coef > 0:
+                        assert ref_logp is not None
                         k = kl_penalty(logp, ref_logp[idx], m, kind="k3", coef=preset.kl_coef)
                         loss = loss + k.loss
                     if not torch.isfinite(loss):
@@ -564,8 +576,11 @@ def train_one(
             history.record([mean_ent])
             dyn = entropy_dynamics(old_logp, adv_seq, mask, entropy=old_ent)
             ent_np = valid_ent.numpy()
-            kl = kl_estimate(old_logp, ref_logp, kind="k3")
             n_tok = int(mask.sum())
+            measured: dict[str, float] = {}
+            if ref_logp is not None:
+                kl = kl_estimate(old_logp, ref_logp, kind="k3")
+                measured["kl_to_init"] = float((kl * mask).sum() / max(n_tok, 1))
             seconds = time.perf_counter() - t0
             row = {
                 "kind": "train",
@@ -581,7 +596,7 @@ def train_one(
                 "cov_std": float(dyn.cov_std),
                 "cov_positive_frac": float(dyn.cov_positive_frac),
                 "predicted_entropy_change": float(dyn.predicted_entropy_change),
-                "kl_to_init": float((kl * mask).sum() / max(n_tok, 1)),
+                **measured,
                 "response_length": float(mask.sum(-1).float().mean()),
                 "zero_variance_groups": float((rewards.view(-1, cfg.group_size).std(-1) == 0).float().mean()),
                 "tokens_per_s": n_tok / max(seconds, 1e-9),
