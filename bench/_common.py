@@ -43,6 +43,16 @@ def timeit(fn: Callable[[], object], *, reps: int, warmup: int = 1) -> dict[str,
     return {"p20": pct(0.2), "p50": pct(0.5), "p80": pct(0.8)}
 
 
+def percentiles(times: list[float]) -> dict[str, float]:
+    """Median and 20th/80th percentiles (seconds) of measured times."""
+    t = sorted(times)
+
+    def pct(q: float) -> float:
+        return t[min(len(t) - 1, int(q * len(t)))]
+
+    return {"p20": pct(0.2), "p50": pct(0.5), "p80": pct(0.8)}
+
+
 def roofline(*, quick: bool = False) -> dict[str, float]:
     """Sustained read and copy bandwidth (bytes/s), fp32/bf16 matmul FLOP/s and fp32 exp/s on this machine."""
     n = 1 << (26 if quick else 28)  # 256 MiB or 1 GiB of float32

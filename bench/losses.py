@@ -1,7 +1,9 @@
 """Every registered policy loss and regularizer against plain ``ppo``, forward+backward, side by side.
 
 One batch of ``B x T`` response tokens (default 64 x 1024 = 65,536 tokens, about 80% valid, fp32), the loss and its
-backward timed per method (median of repeated calls, p20/p80).  Baselines in the same run: plain ``ppo`` (the target:
+backward timed per method: 200 rounds, each calling every method (and baseline) once in turn, so that the slow
+spells of a shared machine hit every method alike; median and p20/p80 over the rounds.  Baselines in the same run:
+plain ``ppo`` (the target:
 every method within 1.5x of it), the five lines of naive PyTorch a user would write for PPO, and verl 0.9.1's own
 implementations (``vanilla``, ``clip_cov``, ``kl_cov``, ``gspo``, ``cispo``) when verl is installed, run from its
 source file (``import verl`` needs Ray).  SIREN reads full logits ``(B, T, V)``, a different input, so it is timed on
@@ -18,6 +20,7 @@ import ast
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
-from _common import fmt_table, machine, roofline, set_threads, timeit, write_csv
+from _common import fmt_table, machine, percentiles, roofline, set_threads, timeit, write_csv
 from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.losses import (
     SirenAnchor,
@@ -149,21 +152,28 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads(args.threads)
     roof = roofline(quick=args.quick)
-    reps = 15 if args.quick else 40
+    reps = 30 if args.quick else 200
     logp0, old, adv, mask, ent0 = make_batch(args.batch, args.length)
     tokens = logp0.numel()
     logp = logp0.clone().requires_grad_(True)
     ent = ent0.clone().requires_grad_(True)
     gen = torch.Generator().manual_seed(0)
 
-    def timed(fn) -> dict[str, float]:
-        def step():
-            loss = fn()
-            loss.backward()
-            logp.grad = None
-            ent.grad = None
-
-        return timeit(step, reps=reps, warmup=2)
+    def interleaved(fns: dict[str, Any], *, rounds: int) -> dict[str, list[float]]:
+        """Forward+backward times of every runner, one call each per round, round after round: a slow spell of
+        this shared machine then hits every method alike instead of whichever was being timed."""
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for r in range(rounds + 3):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                loss = fn()
+                loss.backward()
+                dt = time.perf_counter() - t0
+                logp.grad = None
+                ent.grad = None
+                if r >= 3:  # warm-up rounds
+                    times[name].append(dt)
+        return times
 
     methods: dict[str, Any] = {}
     for name in policy_losses():
@@ -178,16 +188,16 @@ def main() -> None:
     methods["naive PyTorch ppo"] = lambda: naive_ppo(logp, old, adv, mask)
 
     rows = []
-    results: dict[str, dict[str, float]] = {}
-    for name, fn in methods.items():
-        results[name] = timed(fn)
-        print(f"  {name:28s} {1e3 * results[name]['p50']:8.3f} ms", flush=True)
-    base = results["ppo"]["p50"]
     verl = verl_baselines()
-    verl_times = {}
-    for name, fn in verl.items():
-        verl_times[name] = timed(lambda f=fn: f(logp, old, adv, mask))["p50"]
-        print(f"  verl {name:23s} {1e3 * verl_times[name]:8.3f} ms", flush=True)
+    runners = {**methods, **{f"verl {n}": (lambda f=fn: f(logp, old, adv, mask)) for n, fn in verl.items()}}
+    samples = interleaved(runners, rounds=reps)
+    results = {name: percentiles(times) for name, times in samples.items() if not name.startswith("verl ")}
+    verl_times = {name[5:]: percentiles(times)["p50"] for name, times in samples.items() if name.startswith("verl ")}
+    for name, t in results.items():
+        print(f"  {name:28s} {1e3 * t['p50']:8.3f} ms", flush=True)
+    for name, t50 in verl_times.items():
+        print(f"  verl {name:23s} {1e3 * t50:8.3f} ms", flush=True)
+    base = results["ppo"]["p50"]
     for name, t in results.items():
         ours_vs = "ppo+dual_clip" if name == "ppo" else name
         row = {

@@ -2,8 +2,10 @@
 
 Why: the log-prob and entropy of materialised logits cost one read of the logits and one ``exp`` per element, but
 eager PyTorch needs five or six passes over each row.  ``kernels.c`` does one online pass per row (and one pass for
-the gradient).  It is plain C99 with no dependency, compiled by the system C compiler into a per-user cache the first
-time it is needed (about a second); the result is keyed on the source, the flags, the compiler and the CPU.
+the gradient); ``losses.c`` fuses the per-token statistics of the entropy interventions (bound in
+:mod:`entrolab.losses._fast`).  Both are plain C99 with no dependency, compiled together by the system C compiler
+into a per-user cache the first time they are needed (about a second); the result is keyed on the sources, the
+flags, the compiler and the CPU.
 
 Nothing here is required: when no compiler is found, compilation fails, the self-check fails, or
 ``ENTROLAB_NATIVE=0`` is set, :func:`get` returns ``None`` and entrolab uses its pure-PyTorch chunked path, which
@@ -36,6 +38,7 @@ import torch
 __all__ = ["NativeKernels", "get", "status"]
 
 _SOURCE = Path(__file__).with_name("kernels.c")
+_SOURCES = [_SOURCE, Path(__file__).with_name("losses.c")]  # one shared library from both
 _ABI_VERSION = 3
 _BASE_FLAGS = [
     "-O3",
@@ -95,7 +98,7 @@ def _cpu_signature() -> str:
 
 
 def _compile(cc: list[str], flag_sets: list[list[str]] | None = None) -> tuple[Path | None, str]:
-    source = _SOURCE.read_bytes()
+    source = b"\0".join(p.read_bytes() for p in _SOURCES)
     try:
         version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
@@ -119,7 +122,7 @@ def _compile(cc: list[str], flag_sets: list[list[str]] | None = None) -> tuple[P
                 continue
             try:
                 proc = subprocess.run(
-                    [*cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True, timeout=300
+                    [*cc, *flags, "-o", tmp, *map(str, _SOURCES)], capture_output=True, text=True, timeout=300
                 )
                 if proc.returncode != 0:
                     errors.append(f"{' '.join(extra) or 'plain'}: {proc.stderr.strip()[-300:]}")
@@ -145,6 +148,7 @@ class NativeKernels:
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.path = path
+        self.lib = lib  # the losses' kernels (losses.c) are bound by entrolab.losses._fast
         self.dtypes: set[torch.dtype] = set()
         self._stats = {}
         self._grad = {}

@@ -3,6 +3,7 @@ entropy-aware advantage."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from entrolab._typing import LossOutput
 from entrolab._validation import describe
-from entrolab.losses import _dist
+from entrolab.losses import _dist, _fast
 from entrolab.losses._common import (
     check_clip,
     check_compat,
@@ -188,14 +189,27 @@ def entropy_balanced(
     mf = m.to(logp.dtype)
     a = zero_masked(adv, mf)
     adv_metric = None
+    adv_mean: Tensor | None = None
     if entropy_advantage and compat == "paper":
         if entropy is None:
             raise ValueError(
                 "entropy_balanced needs entropy= for its entropy-aware advantage (the authors' configs silently "
                 "skip it); pass entropy_advantage=False to turn it off"
             )
-        z, _, _ = _entropy_z(entropy, m, entropy_stats, group, mf=mf)
-        a = a * (1 + entropy_adv_coef * z.to(a.dtype))
+        k = _fast.kernels(logp, advantages, entropy) if group is None and entropy_stats is None else None
+        if k is not None:  # the z-score's moments, then A (1 + coef z), in two fused passes
+            n, s1, s2, _ = _fast.masked_sums(k, entropy, m)
+            mean64 = s1 / max(n, 1.0)
+            var = max((s2 - n * mean64 * mean64) / max(n - 1.0, 1.0), 0.0)
+            std = float(torch.tensor(math.sqrt(var) if n > 1 else 0.0, dtype=torch.float32))
+            mean = float(torch.tensor(mean64, dtype=torch.float32))
+            a, a_sum = _fast.balanced_adv(
+                k, entropy, advantages, m, mean=mean, std=std if std > 0 else 1.0, coef=entropy_adv_coef
+            )
+            adv_mean = torch.tensor(a_sum / max(n, 1.0), dtype=torch.float32)
+        else:
+            z, _, _ = _entropy_z(entropy, m, entropy_stats, group, mf=mf)
+            a = a * (1 + entropy_adv_coef * z.to(a.dtype))
         adv_metric = a
     per_token, terms = ppo_core(
         logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, top_gradient=True
@@ -203,6 +217,8 @@ def entropy_balanced(
     metrics = ppo_metrics(m, mf, terms)
     (high,) = zero_masked_means(m, terms.clipped * positive(terms.ratio - (1 + eps_high)))
     metrics["clipfrac_high"] = high
-    if adv_metric is not None:
+    if adv_mean is not None:
+        metrics["entropy_adv_mean"] = adv_mean
+    elif adv_metric is not None:
         metrics["entropy_adv_mean"] = zero_masked_means(m, adv_metric)[0]
     return finish_loss(per_token, m, agg, metrics, entropy, weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from entrolab._typing import LossOutput
 from entrolab._validation import describe
-from entrolab.losses import _dist
+from entrolab.losses import _dist, _fast
 from entrolab.losses._common import (
     check_clip,
     check_compat,
@@ -220,6 +221,13 @@ def hapo(
     adv_beta = check_number("adv_beta", adv_beta, low=0.0)
     weights = check_token_weights(token_weights, m)
     mf = m.to(logp.dtype)
+    group = _dist.resolve_group(global_stats, process_group)
+    k = _fast.kernels(logp, old_logp, advantages, entropy) if group is None and entropy_stats is None else None
+    if k is not None:
+        return _hapo_native(
+            k, logp, old_logp, advantages, m, mf, entropy, agg, weights, eps_low, eps_high, dual_clip, clip_alpha,
+            adv_beta, entropy_pivot, compat,
+        )  # fmt: skip
     h_hat, _ = _normalized(entropy, m, mf, entropy_pivot, compat, entropy_stats, global_stats, process_group)
     h = h_hat.to(logp.dtype)
     el = eps_low * (1 - clip_alpha * h.clamp_max(0))  # h <= 0: the low clip widens
@@ -234,6 +242,54 @@ def hapo(
     metrics = ppo_metrics(m, mf, terms)
     h_mean, high_frac, changed = zero_masked_means(m, h, h > 0, use_ent & (h != 0))
     metrics.update(hapo_h_mean=h_mean, hapo_high_frac=high_frac, hapo_adv_changed_frac=changed)
+    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+
+
+def _hapo_native(
+    k: Any,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    mf: Tensor,
+    entropy: Tensor,
+    agg: Any,
+    weights: Tensor | None,
+    eps_low: float,
+    eps_high: float,
+    dual_clip: float | None,
+    clip_alpha: float,
+    adv_beta: float,
+    entropy_pivot: object,
+    compat: str,
+) -> LossOutput:
+    """:func:`hapo` on float32 CPU tensors with per-call statistics: the normalised entropy, the per-token clip range
+    and the redistributed advantages from three fused passes (``_native/losses.c``) around the pivot selection."""
+    q = check_number("entropy_pivot", entropy_pivot, low=0.0, high=1.0)
+    compat = check_compat(compat)
+    ell, packed, st = _fast.hapo_log_entropy(k, entropy, m)
+    if st[5] > 0:
+        raise ValueError("entropy must be >= 0 at valid positions")
+    n = int(st[0])
+    pivot = float(_nearest_quantile(packed, q)) if n else 0.0
+    sq, dmax, dmin = _fast.sq_dev(k, ell, m, pivot)
+    scale = max(math.sqrt(sq / max(n, 1)), 1e-8)
+    # h = (ell - pivot) / scale; the PyTorch path's extremes include padding's h = 0, hence the 0 in max/min
+    pos_max = max(dmax / scale if n else 0.0, 1e-8)
+    neg_min = min(dmin / scale if n else 0.0, -1e-8)
+    neg_scale = neg_min if compat == "code" else -neg_min
+    _, el, eh, a, hs = _fast.hapo_apply(
+        k, ell, logp, old_logp, advantages, m, pivot=pivot, scale=scale, pos_max=pos_max, neg_scale=neg_scale,
+        eps_low=eps_low, eps_high=eps_high, clip_alpha=clip_alpha, adv_beta=adv_beta,
+    )  # fmt: skip
+    per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=el, eps_high=eh, dual_clip=dual_clip)
+    metrics = ppo_metrics(m, mf, terms)
+    count = max(n, 1)
+    metrics.update(
+        hapo_h_mean=torch.tensor(hs[0] / count, dtype=torch.float32),
+        hapo_high_frac=torch.tensor(hs[1] / count, dtype=torch.float32),
+        hapo_adv_changed_frac=torch.tensor(hs[2] / count, dtype=torch.float32),
+    )
     return finish_loss(per_token, m, agg, metrics, entropy, weights)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
-from entrolab.losses import _dist
+from entrolab.losses import _dist, _fast
 from entrolab.losses._common import (
     check_choice,
     check_clip,
@@ -100,6 +100,17 @@ def _check_lambdas(lambda_min: object, lambda_max: object, mode: str) -> tuple[f
     return low, check_number("lambda_max", lambda_max, low=low)
 
 
+def _check_omega_range(omega_range: object, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """A given ``(min |Omega|, max |Omega|)`` as 0-d tensors, finite with ``0 <= min <= max``."""
+    if not isinstance(omega_range, tuple | list) or len(omega_range) != 2:
+        raise ValueError(f"omega_range must be a pair (min |Omega|, max |Omega|), got {omega_range!r}")
+    lo = torch.as_tensor(omega_range[0], dtype=dtype, device=device)
+    hi = torch.as_tensor(omega_range[1], dtype=dtype, device=device)
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0) & (hi >= lo)):
+        raise ValueError(f"omega_range must satisfy 0 <= min <= max, finite; got {omega_range!r}")
+    return lo, hi
+
+
 def _weights(
     logp: Tensor,
     old_logp: Tensor,
@@ -120,12 +131,7 @@ def _weights(
     group = _dist.resolve_group(global_stats, process_group)
     mag = omega_unchecked(logp, old_logp, adv, mf, entropy).abs()  # 0 at padding
     if omega_range is not None:
-        if not isinstance(omega_range, tuple | list) or len(omega_range) != 2:
-            raise ValueError(f"omega_range must be a pair (min |Omega|, max |Omega|), got {omega_range!r}")
-        lo = torch.as_tensor(omega_range[0], dtype=mag.dtype, device=mag.device)
-        hi = torch.as_tensor(omega_range[1], dtype=mag.dtype, device=mag.device)
-        if not bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0) & (hi >= lo)):
-            raise ValueError(f"omega_range must satisfy 0 <= min <= max, finite; got {omega_range!r}")
+        lo, hi = _check_omega_range(omega_range, mag.dtype, mag.device)
     else:
         empty = mag.numel() == 0
         hi = _dist.all_max(mag.new_zeros(()) if empty else mag.amax(), group)
@@ -207,6 +213,23 @@ def steer(
     eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
     weights = check_token_weights(token_weights, m)
     mf = m.to(logp.dtype)
+    group = _dist.resolve_group(global_stats, process_group)
+    k = _fast.kernels(logp, old_logp, advantages, entropy) if group is None else None
+    if k is not None:  # |Omega|, its range, the weights and A w in two fused passes
+        rng = None
+        if omega_range is not None:
+            lo_t, hi_t = _check_omega_range(omega_range, torch.float32, logp.device)
+            rng = (float(lo_t), float(hi_t))
+        _, aw, st = _fast.steer(
+            k, logp, old_logp, advantages, m, entropy, mode=STEER_MODES.index(mode), lambda_min=lambda_min,
+            lambda_max=lambda_max, omega_range=rng,
+        )  # fmt: skip
+        per_token, terms = ppo_core(logp, old_logp, aw, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
+        metrics = ppo_metrics(m, mf, terms)
+        count = st[4]
+        metrics["steer_weight_mean"] = torch.tensor(st[0] / max(count, 1.0), dtype=torch.float32)
+        metrics["steer_weight_min"] = torch.tensor(st[1] if count else 1.0, dtype=torch.float32)
+        return finish_loss(per_token, m, agg, metrics, entropy, weights)
     w = _weights(
         logp, old_logp, adv, m, mf, entropy, lambda_min, lambda_max, mode, omega_range, global_stats, process_group
     )

@@ -1,0 +1,367 @@
+/* entrolab native CPU kernels for the policy losses' per-token statistics (float32).
+ *
+ * Why this file exists: at 64k tokens a policy loss is a few dozen elementwise passes, and on a CPU each eager PyTorch
+ * pass costs 10-40 us of dispatch and memory traffic for about 1 us of arithmetic.  The entropy interventions add
+ * their own statistics on top of PPO's surrogate (STEER's |Omega| and weights, HAPO's normalised log-entropy and
+ * per-token clip range, AEPO-EB's entropy z-score, the Cov(log pi, A) of Clip-Cov and KL-Cov); these loops compute
+ * each in one or two fused passes.  entrolab/losses/_fast.py calls them through ctypes and falls back to the PyTorch
+ * path (which computes the same numbers, and which the tests compare against) when they are unavailable.
+ *
+ * Conventions: tensors are (B, T) row-major and contiguous; the mask is one byte per token (0 padding, else valid);
+ * the advantage of token (i, t) is adv[i * ars + t * ats] (ars = 1, ats = 0 for per-sequence advantages; abuf is then
+ * a caller-provided scratch row of T floats, see adv_row).  Values at
+ * padding may be anything (NaN included): every output is exactly 0 there, and no statistic reads them.  The loops
+ * are branch-free so that the compiler vectorises them; exp and log are the polynomial versions below (relative
+ * error about 2e-7), not libm calls, for the same reason.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* min and max as plain compares (vminps/vmaxps); fminf/fmaxf are library calls unless -ffinite-math-only.  The
+ * operands are never NaN where the result is used (inputs are validated, padding is selected away). */
+static inline float fmin_(float a, float b) { return a < b ? a : b; }
+static inline float fmax_(float a, float b) { return a > b ? a : b; }
+
+static inline float vexp(float x) { /* exp(x) for x in [-87, 88]; callers clamp */
+    const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    float n = floorf(x * log2e + 0.5f);
+    float r = x - n * ln2_hi - n * ln2_lo;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &p, 4);
+    bits += (int32_t)n << 23;
+    memcpy(&p, &bits, 4);
+    return p;
+}
+
+static inline float vlog(float x) { /* log(x) for finite x > 0 (normal numbers): x = m 2^e, m in [sqrt(1/2), sqrt(2)) */
+    int32_t bits;
+    memcpy(&bits, &x, 4);
+    int32_t e = ((bits >> 23) & 0xff) - 127;
+    int32_t mb = (bits & 0x007fffff) | 0x3f800000; /* m in [1, 2) */
+    float m;
+    memcpy(&m, &mb, 4);
+    int32_t big = m > 1.41421356f;
+    m = big ? 0.5f * m : m;
+    e += big;
+    float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+    float p = 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return 2.0f * s * p + (float)e * 0.693147180559945309f;
+}
+
+static inline float finite_or_zero(float x) { /* NaN and +-inf -> 0, branch-free */
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return ((u & 0x7f800000u) != 0x7f800000u) ? x : 0.0f;
+}
+
+/* Row i of the advantages as a contiguous array: the row itself for per-token advantages (ats = 1), else buf filled
+ * with the sequence's advantage.  A strided or broadcast load in the loops below would keep them scalar. */
+static inline const float *adv_row(const float *adv, int64_t i, int64_t ars, int64_t ats, int64_t T, float *buf) {
+    if (ats) return adv + i * ars;
+    const float v = adv[i * ars];
+    for (int64_t t = 0; t < T; t++) buf[t] = v;
+    return buf;
+}
+
+int entrolab_losses_abi_version(void) { return 1; }
+
+/* STEER (arXiv 2510.10150, eq. 9): |Omega_t| = |A / p_old x (1 - x) (log x + H)|, x = clamp(p, 1e-8, 1 - 1e-8),
+ * p_old = clamp(exp(old), 1e-8, 1); weights w = clamp(exp(-k |Omega|), lmin, 1) with k = -log(lmin) / max(hi, 0.02)
+ * (mode 0, "exp") or clamp(lmax - (|Omega| - lo)(lmax - lmin)/(hi - lo), lmin, lmax) (mode 1, "linear"; the midpoint
+ * when hi == lo).  lo/hi are the min/max of |Omega| over valid tokens unless have_range.  Writes w (1 at padding in
+ * exp mode, as the PyTorch path) and aw = A w (0 at padding); stats = [sum w, min w, lo, hi, valid count] over valid
+ * tokens (min w = +inf without any). */
+void entrolab_steer_f32(const float *lp, const float *old, const float *adv, int64_t ars, int64_t ats, float *abuf,
+                        const float *ent, const uint8_t *mask, int64_t B, int64_t T, int32_t mode, float lmin,
+                        float lmax, int32_t have_range, float lo_in, float hi_in, float *w, float *aw,
+                        double *stats) {
+    float hi = 0.0f, lo = INFINITY;
+    double count = 0.0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *l = lp + i * T, *o = old + i * T, *h = ent + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float *mag = w + i * T;
+        float rhi = 0.0f, rlo = INFINITY;
+        float rc = 0.0f; /* per-row counts as floats: exact below 2^24 tokens a row, and vectorised like the sums */
+#pragma omp simd reduction(max : rhi) reduction(min : rlo) reduction(+ : rc)
+        for (int64_t t = 0; t < T; t++) {
+            float v = mk[t] ? 1.0f : 0.0f;
+            float lv = mk[t] ? l[t] : 0.0f, ov = mk[t] ? o[t] : 0.0f, hv = mk[t] ? h[t] : 0.0f;
+            float av = mk[t] ? a[t] : 0.0f;
+            /* x = clamp(exp(lp), 1e-8, 1 - 1e-8) (1 - 1e-8 is 1 in float32), so log x = clamp(lp, log 1e-8, 0) */
+            float lx = fmin_(fmax_(lv, -18.420680744f), 0.0f);
+            float x = fmin_(fmax_(vexp(lx), 1e-8f), 1.0f);
+            float po = fmin_(fmax_(vexp(fmin_(fmax_(ov, -87.0f), 0.0f)), 1e-8f), 1.0f);
+            float om = fabsf(finite_or_zero(av / po * x * (1.0f - x) * (lx + hv))) * v;
+            mag[t] = om;
+            rhi = fmax_(rhi, om);
+            rlo = fmin_(rlo, mk[t] ? om : INFINITY);
+            rc += mk[t] ? 1.0f : 0.0f;
+        }
+        hi = fmax_(hi, rhi);
+        lo = fmin_(lo, rlo);
+        count += rc;
+    }
+    if (have_range) {
+        lo = lo_in;
+        hi = hi_in;
+    } else if (count == 0.0) {
+        lo = 0.0f;
+    }
+    float k = -logf(lmin) / fmax_(hi, 0.02f), span = hi - lo;
+    /* linear: lmax at lo down to lmin at hi, or the midpoint everywhere when hi == lo */
+    float slope = span > 0.0f ? (lmax - lmin) / span : 0.0f, base = span > 0.0f ? lmax : 0.5f * (lmin + lmax);
+    double wsum = 0.0;
+    float wmin = INFINITY;
+    for (int64_t i = 0; i < B; i++) {
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float *wr = w + i * T, *awr = aw + i * T;
+        float rs = 0.0f, rmin = INFINITY;
+#pragma omp simd reduction(+ : rs) reduction(min : rmin)
+        for (int64_t t = 0; t < T; t++) {
+            float m = wr[t];
+            float we = fmin_(fmax_(vexp(fmax_(-k * m, -87.0f)), lmin), 1.0f);
+            float wl = fmin_(fmax_(base - (m - lo) * slope, lmin), lmax);
+            float wt = mode == 0 ? we : wl; /* both computed: a branch here would keep the loop scalar */
+            wr[t] = wt;
+            awr[t] = mk[t] ? a[t] * wt : 0.0f;
+            rs += mk[t] ? wt : 0.0f;
+            rmin = fmin_(rmin, mk[t] ? wt : INFINITY);
+        }
+        wsum += rs;
+        wmin = fmin_(wmin, rmin);
+    }
+    stats[0] = wsum;
+    stats[1] = wmin;
+    stats[2] = lo;
+    stats[3] = hi;
+    stats[4] = count;
+}
+
+/* HAPO, first pass (arXiv 2509.16591, sec. 3.1): ell = log(max(H, 1e-8)) at valid tokens (0 at padding) into ell;
+ * the valid values, row-major, into packed (the pivot quantile is taken over them); stats = [valid count, sum ell,
+ * sum ell^2, max ell, min ell, count of H < 0]. */
+void entrolab_hapo_log_entropy_f32(const float *ent, const uint8_t *mask, int64_t B, int64_t T, float *ell,
+                                   float *packed, double *stats) {
+    double s1 = 0.0, s2 = 0.0;
+    float mx = -INFINITY, mn = INFINITY;
+    int64_t count = 0;
+    double negative = 0.0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *h = ent + i * T;
+        const uint8_t *mk = mask + i * T;
+        float *out = ell + i * T;
+        float r1 = 0.0f, r2 = 0.0f, rmx = -INFINITY, rmn = INFINITY;
+        float rneg = 0.0f;
+#pragma omp simd reduction(+ : r1, r2, rneg) reduction(max : rmx) reduction(min : rmn)
+        for (int64_t t = 0; t < T; t++) {
+            float hv = mk[t] ? h[t] : 1.0f;
+            float e = mk[t] ? vlog(fmax_(hv, 1e-8f)) : 0.0f;
+            out[t] = e;
+            r1 += e;
+            r2 += e * e;
+            rmx = fmax_(rmx, mk[t] ? e : -INFINITY);
+            rmn = fmin_(rmn, mk[t] ? e : INFINITY);
+            rneg += hv < 0.0f ? 1.0f : 0.0f;
+        }
+        for (int64_t t = 0; t < T; t++) { /* compaction: not vectorisable, one compare and store per token */
+            packed[count] = out[t];
+            count += mk[t] ? 1 : 0;
+        }
+        s1 += r1;
+        s2 += r2;
+        mx = fmax_(mx, rmx);
+        mn = fmin_(mn, rmn);
+        negative += rneg;
+    }
+    stats[0] = (double)count;
+    stats[1] = s1;
+    stats[2] = s2;
+    stats[3] = mx;
+    stats[4] = mn;
+    stats[5] = negative;
+}
+
+/* HAPO, second pass (eqs. 6-9): with h = (ell - pivot) / scale and h_hat = clamp(h+ / pos_max + h- / neg_scale,
+ * -1, 1): eps_low' = eps_low (1 - alpha min(h_hat, 0)), eps_high' = eps_high (1 + alpha max(h_hat, 0)); with the ratio
+ * r = exp(clamp(lp - old, -20, 20)), in_zone = (1 - eps_low'/2 < r < 1 + eps_high'/2), use_ent = (h_hat > 0) xor
+ * in_zone, a' = A (1 + beta h_hat use_ent).  Outputs (B, T): h_hat and a' (0 at padding), el and eh (the base eps
+ * there, as in the PyTorch path); stats = [sum h_hat,
+ * count h_hat > 0, count use_ent and h_hat != 0]. */
+void entrolab_hapo_apply_f32(const float *ell, const float *lp, const float *old, const float *adv, int64_t ars,
+                             int64_t ats, float *abuf, const uint8_t *mask, int64_t B, int64_t T, float pivot, float scale,
+                             float pos_max, float neg_scale, float eps_low, float eps_high, float alpha, float beta,
+                             float *h_hat, float *el, float *eh, float *a_out, double *stats) {
+    double hs = 0.0;
+    double pos = 0.0, changed = 0.0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *e = ell + i * T, *l = lp + i * T, *o = old + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float rs = 0.0f;
+        float rp = 0.0f, rc = 0.0f;
+#pragma omp simd reduction(+ : rs, rp, rc)
+        for (int64_t t = 0; t < T; t++) {
+            float v = mk[t] ? 1.0f : 0.0f;
+            float h = (e[t] - pivot) / scale * v;
+            float hh = fmin_(fmax_(fmax_(h, 0.0f) / pos_max + fmin_(h, 0.0f) / neg_scale, -1.0f), 1.0f) * v;
+            float lo_eps = eps_low * (1.0f - alpha * fmin_(hh, 0.0f));
+            float hi_eps = eps_high * (1.0f + alpha * fmax_(hh, 0.0f));
+            float d = mk[t] ? l[t] - o[t] : 0.0f;
+            float r = vexp(fmin_(fmax_(d, -20.0f), 20.0f));
+            float zone = (r > 1.0f - 0.5f * lo_eps) && (r < 1.0f + 0.5f * hi_eps) ? 1.0f : 0.0f;
+            float high = hh > 0.0f ? 1.0f : 0.0f;
+            float use = high + zone - 2.0f * high * zone; /* xor of two 0/1 values */
+            float av = mk[t] ? a[t] : 0.0f;
+            h_hat[i * T + t] = hh;
+            el[i * T + t] = lo_eps;
+            eh[i * T + t] = hi_eps;
+            a_out[i * T + t] = av * (1.0f + beta * hh * use);
+            rs += hh;
+            rp += v * high; /* hh is 0 at padding, so high is too; v for clarity */
+            rc += v * use * (hh != 0.0f ? 1.0f : 0.0f);
+        }
+        hs += rs;
+        pos += rp;
+        changed += rc;
+    }
+    stats[0] = hs;
+    stats[1] = pos;
+    stats[2] = changed;
+}
+
+/* Masked sums over valid tokens: stats = [count, sum x, sum x^2, sum y] (double accumulation), y being the (B, T)
+ * array y, else the advantages when adv is given, else nothing.  AEPO-EB's entropy mean and std, and the covariance centre, from one pass. */
+void entrolab_masked_sums_f32(const float *x, const float *y, const float *adv, int64_t ars, int64_t ats, float *abuf,
+                              const uint8_t *mask, int64_t B, int64_t T, double *stats) {
+    double s1 = 0.0, s2 = 0.0, sy = 0.0, count = 0.0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *xr = x + i * T;
+        const uint8_t *mk = mask + i * T;
+        double r1 = 0.0, r2 = 0.0, ry = 0.0;
+        double rc = 0.0;
+        if (y != NULL || adv != NULL) {
+            const float *yr = y != NULL ? y + i * T : adv_row(adv, i, ars, ats, T, abuf);
+#pragma omp simd reduction(+ : r1, r2, ry, rc)
+            for (int64_t t = 0; t < T; t++) {
+                float xv = mk[t] ? xr[t] : 0.0f;
+                float yv = mk[t] ? yr[t] : 0.0f;
+                r1 += xv;
+                r2 += (double)xv * (double)xv;
+                ry += yv;
+                rc += mk[t] ? 1.0 : 0.0;
+            }
+        } else {
+#pragma omp simd reduction(+ : r1, r2, rc)
+            for (int64_t t = 0; t < T; t++) {
+                float xv = mk[t] ? xr[t] : 0.0f;
+                r1 += xv;
+                r2 += (double)xv * (double)xv;
+                rc += mk[t] ? 1.0 : 0.0;
+            }
+        }
+        s1 += r1;
+        s2 += r2;
+        sy += ry;
+        count += rc;
+    }
+    stats[0] = count;
+    stats[1] = s1;
+    stats[2] = s2;
+    stats[3] = sy;
+}
+
+/* AEPO-EB's entropy-aware advantage (arXiv 2510.14545): a' = A (1 + coef (H - mean) / std) at valid tokens, 0 at
+ * padding; stats = [sum a'] over valid tokens. */
+void entrolab_balanced_adv_f32(const float *ent, const float *adv, int64_t ars, int64_t ats, float *abuf, const uint8_t *mask,
+                               int64_t B, int64_t T, float mean, float std, float coef, float *a_out, double *stats) {
+    double s = 0.0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *h = ent + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float rs = 0.0f;
+#pragma omp simd reduction(+ : rs)
+        for (int64_t t = 0; t < T; t++) {
+            float z = mk[t] ? (h[t] - mean) / std : 0.0f;
+            float v = mk[t] ? a[t] * (1.0f + coef * z) : 0.0f;
+            a_out[i * T + t] = v;
+            rs += v;
+        }
+        s += rs;
+    }
+    stats[0] = s;
+}
+
+/* Cov(log pi, A) per token (arXiv 2505.22617, eq. 11): cov = (A - mean_a)(lp - mean_lp) at valid tokens, 0 at
+ * padding; the valid values, row-major, into packed (for KL-Cov's top-k; NULL to skip).  stats = [sum cov]. */
+void entrolab_covariance_f32(const float *lp, const float *adv, int64_t ars, int64_t ats, float *abuf, const uint8_t *mask,
+                             int64_t B, int64_t T, float mean_a, float mean_lp, float *cov, float *packed,
+                             double *stats) {
+    double s = 0.0;
+    int64_t count = 0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *l = lp + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float *c = cov + i * T;
+        float rs = 0.0f;
+#pragma omp simd reduction(+ : rs)
+        for (int64_t t = 0; t < T; t++) {
+            float v = mk[t] ? (a[t] - mean_a) * (l[t] - mean_lp) : 0.0f;
+            c[t] = v;
+            rs += v;
+        }
+        if (packed != NULL) {
+            for (int64_t t = 0; t < T; t++) {
+                packed[count] = c[t];
+                count += mk[t] ? 1 : 0;
+            }
+        }
+        s += rs;
+    }
+    stats[0] = s;
+}
+
+/* Spread of valid x around a centre c: stats = [sum (x - c)^2, max (x - c), min (x - c)] (HAPO's scale and the
+ * extremes of its normalised entropy, after the pivot is known; -inf / +inf without valid tokens). */
+void entrolab_sq_dev_f32(const float *x, const uint8_t *mask, int64_t B, int64_t T, float c, double *stats) {
+    double sq = 0.0;
+    float mx = -INFINITY, mn = INFINITY;
+    for (int64_t i = 0; i < B; i++) {
+        const float *xr = x + i * T;
+        const uint8_t *mk = mask + i * T;
+        double rs = 0.0;
+        float rmx = -INFINITY, rmn = INFINITY;
+#pragma omp simd reduction(+ : rs) reduction(max : rmx) reduction(min : rmn)
+        for (int64_t t = 0; t < T; t++) {
+            float d = mk[t] ? xr[t] - c : 0.0f;
+            rs += (double)d * (double)d;
+            rmx = fmax_(rmx, mk[t] ? d : -INFINITY);
+            rmn = fmin_(rmn, mk[t] ? d : INFINITY);
+        }
+        sq += rs;
+        mx = fmax_(mx, rmx);
+        mn = fmin_(mn, rmn);
+    }
+    stats[0] = sq;
+    stats[1] = mx;
+    stats[2] = mn;
+}

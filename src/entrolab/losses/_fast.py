@@ -1,0 +1,220 @@
+"""Native fast paths for the entropy interventions' per-token statistics (CPU, float32; not public).
+
+The losses call :func:`kernels` with their input tensors: it returns the bound kernels of ``_native/losses.c`` when
+every tensor is a float32 CPU tensor and the native library is loaded, else ``None``, and the loss then runs its
+PyTorch path, which computes the same quantities (the tests run every loss test both ways: ``native_for`` is what
+they switch off).  Each wrapper takes already validated tensors and returns new tensors; inputs are never written.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from entrolab import _native
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_F = ctypes.c_float
+_S = ctypes.c_int32
+
+_SIGNATURES: dict[str, list[Any]] = {
+    "entrolab_steer_f32": [_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _S, _F, _F, _S, _F, _F, _P, _P, _P],
+    "entrolab_hapo_log_entropy_f32": [_P, _P, _I, _I, _P, _P, _P],
+    "entrolab_sq_dev_f32": [_P, _P, _I, _I, _F, _P],
+    "entrolab_hapo_apply_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 8, _P, _P, _P, _P, _P],
+    "entrolab_masked_sums_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, _P],
+    "entrolab_balanced_adv_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _P, _P],
+    "entrolab_covariance_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _P, _P, _P],
+}
+
+
+class LossKernels:
+    """ctypes bindings of ``losses.c``; every method reads contiguous float32 ``(B, T)`` tensors."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes = argtypes
+            fn.restype = None
+            setattr(self, name.removeprefix("entrolab_").removesuffix("_f32"), fn)
+
+
+_bound: dict[int, LossKernels | None] = {}
+
+
+def native_for(*tensors: Tensor | None) -> LossKernels | None:
+    """The bound kernels when every given tensor is a float32 CPU tensor and the native library is loaded."""
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            return None
+    lib = _native.get()
+    if lib is None:
+        return None
+    key = id(lib)
+    if key not in _bound:
+        try:
+            _bound[key] = LossKernels(lib.lib)
+        except AttributeError:  # a library built before losses.c existed
+            _bound[key] = None
+    return _bound[key]
+
+
+def kernels(*tensors: Tensor | None) -> LossKernels | None:
+    """:func:`native_for`, looked up at call time (so that tests can switch the native path off)."""
+    return native_for(*tensors)
+
+
+def _c(t: Tensor) -> Tensor:
+    """Detached and contiguous (a view when it already is)."""
+    return t.detach().contiguous()
+
+
+def _adv(advantages: Tensor, shape: torch.Size) -> tuple[Tensor, int, int, int | None]:
+    """The advantages as stored ``(B,)`` or ``(B, T)``, the strides that address token ``(i, t)``, and the scratch
+    row the kernels fill with a sequence's advantage (per-sequence advantages only)."""
+    a = _c(advantages)
+    if a.ndim == 1:
+        scratch = torch.empty(max(1, shape[1]))
+        _keep.append(scratch)  # alive until the next call (the kernels use it synchronously)
+        return a, 1, 0, scratch.data_ptr()
+    return a, shape[1], 1, None
+
+
+_keep: list[Tensor] = []
+
+
+def _stats(n: int) -> Any:
+    return (ctypes.c_double * n)()
+
+
+def steer(
+    k: LossKernels,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    entropy: Tensor,
+    *,
+    mode: int,
+    lambda_min: float,
+    lambda_max: float,
+    omega_range: tuple[float, float] | None,
+) -> tuple[Tensor, Tensor, list[float]]:
+    """STEER's weights ``w`` and ``A w`` (0 at padding), and ``[sum w, min w, lo, hi, count]`` over valid tokens."""
+    b, t = logp.shape
+    lp, old, ent, mask = _c(logp), _c(old_logp), _c(entropy), _c(m)
+    _keep.clear()
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    w, aw = torch.empty(b, t), torch.empty(b, t)
+    st = _stats(5)
+    lo, hi = omega_range if omega_range is not None else (0.0, 0.0)
+    k.steer(  # type: ignore[attr-defined]
+        lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, abuf, ent.data_ptr(), mask.data_ptr(), b, t, mode,
+        lambda_min, lambda_max, int(omega_range is not None), lo, hi, w.data_ptr(), aw.data_ptr(), st,
+    )  # fmt: skip
+    return w, aw, list(st)
+
+
+def hapo_log_entropy(k: LossKernels, entropy: Tensor, m: Tensor) -> tuple[Tensor, Tensor, list[float]]:
+    """``ell = log(max(H, 1e-8))`` (0 at padding), its valid values packed, and ``[n, sum, sum^2, max, min, #H<0]``."""
+    b, t = entropy.shape
+    ent, mask = _c(entropy), _c(m)
+    ell, packed = torch.empty(b, t), torch.empty(b * t)
+    st = _stats(6)
+    k.hapo_log_entropy(ent.data_ptr(), mask.data_ptr(), b, t, ell.data_ptr(), packed.data_ptr(), st)  # type: ignore[attr-defined]
+    return ell, packed[: int(st[0])], list(st)
+
+
+def sq_dev(k: LossKernels, x: Tensor, m: Tensor, center: float) -> list[float]:
+    """``[sum (x - c)^2, max (x - c), min (x - c)]`` over valid tokens of a contiguous ``x``."""
+    st = _stats(3)
+    k.sq_dev(x.data_ptr(), _c(m).data_ptr(), x.shape[0], x.shape[1], center, st)  # type: ignore[attr-defined]
+    return list(st)
+
+
+def hapo_apply(
+    k: LossKernels,
+    ell: Tensor,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    *,
+    pivot: float,
+    scale: float,
+    pos_max: float,
+    neg_scale: float,
+    eps_low: float,
+    eps_high: float,
+    clip_alpha: float,
+    adv_beta: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[float]]:
+    """HAPO's ``h_hat``, per-token ``eps_low``/``eps_high`` and redistributed advantages, and the metric sums."""
+    b, t = logp.shape
+    lp, old, mask = _c(logp), _c(old_logp), _c(m)
+    _keep.clear()
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    h, el, eh, a_out = (torch.empty(b, t) for _ in range(4))
+    st = _stats(3)
+    k.hapo_apply(  # type: ignore[attr-defined]
+        ell.data_ptr(), lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, abuf, mask.data_ptr(), b, t, pivot,
+        scale, pos_max, neg_scale, eps_low, eps_high, clip_alpha, adv_beta, h.data_ptr(), el.data_ptr(), eh.data_ptr(),
+        a_out.data_ptr(), st,
+    )  # fmt: skip
+    return h, el, eh, a_out, list(st)
+
+
+def masked_sums(
+    k: LossKernels, x: Tensor, m: Tensor, *, y: Tensor | None = None, advantages: Tensor | None = None
+) -> list[float]:
+    """``[count, sum x, sum x^2, sum y]`` over valid tokens (``y`` a ``(B, T)`` tensor or the advantages)."""
+    b, t = x.shape
+    xc, mask = _c(x), _c(m)
+    yc = None if y is None else _c(y)
+    _keep.clear()
+    a, ars, ats, abuf = (None, 0, 0, None) if advantages is None else _adv(advantages, x.shape)
+    st = _stats(4)
+    k.masked_sums(  # type: ignore[attr-defined]
+        xc.data_ptr(), None if yc is None else yc.data_ptr(), None if a is None else a.data_ptr(), ars, ats, abuf,
+        mask.data_ptr(), b, t, st,
+    )  # fmt: skip
+    return list(st)
+
+
+def balanced_adv(
+    k: LossKernels, entropy: Tensor, advantages: Tensor, m: Tensor, *, mean: float, std: float, coef: float
+) -> tuple[Tensor, float]:
+    """AEPO-EB's ``A (1 + coef z)`` (0 at padding) and its sum over valid tokens."""
+    b, t = entropy.shape
+    ent, mask = _c(entropy), _c(m)
+    _keep.clear()
+    a, ars, ats, abuf = _adv(advantages, entropy.shape)
+    out = torch.empty(b, t)
+    st = _stats(1)
+    k.balanced_adv(  # type: ignore[attr-defined]
+        ent.data_ptr(), a.data_ptr(), ars, ats, abuf, mask.data_ptr(), b, t, mean, std, coef, out.data_ptr(), st
+    )
+    return out, st[0]
+
+
+def covariance(
+    k: LossKernels, logp: Tensor, advantages: Tensor, m: Tensor, *, mean_a: float, mean_lp: float, packed: bool
+) -> tuple[Tensor, Tensor | None, float]:
+    """Per-token ``(A - mean_a)(logp - mean_lp)`` (0 at padding), optionally its valid values packed, and its sum."""
+    b, t = logp.shape
+    lp, mask = _c(logp), _c(m)
+    _keep.clear()
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    cov = torch.empty(b, t)
+    buf = torch.empty(b * t) if packed else None
+    st = _stats(1)
+    k.covariance(  # type: ignore[attr-defined]
+        lp.data_ptr(), a.data_ptr(), ars, ats, abuf, mask.data_ptr(), b, t, mean_a, mean_lp, cov.data_ptr(),
+        None if buf is None else buf.data_ptr(), st,
+    )  # fmt: skip
+    n = int(m.sum()) if buf is not None else 0
+    return cov, None if buf is None else buf[:n], st[0]
