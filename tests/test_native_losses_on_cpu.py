@@ -30,9 +30,6 @@ CASES = [
     ("hapo", {"clip_alpha": 0.5, "adv_beta": 2.0, "eps_high": 0.28}),
     ("entropy_balanced", {}),
     ("entropy_balanced", {"entropy_adv_coef": 0.7, "dual_clip": 3.0}),
-    ("clip_cov", {"ratio": 0.2, "cov_lb": -0.5, "cov_ub": 5.0}),
-    ("kl_cov", {"ratio": 0.1}),
-    ("kl_cov", {"ratio": 1.0, "kl_coef": 0.3}),
 ]
 
 

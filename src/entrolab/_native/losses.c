@@ -247,45 +247,27 @@ void entrolab_hapo_apply_f32(const float *ell, const float *lp, const float *old
     stats[2] = changed;
 }
 
-/* Masked sums over valid tokens: stats = [count, sum x, sum x^2, sum y] (double accumulation), y being the (B, T)
- * array y, else the advantages when adv is given, else nothing.  AEPO-EB's entropy mean and std, and the covariance centre, from one pass. */
-void entrolab_masked_sums_f32(const float *x, const float *y, const float *adv, int64_t ars, int64_t ats, float *abuf,
-                              const uint8_t *mask, int64_t B, int64_t T, double *stats) {
-    double s1 = 0.0, s2 = 0.0, sy = 0.0, count = 0.0;
+/* Moments of valid x: stats = [count, sum x, sum x^2] (double accumulation; AEPO-EB's entropy mean and std). */
+void entrolab_masked_sums_f32(const float *x, const uint8_t *mask, int64_t B, int64_t T, double *stats) {
+    double s1 = 0.0, s2 = 0.0, count = 0.0;
     for (int64_t i = 0; i < B; i++) {
         const float *xr = x + i * T;
         const uint8_t *mk = mask + i * T;
-        double r1 = 0.0, r2 = 0.0, ry = 0.0;
-        double rc = 0.0;
-        if (y != NULL || adv != NULL) {
-            const float *yr = y != NULL ? y + i * T : adv_row(adv, i, ars, ats, T, abuf);
-#pragma omp simd reduction(+ : r1, r2, ry, rc)
-            for (int64_t t = 0; t < T; t++) {
-                float xv = mk[t] ? xr[t] : 0.0f;
-                float yv = mk[t] ? yr[t] : 0.0f;
-                r1 += xv;
-                r2 += (double)xv * (double)xv;
-                ry += yv;
-                rc += mk[t] ? 1.0 : 0.0;
-            }
-        } else {
+        double r1 = 0.0, r2 = 0.0, rc = 0.0;
 #pragma omp simd reduction(+ : r1, r2, rc)
-            for (int64_t t = 0; t < T; t++) {
-                float xv = mk[t] ? xr[t] : 0.0f;
-                r1 += xv;
-                r2 += (double)xv * (double)xv;
-                rc += mk[t] ? 1.0 : 0.0;
-            }
+        for (int64_t t = 0; t < T; t++) {
+            float xv = mk[t] ? xr[t] : 0.0f;
+            r1 += xv;
+            r2 += (double)xv * (double)xv;
+            rc += mk[t] ? 1.0 : 0.0;
         }
         s1 += r1;
         s2 += r2;
-        sy += ry;
         count += rc;
     }
     stats[0] = count;
     stats[1] = s1;
     stats[2] = s2;
-    stats[3] = sy;
 }
 
 /* AEPO-EB's entropy-aware advantage (arXiv 2510.14545): a' = A (1 + coef (H - mean) / std) at valid tokens, 0 at
@@ -304,36 +286,6 @@ void entrolab_balanced_adv_f32(const float *ent, const float *adv, int64_t ars, 
             float v = mk[t] ? a[t] * (1.0f + coef * z) : 0.0f;
             a_out[i * T + t] = v;
             rs += v;
-        }
-        s += rs;
-    }
-    stats[0] = s;
-}
-
-/* Cov(log pi, A) per token (arXiv 2505.22617, eq. 11): cov = (A - mean_a)(lp - mean_lp) at valid tokens, 0 at
- * padding; the valid values, row-major, into packed (for KL-Cov's top-k; NULL to skip).  stats = [sum cov]. */
-void entrolab_covariance_f32(const float *lp, const float *adv, int64_t ars, int64_t ats, float *abuf, const uint8_t *mask,
-                             int64_t B, int64_t T, float mean_a, float mean_lp, float *cov, float *packed,
-                             double *stats) {
-    double s = 0.0;
-    int64_t count = 0;
-    for (int64_t i = 0; i < B; i++) {
-        const float *l = lp + i * T;
-        const float *a = adv_row(adv, i, ars, ats, T, abuf);
-        const uint8_t *mk = mask + i * T;
-        float *c = cov + i * T;
-        float rs = 0.0f;
-#pragma omp simd reduction(+ : rs)
-        for (int64_t t = 0; t < T; t++) {
-            float v = mk[t] ? (a[t] - mean_a) * (l[t] - mean_lp) : 0.0f;
-            c[t] = v;
-            rs += v;
-        }
-        if (packed != NULL) {
-            for (int64_t t = 0; t < T; t++) {
-                packed[count] = c[t];
-                count += mk[t] ? 1 : 0;
-            }
         }
         s += rs;
     }

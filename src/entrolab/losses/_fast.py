@@ -26,9 +26,8 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_hapo_log_entropy_f32": [_P, _P, _I, _I, _P, _P, _P],
     "entrolab_sq_dev_f32": [_P, _P, _I, _I, _F, _P],
     "entrolab_hapo_apply_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 8, _P, _P, _P, _P, _P],
-    "entrolab_masked_sums_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, _P],
+    "entrolab_masked_sums_f32": [_P, _P, _I, _I, _P],
     "entrolab_balanced_adv_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _P, _P],
-    "entrolab_covariance_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _P, _P, _P],
 }
 
 
@@ -168,20 +167,12 @@ def hapo_apply(
     return h, el, eh, a_out, list(st)
 
 
-def masked_sums(
-    k: LossKernels, x: Tensor, m: Tensor, *, y: Tensor | None = None, advantages: Tensor | None = None
-) -> list[float]:
-    """``[count, sum x, sum x^2, sum y]`` over valid tokens (``y`` a ``(B, T)`` tensor or the advantages)."""
+def masked_sums(k: LossKernels, x: Tensor, m: Tensor) -> list[float]:
+    """``[count, sum x, sum x^2]`` over valid tokens."""
     b, t = x.shape
     xc, mask = _c(x), _c(m)
-    yc = None if y is None else _c(y)
-    _keep.clear()
-    a, ars, ats, abuf = (None, 0, 0, None) if advantages is None else _adv(advantages, x.shape)
-    st = _stats(4)
-    k.masked_sums(  # type: ignore[attr-defined]
-        xc.data_ptr(), None if yc is None else yc.data_ptr(), None if a is None else a.data_ptr(), ars, ats, abuf,
-        mask.data_ptr(), b, t, st,
-    )  # fmt: skip
+    st = _stats(3)
+    k.masked_sums(xc.data_ptr(), mask.data_ptr(), b, t, st)  # type: ignore[attr-defined]
     return list(st)
 
 
@@ -199,22 +190,3 @@ def balanced_adv(
         ent.data_ptr(), a.data_ptr(), ars, ats, abuf, mask.data_ptr(), b, t, mean, std, coef, out.data_ptr(), st
     )
     return out, st[0]
-
-
-def covariance(
-    k: LossKernels, logp: Tensor, advantages: Tensor, m: Tensor, *, mean_a: float, mean_lp: float, packed: bool
-) -> tuple[Tensor, Tensor | None, float]:
-    """Per-token ``(A - mean_a)(logp - mean_lp)`` (0 at padding), optionally its valid values packed, and its sum."""
-    b, t = logp.shape
-    lp, mask = _c(logp), _c(m)
-    _keep.clear()
-    a, ars, ats, abuf = _adv(advantages, logp.shape)
-    cov = torch.empty(b, t)
-    buf = torch.empty(b * t) if packed else None
-    st = _stats(1)
-    k.covariance(  # type: ignore[attr-defined]
-        lp.data_ptr(), a.data_ptr(), ars, ats, abuf, mask.data_ptr(), b, t, mean_a, mean_lp, cov.data_ptr(),
-        None if buf is None else buf.data_ptr(), st,
-    )  # fmt: skip
-    n = int(m.sum()) if buf is not None else 0
-    return cov, None if buf is None else buf[:n], st[0]

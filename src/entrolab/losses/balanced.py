@@ -198,7 +198,7 @@ def entropy_balanced(
             )
         k = _fast.kernels(logp, advantages, entropy) if group is None and entropy_stats is None else None
         if k is not None:  # the z-score's moments, then A (1 + coef z), in two fused passes
-            n, s1, s2, _ = _fast.masked_sums(k, entropy, m)
+            n, s1, s2 = _fast.masked_sums(k, entropy, m)
             mean64 = s1 / max(n, 1.0)
             var = max((s2 - n * mean64 * mean64) / max(n - 1.0, 1.0), 0.0)
             std = float(torch.tensor(math.sqrt(var) if n > 1 else 0.0, dtype=torch.float32))

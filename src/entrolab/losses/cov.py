@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
-from entrolab.losses import _dist, _fast
+from entrolab.losses import _dist
 from entrolab.losses._common import (
     check_clip,
     check_local_stat,
@@ -112,20 +112,6 @@ def _covariance_clean(lp_s: Tensor, a_s: Tensor, mf: Tensor, cov_center: Any, gr
     return (a_s - mean_a) * (lp_s - mean_lp) * mf
 
 
-def _native_covariance(
-    logp: Tensor, advantages: Tensor, m: Tensor, cov_center: Any, group: Any, *, packed: bool
-) -> tuple[Tensor, Tensor | None, float] | None:
-    """Per-token covariance from the fused kernels (centre and products in two passes), the valid values packed for
-    a top-k, and their sum; ``None`` off the native path (float32 CPU tensors, local statistics only)."""
-    k = _fast.kernels(logp, advantages) if group is None and cov_center is None else None
-    if k is None:
-        return None
-    n, s_lp, _, s_a = _fast.masked_sums(k, logp, m, advantages=advantages)
-    mean_a = float(torch.tensor(s_a / max(n, 1.0), dtype=torch.float32))
-    mean_lp = float(torch.tensor(s_lp / max(n, 1.0), dtype=torch.float32))
-    return _fast.covariance(k, logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, packed=packed)
-
-
 def _select_count(ratio: float, n_total: int) -> int:
     """``max(1, floor(ratio * N))`` (the spec's n_clip / k), computed without float drift for exact fractions."""
     return max(1, math.floor(ratio * n_total + 1e-9 * ratio * n_total))
@@ -160,12 +146,12 @@ def _topk_by_value_then_index(values: Tensor, gidx: Tensor, k: int) -> tuple[Ten
     return v[order[k - 1]], i[order[k - 1]]
 
 
-def _local_top_k(cov: Tensor, m: Tensor, mf: Tensor, k: int, values: Tensor | None = None) -> Tensor:
+def _local_top_k(cov: Tensor, m: Tensor, mf: Tensor, k: int) -> Tensor:
     """0/1 mask (``cov``'s dtype) of the ``k`` valid tokens with the largest ``cov``, ties broken by row-major position.
 
-    ``cov`` must be 0 at padding and ``mf`` is the float mask; ``values`` are ``cov``'s valid entries when known.
+    ``cov`` must be 0 at padding and ``mf`` is the float mask.
     """
-    values = valid_values(cov, m) if values is None else values
+    values = valid_values(cov, m)
     n_valid = values.numel()
     if k == 0 or n_valid == 0:
         return torch.zeros_like(mf)
@@ -180,11 +166,10 @@ def _local_top_k(cov: Tensor, m: Tensor, mf: Tensor, k: int, values: Tensor | No
     return mf * (1.0 - positive(kth - cov))  # valid and cov >= kth, in float arithmetic
 
 
-def _top_k(cov: Tensor, m: Tensor, mf: Tensor, n_select: int, group: Any, values: Tensor | None = None) -> Tensor:
+def _top_k(cov: Tensor, m: Tensor, mf: Tensor, n_select: int, group: Any) -> Tensor:
     """0/1 mask of the ``n_select`` valid tokens with the largest ``cov`` (ties by row-major index), over all ranks."""
     if group is None:
-        n_valid = int(m.sum()) if values is None else values.numel()
-        return _local_top_k(cov, m, mf, min(n_select, n_valid), values)
+        return _local_top_k(cov, m, mf, min(n_select, int(m.sum())))
     values = cov[m]  # (N,) row-major
     n_local = values.numel()
     offset, total = _dist.rank_offset(n_local, cov.device, group)
@@ -298,11 +283,7 @@ def clip_cov(
     a = zero_masked(adv, mf)
     per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
     metrics = ppo_metrics(m, mf, terms)
-    native = _native_covariance(logp, advantages, m, cov_center, group, packed=False)
-    if native is not None:
-        cov = native[0]
-    else:
-        cov = _covariance_clean(zero_masked(logp.detach(), mf), a.detach(), mf, cov_center, group)
+    cov = _covariance_clean(zero_masked(logp.detach(), mf), a.detach(), mf, cov_center, group)
     # candidates as 0/1 floats (mf * not clipped * cov in the open window): no bool passes on the hot path
     cand = (mf - terms.clipped) * positive(cov - cov_lb) * positive(cov_ub - cov)
     n_valid = _dist.all_sum(m.sum(), group)
@@ -384,15 +365,9 @@ def kl_cov(
     per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=1.0, eps_high=math.inf, dual_clip=None)
     lp_s = zero_masked(logp.detach(), mf)
     olp_s = zero_masked(old_logp.detach(), mf)
-    native = _native_covariance(logp, advantages, m, cov_center, group, packed=True)
-    if native is not None:
-        cov, values, _ = native
-        assert values is not None
-        chosen = _top_k(cov, m, mf, _select_count(ratio, values.numel()), group, values)
-    else:
-        cov = _covariance_clean(lp_s, a.detach(), mf, cov_center, group)
-        n_valid = _dist.all_sum(m.sum(), group)
-        chosen = _top_k(cov, m, mf, _select_count(ratio, int(n_valid)), group)
+    cov = _covariance_clean(lp_s, a.detach(), mf, cov_center, group)
+    n_valid = _dist.all_sum(m.sum(), group)
+    chosen = _top_k(cov, m, mf, _select_count(ratio, int(n_valid)), group)
     sel = chosen.to(logp.dtype)
     penalty = (zero_masked(logp, mf) - olp_s).abs()  # kl_coef |logp - old_logp| on the chosen tokens
     per_token = per_token + (kl_coef * sel) * penalty
