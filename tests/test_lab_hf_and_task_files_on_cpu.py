@@ -198,3 +198,13 @@ def test_too_few_prompts_for_the_eval_split_is_a_clear_error(tmp_path):
     task = _write(tmp_path / "t.jsonl", ['{"prompt": "1+1=", "answer": "2"}', '{"prompt": "2+2=", "answer": "4"}'])
     argv = ["--task", str(task), "--eval-prompts", "4", "--steps", "1", "--out", str(tmp_path / "r"), "--quick"]
     assert main([*argv, "--progress", "off"]) == 1
+
+
+def test_math_verifier_checks_equivalence_with_math_verify(tmp_path):
+    pytest.importorskip("math_verify")
+    path = _write(tmp_path / "m.jsonl", ['{"prompt": "half of one is ", "answer": "1/2"}'])
+    task = load_task_file(path, verifier="math")
+    ex = Ex("half of one is ", "1/2")
+    assert task.score(ex, "0.5") == 1.0 and task.score(ex, "\\frac{2}{4}") == 1.0
+    assert task.score(ex, "0.6") == 0.0 and task.score(ex, "(((((") == 0.0 and task.score(ex, "x" * 10**6) == 0.0
+    assert task.has_solutions and task.solution(ex, None) == "1/2"  # type: ignore[arg-type]
