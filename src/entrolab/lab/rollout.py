@@ -15,6 +15,7 @@ from torch import Tensor
 
 from entrolab.entropy import linear_logprob_and_entropy
 from entrolab.lab.policy import Policy
+from entrolab.sampling.functional import sample_categorical
 
 __all__ = ["Rollout", "generate", "left_pad", "sample_categorical", "score_completions"]
 
@@ -54,18 +55,6 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
             ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s) :] = True
     return ids, mask
-
-
-def sample_categorical(probs: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-    """One draw per row of ``probs`` ``(B, V)`` (non-negative, each row with a positive sum): ``(B,)`` int64.
-
-    Inverse-CDF sampling: one uniform per row against the float64 running sum of the row.  It draws from the same
-    distribution as ``torch.multinomial(probs, 1)`` (tested) but reads each row once, where the CPU ``multinomial``
-    costs about 40 ms for 128 rows of 32k probabilities.  Zero-probability entries are never drawn.
-    """
-    cdf = torch.cumsum(probs, -1, dtype=torch.float64)  # (B, V)
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64) * cdf[:, -1:]  # (B, 1)
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(probs.shape[1] - 1)
 
 
 @torch.no_grad()

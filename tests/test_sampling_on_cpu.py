@@ -1,0 +1,353 @@
+"""entrolab.sampling: the spec's worked examples (shared/specs/decoding.md), agreement with transformers' Top-H warper,
+the exact full-vocabulary Top-H against a brute-force float64 reference, boundaries, fork points, and the HF processors
+inside ``model.generate``."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+import torch
+
+from entrolab.losses import HapoEntropyStats
+from entrolab.sampling import (
+    adaptive_temperature,
+    entropix_regime,
+    entropy_varentropy,
+    eta_mask,
+    min_p_mask,
+    sample,
+    select_fork_points,
+    top_h_mask,
+)
+
+P5 = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
+
+
+def kept(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("rule", ["paper", "hf"])
+@pytest.mark.parametrize(
+    ("alpha", "expected"), [(0.4, [0]), (0.7, [0, 1]), (0.9, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3, 4])]
+)
+def test_top_h_example_a_rules_agree_when_the_candidates_hold_all_mass(rule, alpha, expected):
+    assert kept(top_h_mask(P5.log(), alpha, rule=rule)) == expected
+    assert kept(top_h_mask(P5.log().unsqueeze(0), alpha, rule=rule, top_n=100)[0]) == expected
+
+
+def test_top_h_example_b_rules_differ_with_a_small_candidate_set():
+    assert kept(top_h_mask(P5.log(), 0.7, top_n=3, rule="paper")) == [0]
+    assert kept(top_h_mask(P5.log(), 0.7, top_n=3, rule="hf")) == [0, 1]
+
+
+def test_top_h_example_c_hf_fixed_hundred():
+    p = torch.cat(
+        [torch.tensor([0.4, 0.2, 0.1], dtype=torch.float64), torch.full((997,), 0.3 / 997, dtype=torch.float64)]
+    )
+    logits = p.log()
+    assert int(top_h_mask(logits, 0.8, top_n=100, rule="paper").sum()) == 5
+    assert int(top_h_mask(logits, 0.8, top_n=100, rule="hf").sum()) == 21
+    for alpha, n in ((0.3, 1), (0.4, 1), (0.5, 1), (0.6, 2), (0.7, 2)):
+        for rule in ("paper", "hf"):
+            assert int(top_h_mask(logits, alpha, top_n=100, rule=rule).sum()) == n, (alpha, rule)
+
+
+def test_top_h_hf_rule_equals_transformers_warper():
+    transformers = pytest.importorskip("transformers")
+    g = torch.Generator().manual_seed(0)
+    for alpha in (0.2, 0.4, 0.7, 0.95):
+        scores = torch.randn(16, 700, generator=g) * 3
+        theirs = torch.isfinite(transformers.TopHLogitsWarper(top_h=alpha)(None, scores))
+        ours = top_h_mask(scores, alpha, top_n=100, rule="hf")
+        assert torch.equal(ours, theirs), alpha
+
+
+def _top_h_reference(logits: torch.Tensor, alpha: float, top_n: int | None) -> torch.Tensor:
+    """The authors' rule in float64 over a full sort, bounded by n (the spec's crash-free version)."""
+    z = logits.double()
+    p = torch.softmax(z, -1)
+    order = torch.sort(p, descending=True, stable=True)
+    n = z.shape[-1] if top_n is None else min(top_n, z.shape[-1])
+    pv = order.values[:, :n]
+    h = torch.where(pv > 0, -pv * pv.log(), 0.0)
+    cum = h.cumsum(-1)
+    sel = cum <= alpha * cum[:, -1:] * (1 + 1e-9)
+    sel[:, 0] = True
+    return torch.zeros_like(z, dtype=torch.bool).scatter(-1, order.indices[:, :n], sel)
+
+
+@pytest.mark.parametrize("top_n", [None, 7, 100])
+@pytest.mark.parametrize("kind", ["random", "flat", "masked", "peaked"])
+def test_top_h_paper_rule_matches_a_full_sort_reference(top_n, kind):
+    g = torch.Generator().manual_seed(zlib.crc32(f"{top_n}{kind}".encode()))
+    z = torch.randn(9, 3001, generator=g, dtype=torch.float64)
+    if kind == "flat":  # the kept prefix runs past the first partial top-k: the search must grow
+        z = z * 0.01
+    elif kind == "masked":
+        z = z.masked_fill(torch.rand(9, 3001, generator=g) < 0.5, -math.inf)
+    elif kind == "peaked":
+        z = z * 8
+    for alpha in (0.3, 0.6, 0.9):
+        ours = top_h_mask(z, alpha, top_n=top_n)
+        ref = _top_h_reference(z, alpha, top_n)
+        # sets may differ only by a token sitting on the threshold within float32 rounding
+        assert int((ours ^ ref).sum()) <= 1, (alpha, int((ours ^ ref).sum()))
+
+
+def test_top_h_boundaries():
+    one_hot = torch.full((2, 6), -math.inf)
+    one_hot[0, 3] = 0.0
+    one_hot[1, 0] = 5.0
+    for rule in ("paper", "hf"):
+        assert top_h_mask(one_hot, 0.5, rule=rule).sum(-1).tolist() == [1, 1]
+        assert top_h_mask(one_hot, 1.0, rule=rule)[torch.arange(2), torch.tensor([3, 0])].all()
+    uniform = torch.zeros(1, 10)
+    assert int(top_h_mask(uniform, 0.55).sum()) == 5  # equal terms: exactly floor(alpha * 10) of them
+    assert int(top_h_mask(P5.log(), 0.4, top_n=50).sum()) == 1  # top_n > V
+    assert int(top_h_mask(P5.log(), 0.4, min_tokens_to_keep=3).sum()) == 3
+    assert int(top_h_mask(P5.log(), 0.4, top_n=2, min_tokens_to_keep=4).sum()) == 4
+    # the selection temperature flattens p and the threshold together: at T = 2, alpha = 0.7 keeps three (hand-computed:
+    # h = [0.3670, 0.3303, 0.3129, 0.2863, 0.2397] nats, tau = 0.7 * 1.5362 = 1.0753, cumulative 0.367, 0.697, 1.010)
+    assert kept(top_h_mask(P5.log(), 0.7, temperature=2.0)) == [0, 1, 2]
+    x = P5.log().clone()
+    top_h_mask(x, 0.7)
+    assert torch.equal(x, P5.log())
+    half = top_h_mask(P5.log().to(torch.bfloat16), 0.7)
+    assert kept(half) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: top_h_mask(P5.log(), 0.0), "alpha"),
+        (lambda: top_h_mask(P5.log(), 1.5), "alpha"),
+        (lambda: top_h_mask(P5.log(), 0.4, top_n=0), "top_n"),
+        (lambda: top_h_mask(P5.log(), 0.4, rule="vllm"), "rule"),
+        (lambda: top_h_mask(P5.log(), 0.4, temperature=0.0), "temperature"),
+        (lambda: top_h_mask(P5.log(), 0.4, min_tokens_to_keep=0), "min_tokens_to_keep"),
+        (lambda: top_h_mask(torch.tensor([0.0, math.nan]), 0.4), "NaN"),
+        (lambda: top_h_mask(torch.tensor([0.0, math.inf]), 0.4), r"\+inf"),
+        (lambda: top_h_mask(torch.full((2, 3), -math.inf), 0.4), "every entry is -inf"),
+        (lambda: top_h_mask(torch.zeros(2, 3, 4), 0.4), "shape"),
+        (lambda: min_p_mask(P5.log(), 1.5), "min_p"),
+        (lambda: eta_mask(P5.log(), 0.0), "epsilon"),
+        (lambda: eta_mask(P5.log(), 1.0), "epsilon"),
+        (lambda: select_fork_points(P5, torch.ones(5), 0), "k"),
+        (lambda: select_fork_points(P5, torch.ones(5), 2, strategy="best"), "strategy"),
+        (lambda: select_fork_points(P5, torch.ones(4), 2), "mask"),
+        (lambda: sample(torch.zeros(2, 3), temperature=-1.0), "temperature"),
+    ],
+)
+def test_bad_input_names_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_top_h_rejects_integer_logits():
+    with pytest.raises(TypeError, match="logits"):
+        top_h_mask(torch.tensor([1, 2, 3]), 0.4)
+
+
+def test_min_p_and_eta_examples():
+    p = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    assert kept(min_p_mask(p.log(), 0.1)) == [0, 1, 2]
+    assert kept(min_p_mask(p.log(), 0.0)) == [0, 1, 2, 3]
+    assert kept(min_p_mask(p.log(), 1.0)) == [0]
+    assert kept(min_p_mask(p.log(), 0.9, min_tokens_to_keep=2)) == [0, 1]
+    assert kept(eta_mask(p.log(), 0.2)) == [0, 1]
+    assert kept(eta_mask(p.log().double(), 0.1)) == [0, 1, 2]  # eta = min(0.1, 0.1125): 0.1 is kept
+    assert kept(eta_mask(p.log(), 0.9, min_tokens_to_keep=3)) == [0, 1, 2]
+
+
+def test_entropy_varentropy_and_entropix_regimes():
+    h, v = entropy_varentropy(torch.tensor([[0.5, 0.25, 0.25]]).log())
+    assert float(h) == pytest.approx(1.5) and float(v) == pytest.approx(0.25)
+    h, v = entropy_varentropy(torch.tensor([[0.0, -math.inf, -math.inf], [0.0, 0.0, 0.0]]))
+    assert h.tolist() == pytest.approx([0.0, math.log2(3)]) and v.tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+    h_nats, _ = entropy_varentropy(torch.zeros(1, 4), base=None)
+    assert float(h_nats) == pytest.approx(math.log(4))
+    logits = torch.stack(
+        [
+            torch.tensor([0.0] + [-40.0] * 15),  # one-hot-ish: LELV
+            torch.zeros(16),  # uniform over 16: H = 4 bits, V = 0: HELV
+            torch.tensor([0.0, -0.5] + [-25.0] * 14),  # middling: adaptive
+        ]
+    )
+    assert entropix_regime(logits).tolist() == [0, 1, 4]
+    assert entropix_regime(logits, high_entropy=5.0).tolist() == [0, 4, 4]
+    # a two-level distribution with a rare mass of tiny tokens: low entropy, high varentropy (LEHV)
+    p = torch.cat([torch.tensor([0.9]), torch.full((10000,), 0.1 / 10000)])
+    h, v = entropy_varentropy(p.log().unsqueeze(0))
+    assert float(h) < 5 and float(v) > 5
+    assert entropix_regime(p.log().unsqueeze(0)).tolist() == [2]
+
+
+def _stats(neg_min: float = -1.0) -> HapoEntropyStats:
+    one = torch.tensor(1.0)
+    return HapoEntropyStats(torch.tensor(0.0), one, one, torch.tensor(neg_min))
+
+
+def test_adaptive_temperature_spec_example_clamp_and_code_sign_bug():
+    # entropies e^-1, e^0, e^1 nats -> log H = -1, 0, 1 -> h_hat = -1, 0, 1 -> T = 0.95, 1, 1.05
+    target = torch.tensor([math.exp(-1), 1.0, math.exp(1)], dtype=torch.float64)
+    logits = torch.stack([_logits_with_entropy(float(h)) for h in target])
+    assert adaptive_temperature(logits, _stats()).tolist() == pytest.approx([0.95, 1.0, 1.05], abs=1e-6)
+    assert adaptive_temperature(logits, _stats(), base_temperature=2.0, tau=0.1).shape == (3,)
+    # clamp: a far lower entropy still gives h_hat = -1
+    assert float(adaptive_temperature(_logits_with_entropy(1e-3).unsqueeze(0), _stats())) == pytest.approx(0.95)
+    # the released code divides negative h by the negative neg_min: the confident token gets hotter
+    code = adaptive_temperature(logits, _stats(), compat="code").tolist()
+    assert code == pytest.approx([1.05, 1.0, 1.05], abs=1e-6)
+    with pytest.raises(ValueError, match="neg_min"):
+        adaptive_temperature(logits, _stats(neg_min=0.0))
+    with pytest.raises(TypeError, match="HapoEntropyStats"):
+        adaptive_temperature(logits, (0.0, 1.0, 1.0, -1.0))
+
+
+def _logits_with_entropy(h: float, v: int = 50) -> torch.Tensor:
+    """Logits over v tokens whose softmax has entropy h nats (a one-parameter family, solved by bisection)."""
+    lo, hi = 0.0, 200.0
+    for _ in range(200):
+        beta = (lo + hi) / 2
+        z = -beta * torch.arange(v, dtype=torch.float64)
+        logp = torch.log_softmax(z, -1)
+        ent = float(-(logp.exp() * logp).sum())
+        lo, hi = (beta, hi) if ent > h else (lo, beta)
+    return z
+
+
+def test_sample_is_seeded_uses_processors_and_per_row_temperature():
+    z = torch.randn(64, 30, generator=torch.Generator().manual_seed(1))
+    a = sample(z, generator=torch.Generator().manual_seed(3))
+    b = sample(z, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == (64,) and a.dtype == torch.int64
+    greedy = sample(z, processors=[lambda s: s.masked_fill(~top_h_mask(s, 0.01), -math.inf)])
+    assert torch.equal(greedy, z.argmax(-1))
+    cold = sample(z, temperature=torch.full((64,), 1e-4), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cold, z.argmax(-1))
+    with pytest.raises(ValueError, match="no finite logit"):
+        sample(z, processors=[lambda s: torch.full_like(s, -math.inf)])
+
+
+def test_select_fork_points():
+    h = torch.tensor([[5.0, 1.0, 3.0, 3.0, 0.5, 9.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    # position 0 excluded by default, position 5 is padding; ties by position
+    assert select_fork_points(h, mask, 3).tolist() == [[2, 3, 1], [1, 2, 3]]
+    assert select_fork_points(h, mask, 6).tolist() == [[2, 3, 1, 4, -1, -1], [1, 2, 3, -1, -1, -1]]
+    assert select_fork_points(h, mask, 2, exclude_first=0).tolist() == [[0, 2], [0, 1]]
+    ex = torch.zeros_like(mask)
+    ex[0, 2] = True
+    assert select_fork_points(h, mask, 2, exclude=ex).tolist() == [[3, 1], [1, 2]]
+    none = torch.zeros_like(mask)
+    assert select_fork_points(h, none, 2).tolist() == [[-1, -1], [-1, -1]]
+    assert select_fork_points(h, none, 2, strategy="random_of_top").tolist() == [[-1], [-1]]
+    draws = {
+        int(select_fork_points(h[0], mask[0], 3, strategy="random_of_top", generator=torch.Generator().manual_seed(s)))
+        for s in range(60)
+    }
+    assert draws == {1, 2, 3}  # uniform over the top 3 valid positions, each reached
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(
+        select_fork_points(h, mask, 3, strategy="random_of_top", generator=g1),
+        select_fork_points(h, mask, 3, strategy="random_of_top", generator=g2),
+    )
+    with pytest.raises(ValueError, match="not finite"):
+        select_fork_points(torch.tensor([0.0, math.nan]), torch.ones(2, dtype=torch.bool), 1)
+
+
+# --------------------------------------------------------------------------------------- HF LogitsProcessors
+def test_processors_follow_hf_conventions_and_run_inside_generate():
+    transformers = pytest.importorskip("transformers")
+    from entrolab.sampling.hf import AdaptiveTemperatureLogitsProcessor, EntropixLogitsProcessor, TopHLogitsProcessor
+
+    procs = [
+        TopHLogitsProcessor(0.4),
+        TopHLogitsProcessor(0.6, rule="hf", top_n=100, min_tokens_to_keep=2),
+        AdaptiveTemperatureLogitsProcessor(_stats()),
+        EntropixLogitsProcessor(clarifying_token_id=3),
+    ]
+    scores = torch.randn(4, 40, generator=torch.Generator().manual_seed(0)) * 3
+    scores[1, :10] = -math.inf
+    for proc in procs:
+        before = scores.clone()
+        out = proc(torch.zeros(4, 2, dtype=torch.long), scores)
+        assert torch.equal(scores, before), proc  # never in place
+        assert out.shape == scores.shape and out.dtype == scores.dtype
+        assert bool(torch.isfinite(out).any(-1).all())
+        half = proc(torch.zeros(4, 2, dtype=torch.long), scores.to(torch.bfloat16))
+        assert half.dtype == torch.bfloat16
+    cfg = transformers.Qwen2Config(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(cfg).eval()
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    for proc in procs:
+        torch.manual_seed(1)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            max_new_tokens=5,
+            logits_processor=transformers.LogitsProcessorList([proc]),
+        )
+        assert out.shape == (2, 8) and bool((out[:, :3] == ids).all())
+    # alpha tiny: Top-H keeps only the argmax, so sampling is greedy decoding
+    greedy = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=5)
+    torch.manual_seed(2)
+    toph = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=True,
+        max_new_tokens=5,
+        logits_processor=transformers.LogitsProcessorList([TopHLogitsProcessor(1e-6)]),
+    )
+    assert torch.equal(greedy, toph)
+
+
+def test_processor_constructors_validate():
+    pytest.importorskip("transformers")
+    from entrolab.sampling.hf import AdaptiveTemperatureLogitsProcessor, EntropixLogitsProcessor, TopHLogitsProcessor
+
+    for make, message in (
+        (lambda: TopHLogitsProcessor(0.0), "alpha"),
+        (lambda: TopHLogitsProcessor(0.4, min_tokens_to_keep=0), "min_tokens_to_keep"),
+        (lambda: TopHLogitsProcessor(0.4, filter_value=math.inf), "filter_value"),
+        (lambda: TopHLogitsProcessor(0.4, rule="x"), "rule"),
+        (lambda: AdaptiveTemperatureLogitsProcessor(_stats(), tau=2.0), "tau"),
+        (lambda: AdaptiveTemperatureLogitsProcessor(_stats(neg_min=1.0)), "neg_min"),
+        (lambda: EntropixLogitsProcessor(clarifying_token_id=-1), "clarifying_token_id"),
+        (lambda: EntropixLogitsProcessor(low_entropy=-1.0), "low_entropy"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make()
+    with pytest.raises(TypeError):
+        EntropixLogitsProcessor(entropy_cutoff=1.0)
+
+
+def test_entropix_processor_actions():
+    pytest.importorskip("transformers")
+    from entrolab.sampling.hf import EntropixLogitsProcessor
+
+    scores = torch.stack(
+        [torch.tensor([0.0] + [-40.0] * 15), torch.zeros(16), torch.tensor([0.0, -0.5] + [-25.0] * 14)]
+    )
+    proc = EntropixLogitsProcessor(clarifying_token_id=7)
+    out = proc(torch.tensor([[1], [1], [1]]), scores)
+    assert kept(torch.isfinite(out[0])) == [0]  # LELV: argmax only
+    assert kept(torch.isfinite(out[1])) == [7]  # HELV: the clarifying token
+    assert torch.equal(out[2], scores[2])  # adaptive: unchanged
+    again = proc(torch.tensor([[1], [7], [1]]), scores)  # just clarified: sample 1.3x hotter instead
+    assert torch.allclose(again[1], scores[1] / 1.3)
