@@ -351,3 +351,19 @@ def test_entropix_processor_actions():
     assert torch.equal(out[2], scores[2])  # adaptive: unchanged
     again = proc(torch.tensor([[1], [7], [1]]), scores)  # just clarified: sample 1.3x hotter instead
     assert torch.allclose(again[1], scores[1] / 1.3)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"top_n": 100}, {"rule": "hf", "top_n": 100}, {"alpha": 1.0}, {"top_n": 3, "min_tokens_to_keep": 5}]
+)
+def test_top_h_processor_equals_the_mask(kwargs):
+    pytest.importorskip("transformers")
+    from entrolab.sampling.hf import TopHLogitsProcessor
+
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(6, 500, generator=g) * 4
+    scores[2, 100:] = -math.inf
+    alpha = kwargs.pop("alpha", 0.5)
+    out = TopHLogitsProcessor(alpha, filter_value=-1e4, **kwargs)(torch.zeros(6, 1, dtype=torch.long), scores)
+    expected = scores.masked_fill(~top_h_mask(scores, alpha, **kwargs), -1e4)
+    assert torch.equal(out, expected)

@@ -63,12 +63,24 @@ def _rows(logits: object, name: str = "logits") -> tuple[Tensor, tuple[int, ...]
         raise ValueError(f"{name} must have shape (B, V) or (V,) with V >= 1, got {tuple(logits.shape)}")
     z = logits.detach().reshape(-1, logits.shape[-1])
     z = z if z.dtype == torch.float64 else z.float()
-    if z.numel():
+    # one reduction finds every problem: a row max is NaN with a NaN in the row, +inf with a +inf, -inf when the
+    # whole row is -inf
+    if z.numel() and not bool(torch.isfinite(z.amax(-1)).all()):
         if bool(torch.isnan(z).any()) or bool(torch.isposinf(z).any()):
             raise ValueError(f"{name} must not contain NaN or +inf")
-        if bool(torch.isneginf(z).all(-1).any()):
-            raise ValueError(f"{name} has a row where every entry is -inf")
+        raise ValueError(f"{name} has a row where every entry is -inf")
     return z, tuple(logits.shape)
+
+
+def _entropy_and_lse(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Entropy (nats) and log-sum-exp of each row ``(B, 1)`` each, in one pass over the logits (the entropy core's
+    fused kernel; the log-sum-exp from the log-prob of token 0)."""
+    from entrolab.entropy import token_logprob_and_entropy
+
+    top = z.argmax(-1)  # a finite logit of every row (token 0 may be -inf)
+    logp_top, entropy = token_logprob_and_entropy(z, top)
+    lse = z.gather(-1, top.unsqueeze(-1)) - logp_top.to(z.dtype).unsqueeze(-1)
+    return entropy.to(z.dtype).unsqueeze(-1), lse
 
 
 def _neg_entropy_terms(logp: Tensor) -> Tensor:
@@ -145,24 +157,40 @@ def top_h_mask(
     >>> [int(top_h_mask(logits, a).sum()) for a in (0.4, 0.7, 0.9, 1.0)]
     [1, 2, 4, 5]
     """
+    z, shape = _rows(logits)
+    selection = _top_h_selection(
+        z, alpha, top_n=top_n, temperature=temperature, min_tokens_to_keep=min_tokens_to_keep, rule=rule
+    )
+    if selection is None:  # alpha = 1 over the whole vocabulary: every token of non-zero probability
+        return (~torch.isneginf(z)).reshape(shape)
+    idx, sel = selection
+    keep = torch.zeros(z.shape, dtype=torch.bool, device=z.device).scatter(-1, idx, sel)
+    return keep.reshape(shape)
+
+
+def _top_h_selection(
+    z: Tensor, alpha: object, *, top_n: object, temperature: object, min_tokens_to_keep: object, rule: object
+) -> tuple[Tensor, Tensor] | None:
+    """Top-H on validated ``(B, V)`` rows as ``(candidate indices (B, k), kept (B, k))``; ``None`` when every token of
+    non-zero probability is kept.  The processor scatters the kept scores from it without a ``(B, V)`` mask."""
     alpha = _number("alpha", alpha, low=0.0, high=1.0, low_open=True)
     temperature = _number("temperature", temperature, low=0.0, high=math.inf, low_open=True, high_open=True)
-    min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
-    if top_n is not None:
-        top_n = _positive_int("top_n", top_n)
+    m = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+    n_top = None if top_n is None else _positive_int("top_n", top_n)
     if rule not in ("paper", "hf"):
         raise ValueError(f"rule must be 'paper' or 'hf', got {rule!r}")
-    z, shape = _rows(logits)
     b, v = z.shape
     if b == 0:
-        return torch.zeros(shape, dtype=torch.bool, device=logits.device)
+        return torch.zeros((0, 1), dtype=torch.long, device=z.device), torch.zeros((0, 1), dtype=torch.bool)
     z = z / temperature if temperature != 1.0 else z
-    n = v if top_n is None else min(top_n, v)
+    n = v if n_top is None else min(n_top, v)
     if alpha == 1.0 and rule == "paper":  # the threshold is the whole sum, never exceeded: all n candidates
-        keep = ~torch.isneginf(z)  # every token of non-zero probability (filtered ones stay filtered)
-        if n < v:
-            keep = keep & _keep_top(torch.zeros_like(keep), z, n)
-        return _keep_top(keep, z, min_tokens_to_keep).reshape(shape)
+        if n == v:
+            return None
+        top, idx = torch.topk(z, max(n, min(m, v)), dim=-1)
+        sel = ~torch.isneginf(top)
+        sel[:, : min(m, v)] = True
+        return idx, sel
     if rule == "hf":
         top, idx = torch.topk(z, n, dim=-1)  # sorted
         dist = torch.distributions.Categorical(logits=top)
@@ -170,26 +198,30 @@ def top_h_mask(
         tau = (dist.entropy() * alpha).unsqueeze(-1)
         sel = (terms.cumsum(-1) <= tau) & ~torch.isneginf(top)  # a filtered token is never brought back
     else:
-        logp = torch.log_softmax(z, -1)
+        # full-vocabulary probabilities of the candidates from the row's log-sum-exp: no (B, V) log-softmax
         if n == v:
-            tau = _neg_entropy_terms(logp).sum(-1, keepdim=True) * alpha  # O(V): no sort for the threshold
-            k = min(v, 64)
+            entropy, lse = _entropy_and_lse(z)  # one fused pass; tau = alpha H(p), no sort needed for it
+            tau = entropy * alpha
+            # first guess of the prefix length: alpha exp(H) tokens (exact for a uniform row), at least 256
+            k = min(v, max(256, int(1.25 * alpha * math.exp(min(float(entropy.max()), 50.0))) + 16))
             while True:  # grow a partial top-k until every row's prefix crosses tau (a full sort at worst)
-                vals, idx = torch.topk(logp, k, dim=-1)
+                top, idx = torch.topk(z, k, dim=-1)
+                vals = top - lse
                 cum = _neg_entropy_terms(vals).cumsum(-1)
                 if k == v or bool((cum[:, -1] > tau[:, 0]).all()):
                     break
-                k = min(v, 4 * k)
+                k = min(v, 8 * k)
         else:
-            vals, idx = torch.topk(logp, n, dim=-1)
+            top, idx = torch.topk(z, n, dim=-1)
+            vals = top - _entropy_and_lse(z)[1]  # the fused pass beats torch.logsumexp's several
             cum = _neg_entropy_terms(vals).cumsum(-1)
             tau = cum[:, -1:] * alpha
         sel = (cum <= tau) & ~torch.isneginf(vals)  # a filtered token is never brought back
-    sel[:, : min(min_tokens_to_keep, sel.shape[-1])] = True  # the most probable token always
-    keep = torch.zeros((b, v), dtype=torch.bool, device=z.device).scatter(-1, idx, sel)
-    if min_tokens_to_keep > sel.shape[-1]:
-        keep = _keep_top(keep, z, min_tokens_to_keep)
-    return keep.reshape(shape)
+    if m > sel.shape[-1]:  # min_tokens_to_keep beyond the candidates: widen to the m most probable
+        _, idx = torch.topk(z, min(m, v), dim=-1)
+        sel = torch.cat([sel, torch.zeros_like(sel[:, :1]).expand(b, idx.shape[-1] - sel.shape[-1])], -1)
+    sel[:, : min(m, sel.shape[-1])] = True  # the most probable token always
+    return idx, sel
 
 
 # ------------------------------------------------------------------------------------------------- min-p, eta

@@ -25,7 +25,14 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessor
 
-from entrolab.sampling.functional import _number, _positive_int, adaptive_temperature, entropix_regime, top_h_mask
+from entrolab.sampling.functional import (
+    _number,
+    _positive_int,
+    _rows,
+    _top_h_selection,
+    adaptive_temperature,
+    entropix_regime,
+)
 
 __all__ = ["AdaptiveTemperatureLogitsProcessor", "EntropixLogitsProcessor", "TopHLogitsProcessor"]
 
@@ -71,10 +78,16 @@ class TopHLogitsProcessor(LogitsProcessor):
         self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Tensor) -> Tensor:
-        keep = top_h_mask(
-            scores, self.alpha, top_n=self.top_n, min_tokens_to_keep=self.min_tokens_to_keep, rule=self.rule
+        z, _ = _rows(scores, "scores")
+        selection = _top_h_selection(
+            z, self.alpha, top_n=self.top_n, temperature=1.0, min_tokens_to_keep=self.min_tokens_to_keep, rule=self.rule
         )
-        return scores.masked_fill(~keep, self.filter_value)
+        if selection is None:  # alpha = 1 over the whole vocabulary keeps every token of non-zero probability
+            return scores.masked_fill(torch.isneginf(scores), self.filter_value)
+        idx, sel = selection
+        # a new tensor of filter_value with the kept scores scattered in: no (B, V) mask, never in place
+        kept = torch.where(sel, scores.gather(-1, idx), torch.tensor(self.filter_value, dtype=scores.dtype))
+        return torch.full_like(scores, self.filter_value).scatter_(-1, idx, kept)
 
 
 class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
