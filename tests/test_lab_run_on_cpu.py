@@ -222,3 +222,26 @@ def test_cli_quick_smoke_and_report_command(tmp_path):
         "--threads",
     ):
         assert flag in help_text.stdout
+
+
+def test_decoding_study_on_a_fresh_and_on_an_existing_run(tmp_path):
+    from entrolab.lab.cli import main
+
+    small = ["--sft-steps", "5", "--sft-batch", "8", "--d-model", "32", "--eval-prompts", "4", "--eval-samples", "2"]
+    small += ["--threads", "1", "--temperatures", "0.7,2"]
+    fresh = tmp_path / "fresh"
+    assert main(["--study", "decoding", *small, "--out", str(fresh)]) == 0
+    rows = json.loads((fresh / "decoding" / "results.json").read_text())
+    assert len(rows) == 4 * 2 and {r["policy"] for r in rows} == {"warm start"}
+    assert {r["sampler"] for r in rows} == {"plain", "top_p 0.9", "min_p 0.1", "top_h 0.4"}
+    assert all(0 <= r["pass@1"] <= r["pass@2"] <= 1 for r in rows)
+    assert (fresh / "decoding" / "decoding_0.png").stat().st_size > 0
+    # an existing run: its settings, and its methods' first-seed policies too
+    run = tmp_path / "run"
+    run_lab(LabConfig(methods=("grpo",), out=str(run), **TINY), progress=False, log=lambda s: None)
+    assert main(["--study", "decoding", "--out", str(run), "--temperatures", "1"]) == 0
+    rows = json.loads((run / "decoding" / "results.json").read_text())
+    assert {r["policy"] for r in rows} == {"warm start", "grpo (seed 0)"} and len(rows) == 2 * 4
+    assert "Decoding study" in (run / "decoding" / "summary.md").read_text()
+    assert main(["--study", "decoding", "--out", str(run), "--temperatures", "0,1"]) == 2
+    assert main(["--study", "decoding", "--out", str(run), "--temperatures", "hot"]) == 2

@@ -20,6 +20,7 @@ from entrolab.sampling import (
     sample,
     select_fork_points,
     top_h_mask,
+    top_p_mask,
 )
 
 P5 = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
@@ -133,6 +134,7 @@ def test_top_h_boundaries():
         (lambda: top_h_mask(torch.full((2, 3), -math.inf), 0.4), "every entry is -inf"),
         (lambda: top_h_mask(torch.zeros(2, 3, 4), 0.4), "shape"),
         (lambda: min_p_mask(P5.log(), 1.5), "min_p"),
+        (lambda: top_p_mask(P5.log(), 0.0), "top_p"),
         (lambda: eta_mask(P5.log(), 0.0), "epsilon"),
         (lambda: eta_mask(P5.log(), 1.0), "epsilon"),
         (lambda: select_fork_points(P5, torch.ones(5), 0), "k"),
@@ -157,6 +159,8 @@ def test_min_p_and_eta_examples():
     assert kept(min_p_mask(p.log(), 0.0)) == [0, 1, 2, 3]
     assert kept(min_p_mask(p.log(), 1.0)) == [0]
     assert kept(min_p_mask(p.log(), 0.9, min_tokens_to_keep=2)) == [0, 1]
+    assert kept(top_p_mask(p.log(), 0.8)) == [0, 1] and kept(top_p_mask(p.log(), 1.0)) == [0, 1, 2, 3]
+    assert kept(top_p_mask(p.log(), 0.5)) == [0] and kept(top_p_mask(p.log(), 0.5, min_tokens_to_keep=3)) == [0, 1, 2]
     assert kept(eta_mask(p.log(), 0.2)) == [0, 1]
     assert kept(eta_mask(p.log().double(), 0.1)) == [0, 1, 2]  # eta = min(0.1, 0.1125): 0.1 is kept
     assert kept(eta_mask(p.log(), 0.9, min_tokens_to_keep=3)) == [0, 1, 2]

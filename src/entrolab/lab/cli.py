@@ -155,6 +155,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace the runs of an existing --out directory")
     parser.add_argument("--no-report", action="store_true", help="skip the report (build it with entrolab report)")
     parser.add_argument("--progress", choices=("auto", "on", "off"), help="progress bar (auto: on a terminal)")
+    parser.add_argument(
+        "--study",
+        choices=("decoding",),
+        help="instead of RL: evaluate the warm-started policy (and, in an existing --out, each method's first-seed "
+        "policy) with plain sampling, top-p, min-p and Top-H over --temperatures; writes OUT/decoding/",
+    )
+    parser.add_argument(
+        "--temperatures", metavar="T,T,...", help="temperatures of --study decoding (default: 0.5,1,1.5,2,3)"
+    )
     for f in dataclasses.fields(LabConfig):
         if f.name == "presets":
             continue
@@ -178,19 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     """``entrolab lab [options]``; returns the exit status (2 for bad options, 1 for a failed run)."""
     parser = _parser()
     args = vars(parser.parse_args(argv))
+    if "study" in args:
+        return _study(args)
     try:
         if "resume" in args:
             directory = Path(args["resume"])
             saved_path = directory / "config.json"
             if not saved_path.exists():
                 raise ValueError(f"--resume {directory}: no config.json there (not a lab run directory)")
-            saved = json.loads(saved_path.read_text())
-            presets = {
-                n: preset_from_mapping(n, {k: v for k, v in p.items() if k != "name"})
-                for n, p in saved.pop("presets", {}).items()
-            }
-            saved["methods"] = tuple(saved["methods"])
-            cfg = LabConfig(**saved, presets=presets)
+            cfg = _saved_config(directory)
             resume = True
         else:
             values: dict[str, Any] = {}
@@ -218,6 +223,57 @@ def main(argv: list[str] | None = None) -> int:
         paths = build_report(out)
         print(f"report: {paths['html']}")
         print(paths["summary"].read_text())
+    return 0
+
+
+def _saved_config(directory: Path) -> LabConfig:
+    """The LabConfig of an existing run directory (its config.json), presets included."""
+    saved = json.loads((directory / "config.json").read_text())
+    presets = {
+        n: preset_from_mapping(n, {k: v for k, v in p.items() if k != "name"})
+        for n, p in saved.pop("presets", {}).items()
+    }
+    saved["methods"] = tuple(saved["methods"])
+    return LabConfig(**saved, presets=presets)
+
+
+def _study(args: dict[str, Any]) -> int:
+    """``entrolab lab --study decoding``: the settings of an existing ``--out`` run (evaluation flags override them),
+    else the options given."""
+    from entrolab.lab.study import DEFAULT_TEMPERATURES, run_decoding_study
+    from entrolab.lab.trainer import LabError
+
+    try:
+        temperatures = DEFAULT_TEMPERATURES
+        if "temperatures" in args:
+            try:
+                temperatures = tuple(float(t) for t in str(args["temperatures"]).split(",") if t.strip())
+            except ValueError:
+                raise ValueError(
+                    f"--temperatures must be comma-separated numbers, got {args['temperatures']!r}"
+                ) from None
+        values: dict[str, Any] = dict(QUICK) if args.get("quick") else {}
+        if "config" in args:
+            values.update(load_config_file(args["config"]))
+        for f in dataclasses.fields(LabConfig):
+            if f.name in args:
+                values[f.name] = args[f.name]
+        out = Path(values.get("out", LabConfig.out))
+        if (out / "config.json").exists():
+            cfg = _saved_config(out)
+            override = {k: values[k] for k in ("eval_prompts", "eval_samples", "threads") if k in values}
+            cfg = dataclasses.replace(cfg, **override)
+        else:
+            cfg = LabConfig(**values)
+        paths = run_decoding_study(cfg, temperatures=temperatures)
+    except (ValueError, TypeError) as exc:
+        print(f"entrolab lab: {exc}", file=sys.stderr)
+        return 2
+    except LabError as exc:
+        print(f"entrolab lab: {exc}", file=sys.stderr)
+        return 1
+    print(f"decoding study: {paths['summary']}")
+    print(paths["summary"].read_text())
     return 0
 
 

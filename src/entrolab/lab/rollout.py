@@ -8,6 +8,7 @@ the final hidden states through :func:`entrolab.entropy.linear_logprob_and_entro
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,10 +68,13 @@ def generate(
     eos_id: int,
     pad_id: int,
     generator: torch.Generator | None = None,
+    processors: Sequence[Callable[[Tensor], Tensor]] = (),
 ) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens per prompt (stopping a row at ``<eos>``), KV-cached.
 
-    ``temperature`` must be > 0.  Rows that have finished keep producing ``pad_id`` (masked out).
+    ``temperature`` must be > 0.  ``processors`` (e.g. a Top-H or min-p filter from :mod:`entrolab.sampling`) map the
+    temperature-scaled ``(B, V)`` logits of each step to filtered ones, in order, as transformers' warpers do.  Rows
+    that have finished keep producing ``pad_id`` (masked out).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -91,6 +95,8 @@ def generate(
     last = hidden[:, -1]  # (B, d)
     for step in range(max_new_tokens):
         logits = (last @ head.T).float() / temperature  # (B, V)
+        for proc in processors:
+            logits = proc(logits)
         logp_all = torch.log_softmax(logits, -1)
         probs = logp_all.exp()
         tok = sample_categorical(probs, generator=generator)  # (B,)
@@ -98,7 +104,7 @@ def generate(
         out[:, step] = tok
         out_mask[:, step] = alive
         out_logp[:, step] = torch.where(alive, logp_all.gather(1, tok.unsqueeze(1)).squeeze(1), 0.0)
-        ent = -(probs * logp_all).sum(-1)  # (B,) finite logits: no 0 * -inf
+        ent = -torch.where(probs > 0, probs * logp_all, 0.0).sum(-1)  # (B,) filtered tokens: no 0 * -inf
         out_ent[:, step] = torch.where(alive, ent.clamp_min(0.0), 0.0)
         alive = alive & (tok != eos_id)
         if not bool(alive.any()) or step == max_new_tokens - 1:

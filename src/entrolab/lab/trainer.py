@@ -27,7 +27,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -327,10 +327,22 @@ def evaluate(
     samples: int,
     max_new: int,
     generator: torch.Generator,
+    temperature: float = 1.0,
+    processors: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
 ) -> dict[str, float]:
-    """pass@k (k = 1, 2, 4, ... <= samples) at temperature 1, mean accuracy and mean distinct correct answers."""
+    """pass@k (k = 1, 2, 4, ... <= samples) at ``temperature`` (1 by default) after ``processors``, mean accuracy
+    and mean distinct correct answers."""
     prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * samples]
-    r = generate(model, prompts, max_new_tokens=max_new, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator)
+    r = generate(
+        model,
+        prompts,
+        max_new_tokens=max_new,
+        temperature=temperature,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        generator=generator,
+        processors=processors,
+    )
     texts = [tok.decode(row.tolist()) for row in r.completion_ids]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
     totals = dict.fromkeys(ks, 0.0)

@@ -21,6 +21,7 @@ from entrolab.sampling.functional import (
     sample,
     sample_categorical,
     top_h_mask,
+    top_p_mask,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "sample_categorical",
     "select_fork_points",
     "top_h_mask",
+    "top_p_mask",
 ]
 
 _HF = ("AdaptiveTemperatureLogitsProcessor", "EntropixLogitsProcessor", "TopHLogitsProcessor")

@@ -31,6 +31,7 @@ __all__ = [
     "sample",
     "sample_categorical",
     "top_h_mask",
+    "top_p_mask",
 ]
 
 ENTROPIX_REGIMES = ("LELV", "HELV", "LEHV", "HEHV", "adaptive")
@@ -246,6 +247,29 @@ def min_p_mask(logits: Tensor, min_p: float, *, temperature: float = 1.0, min_to
     # p_i >= min_p * p_max  <=>  log p_i >= log min_p + log p_max (log 0 = -inf keeps everything at min_p = 0)
     keep = logp >= logp.amax(-1, keepdim=True) + (math.log(min_p) if min_p > 0 else -math.inf)
     return _keep_top(keep, z, min_tokens_to_keep).reshape(shape)
+
+
+def top_p_mask(logits: Tensor, top_p: float, *, min_tokens_to_keep: int = 1) -> Tensor:
+    """Nucleus (top-p) keep-mask: the most probable tokens up to and including the one whose cumulative probability
+    reaches ``top_p``, and at least ``min_tokens_to_keep`` (the baseline the other rules are compared with).
+
+    Holtzman et al., "The Curious Case of Neural Text Degeneration", arXiv 1904.09751; transformers'
+    ``TopPLogitsWarper`` up to ties at the boundary.
+
+    >>> import torch
+    >>> top_p_mask(torch.tensor([0.6, 0.25, 0.1, 0.05]).log(), 0.8).tolist()
+    [True, True, False, False]
+    """
+    top_p = _number("top_p", top_p, low=0.0, high=1.0, low_open=True)
+    min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+    z, shape = _rows(logits)
+    if z.shape[0] == 0:
+        return torch.zeros(shape, dtype=torch.bool, device=logits.device)
+    probs, idx = torch.sort(torch.softmax(z, -1), dim=-1, descending=True)
+    before = probs.cumsum(-1) - probs  # mass of the more probable tokens
+    sel = before < top_p
+    sel[:, : min(min_tokens_to_keep, sel.shape[-1])] = True
+    return torch.zeros_like(sel).scatter(-1, idx, sel).reshape(shape)
 
 
 def eta_mask(logits: Tensor, epsilon: float, *, min_tokens_to_keep: int = 1) -> Tensor:
