@@ -373,3 +373,42 @@ def test_sample_categorical_draws_from_the_distribution():
     a = sample_categorical(probs, generator=torch.Generator().manual_seed(7))
     b = sample_categorical(probs, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and a.dtype == torch.int64 and a.shape == (3,)
+
+
+def test_cure_rollout_groups_branches_and_prefixes():
+    from entrolab.lab.presets import PRESETS
+    from entrolab.lab.tasks import Example
+    from entrolab.lab.trainer import CURE_BRANCHES, _cure_rollout
+
+    tok, model = _model(3)
+    examples = [Example("1+2=", "3"), Example("4*5=", "20")]
+    group, max_new = 8, 6
+    n1 = group // (1 + CURE_BRANCHES)
+
+    def run(seed):
+        return _cure_rollout(
+            model, examples, tok, group_size=group, max_new=max_new, preset=PRESETS["cure"],
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+
+    rollout, texts, metrics = run(0)
+    assert rollout.completion_ids.shape[0] == len(examples) * group == len(texts)
+    assert 0.0 <= metrics["cure_fork_found_frac"] <= 1.0
+    for i, ex in enumerate(examples):
+        prompt = [tok.bos_id, *tok.encode(ex.prompt)]
+        rows = range(i * group, (i + 1) * group)
+        originals, branches = list(rows)[:n1], list(rows)[n1:]
+        for j, r in enumerate(branches):
+            p_ids = rollout.prompt_ids[r][rollout.prompt_mask[r]].tolist()
+            assert p_ids[: len(prompt)] == prompt  # the original prompt, then the parent's prefix
+            prefix = p_ids[len(prompt) :]
+            parent = originals[j // CURE_BRANCHES]
+            parent_ids = rollout.completion_ids[parent][rollout.completion_mask[parent]].tolist()
+            assert parent_ids[: len(prefix)] == prefix and len(prefix) < len(parent_ids)  # the fork token is resampled
+            assert len(prefix) != 0 or metrics["cure_fork_found_frac"] < 1.0  # position 0 is never a fork
+            cont = rollout.completion_ids[r][rollout.completion_mask[r]].tolist()
+            assert len(prefix) + len(cont) <= max_new  # the original answer budget
+            assert texts[r] == tok.decode(prefix + cont)
+        assert all(texts[r] == tok.decode(rollout.completion_ids[r].tolist()) for r in originals)
+    again, texts_again, _ = run(0)
+    assert torch.equal(again.completion_ids, rollout.completion_ids) and texts_again == texts

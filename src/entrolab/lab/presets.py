@@ -27,6 +27,7 @@ from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses
 __all__ = ["ADVANTAGES", "PRESETS", "Preset", "get_preset", "preset_from_mapping"]
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo", "empg")
+ROLLOUTS = ("standard", "cure")
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,19 @@ class Preset:
     """k3 KL penalty to the initial (warm-started) policy (0: off; the KL is still reported)."""
     temperature: float = 1.0
     """Sampling temperature of the training rollouts."""
+    rollout: str = "standard"
+    """``standard`` (``group_size`` independent samples per prompt) or ``cure`` (CURE stage 1: ``group_size / 4``
+    originals, each branched at a random one of its ``cure_top_k`` highest-entropy tokens into 3 continuations)."""
+    cure_top_k: int = 20
+    """CURE: how many of the highest-entropy positions the fork is drawn from."""
 
     def __post_init__(self) -> None:
+        if self.rollout not in ROLLOUTS:
+            raise ValueError(
+                f"preset {self.name!r}: rollout must be one of {', '.join(ROLLOUTS)}; got {self.rollout!r}"
+            )
+        if isinstance(self.cure_top_k, bool) or not isinstance(self.cure_top_k, int) or self.cure_top_k < 1:
+            raise ValueError(f"preset {self.name!r}: cure_top_k must be an int >= 1, got {self.cure_top_k!r}")
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"preset name must be a non-empty string, got {self.name!r}")
         if self.advantage not in ADVANTAGES:
@@ -197,6 +209,14 @@ PRESETS: dict[str, Preset] = {
             "EMPG: advantages modulated by token entropy, with a future-clarity bonus",
             "arXiv 2509.09265",
             advantage="empg",
+        ),
+        Preset(
+            "cure",
+            "CURE stage 1: branch each sample at a random high-entropy token into 3 re-generated continuations, "
+            "then DAPO on the group",
+            "arXiv 2508.11016",
+            loss_kwargs={"eps_low": 0.2, "eps_high": 0.28},
+            rollout="cure",
         ),
     ]
 }

@@ -18,7 +18,7 @@ from entrolab.entropy import linear_logprob_and_entropy
 from entrolab.lab.policy import Policy
 from entrolab.sampling.functional import sample_categorical
 
-__all__ = ["Rollout", "generate", "left_pad", "sample_categorical", "score_completions"]
+__all__ = ["Rollout", "concat_rollouts", "generate", "left_pad", "sample_categorical", "score_completions"]
 
 
 @dataclass
@@ -69,12 +69,14 @@ def generate(
     pad_id: int,
     generator: torch.Generator | None = None,
     processors: Sequence[Callable[[Tensor], Tensor]] = (),
+    budgets: Tensor | None = None,
 ) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens per prompt (stopping a row at ``<eos>``), KV-cached.
 
     ``temperature`` must be > 0.  ``processors`` (e.g. a Top-H or min-p filter from :mod:`entrolab.sampling`) map the
-    temperature-scaled ``(B, V)`` logits of each step to filtered ones, in order, as transformers' warpers do.  Rows
-    that have finished keep producing ``pad_id`` (masked out).
+    temperature-scaled ``(B, V)`` logits of each step to filtered ones, in order, as transformers' warpers do.
+    ``budgets`` ``(B,)`` optionally gives each row fewer new tokens than ``max_new_tokens`` (CURE's continuations keep
+    the total answer length).  Rows that have finished keep producing ``pad_id`` (masked out).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -107,6 +109,8 @@ def generate(
         ent = -torch.where(probs > 0, probs * logp_all, 0.0).sum(-1)  # (B,) filtered tokens: no 0 * -inf
         out_ent[:, step] = torch.where(alive, ent.clamp_min(0.0), 0.0)
         alive = alive & (tok != eos_id)
+        if budgets is not None:
+            alive = alive & (budgets > step + 1)
         if not bool(alive.any()) or step == max_new_tokens - 1:
             break
         key_mask = torch.cat([key_mask, torch.ones(b, 1, dtype=torch.bool)], dim=1)
@@ -114,6 +118,32 @@ def generate(
         last = hidden[:, -1]
     model.train(was_training)
     return Rollout(ids, pmask, out, out_mask, out_logp, out_ent)
+
+
+def concat_rollouts(parts: Sequence[Rollout], *, pad_id: int) -> Rollout:
+    """Rollouts with different prompt and completion widths as one: prompts left-padded, completions right-padded."""
+    width_p = max(r.prompt_ids.shape[1] for r in parts)
+    width_c = max(r.completion_ids.shape[1] for r in parts)
+
+    def left(t: Tensor, fill: float | bool) -> Tensor:
+        return torch.nn.functional.pad(t, (width_p - t.shape[1], 0), value=fill)
+
+    def right(t: Tensor, fill: float | bool) -> Tensor:
+        return torch.nn.functional.pad(t, (0, width_c - t.shape[1]), value=fill)
+
+    return Rollout(
+        torch.cat([left(r.prompt_ids, pad_id) for r in parts]),
+        torch.cat([left(r.prompt_mask, False) for r in parts]),
+        torch.cat([right(r.completion_ids, pad_id) for r in parts]),
+        torch.cat([right(r.completion_mask, False) for r in parts]),
+        torch.cat([right(r.sample_logp, 0.0) for r in parts]),
+        torch.cat(
+            [
+                right(r.sample_entropy if r.sample_entropy is not None else torch.zeros_like(r.sample_logp), 0.0)
+                for r in parts
+            ]
+        ),
+    )
 
 
 def score_completions(

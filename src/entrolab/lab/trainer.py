@@ -47,7 +47,7 @@ from entrolab.lab.policy import (
     load_hf_tokenizer,
 )
 from entrolab.lab.presets import Preset, get_preset
-from entrolab.lab.rollout import Rollout, generate, left_pad, score_completions
+from entrolab.lab.rollout import Rollout, concat_rollouts, generate, left_pad, score_completions
 from entrolab.lab.tasks import VERIFIERS, Example, FileTask, Task, make_splits, resolve_task, sample_train
 from entrolab.losses import (
     Aggregation,
@@ -64,6 +64,7 @@ from entrolab.losses import (
     rloo_advantages,
     siren,
 )
+from entrolab.sampling import select_fork_points
 
 __all__ = ["LabConfig", "LabError", "pass_at_k", "run_lab", "train_one", "warm_start"]
 
@@ -176,6 +177,12 @@ class LabConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in self.methods:
+            if get_preset(name, self.presets).rollout == "cure" and self.group_size % (1 + 3):
+                raise ValueError(
+                    f"group_size must be a multiple of 4 for {name!r} (CURE: group_size / 4 originals, each with 3 "
+                    f"branches), got {self.group_size}"
+                )
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (group advantages need two samples), got {self.group_size}")
         if self.prompts_per_step % self.minibatches:
@@ -370,6 +377,81 @@ def _advantages(preset: Preset, rewards: torch.Tensor, group_size: int) -> torch
     return grpo_advantages(rewards, group_size=group_size)
 
 
+CURE_BRANCHES = 3
+"""Continuations per fork in CURE stage 1 (the paper's n2)."""
+
+
+def _cure_rollout(
+    model: Policy,
+    examples: list[Example],
+    tok: Tokenizer,
+    *,
+    group_size: int,
+    max_new: int,
+    preset: Preset,
+    generator: torch.Generator,
+) -> tuple[Rollout, list[str], dict[str, float]]:
+    """CURE stage 1 (arXiv 2508.11016, section 3; ``shared/specs/llm_rl.md`` section 19): per prompt,
+    ``n1 = group_size / 4`` originals; each is cut before a critical token drawn uniformly from its
+    ``cure_top_k`` highest-entropy positions (position 0 and the end-of-sequence token excluded) and continued
+    ``CURE_BRANCHES`` times from ``prompt + response[:c]``, within the original answer budget.  The group is the
+    originals and their branches, contiguous per prompt; a branch's prefix is part of its prompt, so the loss covers
+    only the regenerated tokens, and it is rewarded on ``prefix + continuation``.
+
+    Departure: the paper also skips tokens whose text is at most one character (sub-word pieces of punctuation); with
+    the built-in character tokenizer every token is one character, so only whitespace-only tokens are skipped.
+    """
+    n1 = group_size // (1 + CURE_BRANCHES)
+    orig_prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * n1]
+    common = {"temperature": preset.temperature, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "generator": generator}
+    orig = generate(model, orig_prompts, max_new_tokens=max_new, **common)  # type: ignore[arg-type]
+    assert orig.sample_entropy is not None
+    blank = [i for i in orig.completion_ids.unique().tolist() if not tok.decode([i]).strip()]  # the ids present only
+    exclude = (orig.completion_ids == tok.eos_id) | torch.isin(
+        orig.completion_ids, torch.tensor(blank, dtype=torch.long)
+    )
+    forks = select_fork_points(
+        orig.sample_entropy,
+        orig.completion_mask,
+        preset.cure_top_k,
+        strategy="random_of_top",
+        exclude=exclude,
+        generator=generator,
+    )[:, 0]
+    found = forks >= 0
+    cuts = forks.clamp_min(0).tolist()  # no valid position: branch from the prompt itself (the paper's c = 0)
+    branch_prompts, budgets = [], []
+    for j, c in enumerate(cuts):
+        prefix = orig.completion_ids[j, :c].tolist()
+        branch_prompts += [orig_prompts[j] + prefix] * CURE_BRANCHES
+        budgets += [max_new - c] * CURE_BRANCHES
+    branch = generate(
+        model,
+        branch_prompts,
+        max_new_tokens=max_new,
+        budgets=torch.tensor(budgets),
+        **common,  # type: ignore[arg-type]
+    )
+    orig_texts = [tok.decode(row.tolist()) for row in orig.completion_ids]
+    branch_texts = [
+        tok.decode(orig.completion_ids[j // CURE_BRANCHES, : cuts[j // CURE_BRANCHES]].tolist() + row.tolist())
+        for j, row in enumerate(branch.completion_ids)
+    ]
+    # one group per prompt: its n1 originals, then their n1 * CURE_BRANCHES branches
+    n_orig, order = len(orig_prompts), []
+    for i in range(len(examples)):
+        order += list(range(i * n1, (i + 1) * n1))
+        order += [n_orig + b for b in range(i * n1 * CURE_BRANCHES, (i + 1) * n1 * CURE_BRANCHES)]
+    both = concat_rollouts([orig, branch], pad_id=tok.pad_id)
+    rollout = _subset(both, torch.tensor(order))
+    texts = [(orig_texts + branch_texts)[k] for k in order]
+    metrics = {
+        "cure_fork_found_frac": float(found.float().mean()),
+        "cure_fork_position": float(forks[found].float().mean()) if bool(found.any()) else 0.0,
+    }
+    return rollout, texts, metrics
+
+
 def _subset(r: Rollout, idx: torch.Tensor) -> Rollout:
     ent = None if r.sample_entropy is None else r.sample_entropy[idx]
     return Rollout(
@@ -503,18 +585,24 @@ def train_one(
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
             examples = [sample_train(task, rng, exclude) for _ in range(cfg.prompts_per_step)]
-            prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * cfg.group_size]
-            rollout = generate(
-                model,
-                prompts,
-                max_new_tokens=max_new,
-                temperature=preset.temperature,
-                eos_id=tok.eos_id,
-                pad_id=tok.pad_id,
-                generator=gen,
-            )
+            rollout_metrics: dict[str, float] = {}
+            if preset.rollout == "cure":
+                rollout, texts, rollout_metrics = _cure_rollout(
+                    model, examples, tok, group_size=cfg.group_size, max_new=max_new, preset=preset, generator=gen
+                )
+            else:
+                prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * cfg.group_size]
+                rollout = generate(
+                    model,
+                    prompts,
+                    max_new_tokens=max_new,
+                    temperature=preset.temperature,
+                    eos_id=tok.eos_id,
+                    pad_id=tok.pad_id,
+                    generator=gen,
+                )
+                texts = [tok.decode(row.tolist()) for row in rollout.completion_ids]
             t_gen = time.perf_counter() - t0
-            texts = [tok.decode(row.tolist()) for row in rollout.completion_ids]
             owners = [ex for ex in examples for _ in range(cfg.group_size)]
             rewards = torch.tensor([task.score(ex, t) for ex, t in zip(owners, texts)], dtype=torch.float32)
             adv_seq = _advantages(preset, rewards, cfg.group_size)  # (B,)
@@ -617,6 +705,7 @@ def train_one(
             }
             # the loss's own metrics (clip and selection fractions, ...); its "entropy" is the last minibatch's after
             # the earlier updates, so the rollout's mean entropy above keeps the name
+            row.update(rollout_metrics)
             row.update({k: v for k, v in loss_metrics.items() if k not in row})
             metrics.write(row)
             done = step + 1
