@@ -280,7 +280,7 @@ def test_every_required_preset_exists_and_is_documented():
     for name in REQUIRED:
         p = PRESETS[name]
         assert p.description and p.reference, name
-    with pytest.raises(ValueError, match="valid methods: adaptive_entropy, clip_cov"):
+    with pytest.raises(ValueError, match="valid methods: adaptive_entropy, aepo_entropy, clip_cov"):
         get_preset("grpo2")
     with pytest.raises(ValueError, match="valid methods"):
         LabConfig(methods=("grpo", "nope"))
@@ -412,3 +412,41 @@ def test_cure_rollout_groups_branches_and_prefixes():
         assert all(texts[r] == tok.decode(rollout.completion_ids[r].tolist()) for r in originals)
     again, texts_again, _ = run(0)
     assert torch.equal(again.completion_ids, rollout.completion_ids) and texts_again == texts
+
+
+def test_aepo_mix_in_replaces_head_rows_with_tempered_positives(monkeypatch):
+    from entrolab.lab import trainer
+    from entrolab.lab.presets import PRESETS
+    from entrolab.lab.rollout import generate
+    from entrolab.lab.tasks import Example
+    from entrolab.losses import grpo_advantages
+
+    tok, model = _model(5)
+    examples = [Example(f"{a}+{b}=", str(a + b), {"value": a + b}) for a, b in ((1, 2), (3, 4), (2, 2), (5, 1))]
+
+    class Always:  # a digit first scores 1: a random policy then gives mixed groups (positive advantages)
+        def score(self, ex, text):
+            return 1.0 if text and text[0] in "0123456789" else 0.0
+
+    g = 4
+    prompts = [ids for ex in examples for ids in [[tok.bos_id, *tok.encode(ex.prompt)]] * g]
+    main = generate(model, prompts, max_new_tokens=4, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    adv = grpo_advantages(torch.arange(16.0) % 2, group_size=g)
+    cfg = trainer.LabConfig(group_size=g, prompts_per_step=4, minibatches=1, methods=("aepo_entropy",))
+    monkeypatch.setattr(trainer, "AEPO_K_FRACTION", 0.25)  # up to 4 of the 16 rows
+    out, adv_out, metrics = trainer._aepo_mix_in(
+        model, Always(), tok, examples, main, adv, cfg=cfg, preset=PRESETS["aepo_entropy"], max_new=4,
+        prev_entropy=0.0, target=0.5, generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    assert metrics["aepo_temperature"] == 1.2  # the first step (previous entropy 0) samples hot
+    k = int(metrics["aepo_mixed"])
+    assert 1 <= k <= 4
+    assert out.completion_ids.shape[0] == 16 and adv_out.shape == (16,)
+    assert bool((adv_out[:k] == 1.0).all()) and torch.equal(adv_out[k:], adv[k:])
+    assert torch.equal(out.completion_ids[k:, : main.completion_ids.shape[1]], main.completion_ids[k:])
+    _, _, above = trainer._aepo_mix_in(
+        model, Always(), tok, examples, main, adv, cfg=cfg, preset=PRESETS["aepo_entropy"], max_new=4,
+        prev_entropy=0.9, target=0.5, generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    assert above["aepo_temperature"] == 0.8

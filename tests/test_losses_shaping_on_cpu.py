@@ -142,3 +142,26 @@ def test_ares_pieces():
     assert ares_alpha_update(0.0, bucket="medium", mean_hwe=0, target=10) == 0.0  # clipped at 0
     with pytest.raises(ValueError, match="bucket"):
         ares_entropy_reward(1, target=1, bucket="impossible", correct=True)
+
+
+def test_aepo_mix_spec_example_halving_empty_filter_and_positions():
+    from entrolab.losses import aepo_mix
+
+    g = torch.Generator().manual_seed(0)
+    adv = torch.where(torch.arange(640) < 150, 0.9, -0.3)[torch.randperm(640, generator=g)]  # 150 pass the filter
+    taken, rows = aepo_mix(adv, k_max=60, below_target=True, batch_size=2560)
+    assert taken.numel() == 60 and rows.tolist() == list(range(60))  # the first 60 rows of the batch
+    assert bool((adv[taken] > 0.05).all()) and torch.equal(taken, (adv > 0.05).nonzero().flatten()[:60])
+    assert aepo_mix(adv, k_max=60, below_target=False, batch_size=2560)[0].numel() == 30  # above the target: half
+    none, none_rows = aepo_mix(torch.full((8,), 0.05), k_max=60, below_target=True, batch_size=16)
+    assert none.numel() == 0 and none_rows.numel() == 0  # nothing passes (> 0.05, strict): the code would crash
+    few, _ = aepo_mix(torch.tensor([0.5, 0.6]), k_max=60, below_target=True, batch_size=1)
+    assert few.numel() == 1  # never more rows than the batch has
+    taken_r, rows_r = aepo_mix(adv, k_max=5, below_target=True, batch_size=50, position="random", generator=g)
+    assert taken_r.numel() == 5 and len(set(rows_r.tolist())) == 5 and bool((rows_r < 50).all())
+    with pytest.raises(ValueError, match="k_max"):
+        aepo_mix(adv, k_max=-1, below_target=True, batch_size=10)
+    with pytest.raises(TypeError, match="below_target"):
+        aepo_mix(adv, k_max=1, below_target=1, batch_size=10)
+    with pytest.raises(ValueError, match="position"):
+        aepo_mix(adv, k_max=1, below_target=True, batch_size=10, position="tail")

@@ -27,7 +27,7 @@ from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses
 __all__ = ["ADVANTAGES", "PRESETS", "Preset", "get_preset", "preset_from_mapping"]
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo", "empg")
-ROLLOUTS = ("standard", "cure")
+ROLLOUTS = ("standard", "cure", "aepo")
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,17 @@ class Preset:
     originals, each branched at a random one of its ``cure_top_k`` highest-entropy tokens into 3 continuations)."""
     cure_top_k: int = 20
     """CURE: how many of the highest-entropy positions the fork is drawn from."""
+    aepo_target: float = 0.75
+    """AEPO (``rollout = "aepo"``): the entropy target as a fraction of the first step's mean token entropy."""
 
     def __post_init__(self) -> None:
         if self.rollout not in ROLLOUTS:
             raise ValueError(
                 f"preset {self.name!r}: rollout must be one of {', '.join(ROLLOUTS)}; got {self.rollout!r}"
             )
+        t_aepo = self.aepo_target
+        if isinstance(t_aepo, bool) or not isinstance(t_aepo, int | float) or not 0 < t_aepo < 10:
+            raise ValueError(f"preset {self.name!r}: aepo_target must be in (0, 10), got {t_aepo!r}")
         if isinstance(self.cure_top_k, bool) or not isinstance(self.cure_top_k, int) or self.cure_top_k < 1:
             raise ValueError(f"preset {self.name!r}: cure_top_k must be an int >= 1, got {self.cure_top_k!r}")
         if not isinstance(self.name, str) or not self.name:
@@ -217,6 +222,13 @@ PRESETS: dict[str, Preset] = {
             "arXiv 2508.11016",
             loss_kwargs={"eps_low": 0.2, "eps_high": 0.28},
             rollout="cure",
+        ),
+        Preset(
+            "aepo_entropy",
+            "AEPO: REINFORCE on correct answers sampled at 1.2 (entropy below target) or 0.8 (above), mixed into the "
+            "batch, holds entropy near a target of 0.75 x the first step's",
+            "arXiv 2510.08141",
+            rollout="aepo",
         ),
     ]
 }

@@ -53,6 +53,8 @@ from entrolab.losses import (
     Aggregation,
     EntropyHistory,
     SirenAnchor,
+    aepo_mix,
+    aepo_temperature,
     dr_grpo_advantages,
     empg_advantages,
     entropy_bonus,
@@ -452,6 +454,61 @@ def _cure_rollout(
     return rollout, texts, metrics
 
 
+AEPO_K_FRACTION = 60 / 2560
+"""AEPO: tempered positives mixed in per step, as a fraction of the batch (the authors' 60 of 2560 samples)."""
+
+
+def _aepo_mix_in(
+    model: Policy,
+    task: Task,
+    tok: Tokenizer,
+    examples: list[Example],
+    rollout: Rollout,
+    adv_seq: torch.Tensor,
+    *,
+    cfg: LabConfig,
+    preset: Preset,
+    max_new: int,
+    prev_entropy: float | None,
+    target: float | None,
+    generator: torch.Generator,
+) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
+    """AEPO (arXiv 2510.08141; ``shared/specs/llm_rl.md`` section 15): sample the first quarter of the step's prompts
+    again at 1.2 (previous entropy at or below the target) or 0.8, keep the answers with advantage > 0.05 and put up
+    to ``AEPO_K_FRACTION`` of the batch of them (half as many above the target) in place of the first rows, with
+    advantage 1 at every token; their old log-probs are re-scored at the training temperature.  The batch size and
+    the on-policy reward metrics are unchanged."""
+    assert prev_entropy is not None and target is not None
+    t = aepo_temperature(prev_entropy, target=target)
+    quarter = examples[: max(1, len(examples) // 4)]
+    prompts = [ids for ex in quarter for ids in [_prompt_ids(tok, ex)] * cfg.group_size]
+    tempered = generate(
+        model, prompts, max_new_tokens=max_new, temperature=t, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator
+    )
+    owners = [ex for ex in quarter for _ in range(cfg.group_size)]
+    texts = [tok.decode(row.tolist()) for row in tempered.completion_ids]
+    t_rewards = torch.tensor([task.score(ex, x) for ex, x in zip(owners, texts)], dtype=torch.float32)
+    t_adv = grpo_advantages(t_rewards, group_size=cfg.group_size)
+    b = rollout.completion_ids.shape[0]
+    taken, rows = aepo_mix(
+        t_adv, k_max=max(1, round(AEPO_K_FRACTION * b)), below_target=prev_entropy <= target, batch_size=b
+    )
+    metrics = {"aepo_temperature": t, "aepo_mixed": float(taken.numel()), "aepo_target": target}
+    if taken.numel() == 0:
+        return rollout, adv_seq, metrics
+    chosen = _subset(tempered, taken)
+    with torch.no_grad():  # the behaviour policy at the training temperature, not the tempered one
+        logp, ent, _ = score_completions(model, chosen, temperature=preset.temperature)
+    chosen.sample_logp, chosen.sample_entropy = logp * chosen.completion_mask, ent
+    both = concat_rollouts([rollout, chosen], pad_id=tok.pad_id)
+    order = list(range(b))
+    for j, r in enumerate(rows.tolist()):
+        order[r] = b + j
+    adv = adv_seq.clone()
+    adv[rows] = 1.0
+    return _subset(both, torch.tensor(order)), adv, metrics
+
+
 def _subset(r: Rollout, idx: torch.Tensor) -> Rollout:
     ent = None if r.sample_entropy is None else r.sample_entropy[idx]
     return Rollout(
@@ -536,6 +593,7 @@ def train_one(
     controller: AdaptiveEntropyCoefficient | None = None
     anchor = SirenAnchor()
     history = EntropyHistory(max_steps=1)  # single-turn tasks: one entropy per RL step
+    aepo: dict[str, float | None] = {"prev_entropy": 0.0, "target": None}  # AEPO: the code starts from entropy 0
     loss_fn = get_policy_loss(preset.loss)
     agg = Aggregation(preset.agg, max_length=max_new) if preset.agg == "seq-mean-token-sum-norm" else preset.agg
     start, keep_rows = 0, None
@@ -549,6 +607,7 @@ def train_one(
             controller.load_state_dict(json.loads(state["controller"]))
         anchor.load_state_dict(json.loads(state["anchor"]))
         history.load_state_dict(json.loads(state["history"]))
+        aepo.update(json.loads(state.get("aepo", "{}")))
         start, keep_rows = int(state["step"]), int(state["metric_rows"])
     elif resume:
         keep_rows = 0
@@ -573,6 +632,7 @@ def train_one(
                 "controller": None if controller is None else json.dumps(controller.state_dict()),
                 "anchor": json.dumps(anchor.state_dict()),
                 "history": json.dumps(history.state_dict()),
+                "aepo": json.dumps(aepo),
                 "step": step,
                 "metric_rows": metrics.rows,
             },
@@ -606,6 +666,16 @@ def train_one(
             owners = [ex for ex in examples for _ in range(cfg.group_size)]
             rewards = torch.tensor([task.score(ex, t) for ex, t in zip(owners, texts)], dtype=torch.float32)
             adv_seq = _advantages(preset, rewards, cfg.group_size)  # (B,)
+            if preset.rollout == "aepo":
+                if aepo["target"] is None:  # a fraction of the first step's mean entropy, as adaptive_entropy
+                    assert rollout.sample_entropy is not None
+                    first = float(rollout.sample_entropy[rollout.completion_mask].mean())
+                    aepo["target"] = preset.aepo_target * max(first, 1e-6)
+                rollout, adv_seq, mixed = _aepo_mix_in(
+                    model, task, tok, examples, rollout, adv_seq, cfg=cfg, preset=preset, max_new=max_new,
+                    prev_entropy=aepo["prev_entropy"], target=aepo["target"], generator=gen,
+                )  # fmt: skip
+                rollout_metrics.update(mixed)
             mask = rollout.completion_mask
             # the behaviour policy's log-probs and entropies come from the sampling pass itself (same model code,
             # same temperature): no second forward over the rollout
@@ -671,6 +741,8 @@ def train_one(
                     loss_metrics = {k: float(v) for k, v in extra.items()}
                     loss_metrics["loss"] = float(loss.detach())
                     loss_metrics["grad_norm"] = float(grad_norm)
+            if preset.rollout == "aepo":  # the update's mean entropy (the code's actor/entropy_loss) steers the next
+                aepo["prev_entropy"] = float(loss_metrics.get("entropy", mean_ent))
             if controller is not None:
                 controller.observe(old_ent, mask)
             history.record([mean_ent])

@@ -39,6 +39,7 @@ from entrolab.losses.regularizers import (
     top_p_entropy,
 )
 from entrolab.losses.shaping import (
+    aepo_mix,
     aepo_temperature,
     empg_advantages,
     ettrl_reshape,
@@ -58,6 +59,7 @@ __all__ = [
     "HapoEntropyStats",
     "LossOutput",
     "SirenAnchor",
+    "aepo_mix",
     "aepo_temperature",
     "aggregate",
     "ares_alpha_update",

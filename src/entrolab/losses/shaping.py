@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -312,3 +313,82 @@ def aepo_temperature(previous_entropy: float, *, target: float, t_high: float = 
     t_high = check_number("t_high", t_high, low=0.0, low_open=True)
     t_low = check_number("t_low", t_low, low=0.0, low_open=True)
     return t_high if h <= target else t_low
+
+
+def aepo_mix(
+    tempered_advantages: Tensor,
+    *,
+    k_max: int,
+    below_target: bool,
+    adv_threshold: float = 0.05,
+    batch_size: int,
+    position: str = "head",
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""AEPO's batch mixer: which tempered samples enter the batch, and which batch rows they replace.
+
+    The tempered samples with sequence advantage ``> adv_threshold`` (correct answers in mixed groups) are kept, in
+    order; ``k = min(k_max, kept)`` of them enter when the previous entropy is at or below the target
+    (``below_target``), ``floor(min(k_max, kept) / 2)`` otherwise.  They replace the first ``k`` rows of the batch
+    (``position="head"``, the authors' code) or ``k`` rows drawn at random (``"random"``); the caller gives them
+    advantage 1 at every token (REINFORCE with reward 1, positives only).  The batch size never changes.
+
+    Parameters
+    ----------
+    tempered_advantages : Tensor
+        ``(N,)`` GRPO advantages of the tempered samples.
+    k_max : int
+        ``>= 0``; the authors' ``reinforce_sample_num`` (60 of 2560 samples).
+    below_target : bool
+        Whether the previous update's entropy was ``<= `` the target (the same test as :func:`aepo_temperature`).
+    adv_threshold : float
+        The code's hard-coded 0.05.
+    batch_size : int
+        Rows of the main batch.
+    position : {"head", "random"}
+    generator : torch.Generator, optional
+        For ``position="random"``.
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        ``(k,)`` indices into the tempered samples and ``(k,)`` batch rows they replace (int64; empty when nothing
+        passes the filter: the authors' code crashes there).
+
+    References
+    ----------
+    Wang et al., arXiv 2510.08141 (the ``trainer.algorithm=AEPO`` branch of the code); ``shared/specs/llm_rl.md``
+    section 15.
+
+    Examples
+    --------
+    >>> import torch
+    >>> adv = torch.tensor([0.5, -0.5, 0.04, 1.2, 0.9])
+    >>> taken, rows = aepo_mix(adv, k_max=2, below_target=True, batch_size=10)
+    >>> taken.tolist(), rows.tolist()
+    ([0, 3], [0, 1])
+    >>> aepo_mix(adv, k_max=2, below_target=False, batch_size=10)[0].tolist()  # above the target: half
+    [0]
+    """
+    if not isinstance(tempered_advantages, Tensor) or tempered_advantages.ndim != 1:
+        raise ValueError(f"tempered_advantages must be a 1-D tensor, got {describe(tempered_advantages)}")
+    if not bool(torch.isfinite(tempered_advantages).all()):
+        raise ValueError("tempered_advantages must be finite")
+    for name, value in (("k_max", k_max), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {describe(value)}")
+    if not isinstance(below_target, bool):
+        raise TypeError(f"below_target must be a bool, got {describe(below_target)}")
+    adv_threshold = check_number("adv_threshold", adv_threshold)
+    if position not in ("head", "random"):
+        raise ValueError(f"position must be 'head' or 'random', got {position!r}")
+    kept = (tempered_advantages > adv_threshold).nonzero().flatten()
+    k = min(int(k_max), kept.numel(), int(batch_size))
+    if not below_target:
+        k //= 2
+    taken = kept[:k]
+    if position == "head":
+        rows = torch.arange(k)
+    else:
+        rows = torch.randperm(int(batch_size), generator=generator)[:k].sort().values
+    return taken, rows
