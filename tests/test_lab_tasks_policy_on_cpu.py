@@ -450,3 +450,28 @@ def test_aepo_mix_in_replaces_head_rows_with_tempered_positives(monkeypatch):
         prev_entropy=0.9, target=0.5, generator=torch.Generator().manual_seed(1),
     )  # fmt: skip
     assert above["aepo_temperature"] == 0.8
+
+
+def test_vote_keys_and_majority_pseudo_rewards():
+    from entrolab.lab.tasks import ArithmeticTask, CountdownTask, Example, FileTask
+    from entrolab.lab.trainer import _majority_rewards
+
+    arith = ArithmeticTask()
+    ex = Example("3+4=", "7", {"value": 7})
+    assert [arith.vote_key(ex, t) for t in ("7", " 8 ", "x", "")] == ["7", "8", None, None]
+    cd = CountdownTask()
+    ex_cd = Example("3,7,4:25=", "3*7+4", {"numbers": [3, 7, 4], "target": 25})
+    assert cd.vote_key(ex_cd, "3*7+4") == "25" and cd.vote_key(ex_cd, "4+7+3") == "14"
+    assert cd.vote_key(ex_cd, "3*7") is None  # the numbers are not all used: no answer
+    numeric = FileTask(rows=(("q", "0.5"),), verifier="numeric", name="t")
+    assert (
+        numeric.vote_key(Example("q", "0.5"), " .50 ") == "1/2" and numeric.vote_key(Example("q", "0.5"), "a") is None
+    )
+    owners = [ex] * 8
+    texts = ["8", "8", "7", "x", "7", "7", "9", "9"]  # group 1: majority 8 (wrong); group 2: majority 7 (right)
+    rewards, vote_accuracy = _majority_rewards(arith, owners, texts, 4)
+    assert rewards.tolist() == [1, 1, 0, 0, 1, 1, 0, 0] and vote_accuracy == 0.5
+    tie, _ = _majority_rewards(arith, [ex] * 4, ["9", "7", "9", "7"], 4)
+    assert tie.tolist() == [0, 1, 0, 1]  # a tie goes to the smallest key ("7" < "9")
+    none, acc = _majority_rewards(arith, [ex] * 4, ["x", "", "?", "y"], 4)
+    assert none.tolist() == [0, 0, 0, 0] and acc == 0.0

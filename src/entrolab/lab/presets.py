@@ -27,7 +27,7 @@ from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses
 __all__ = ["ADVANTAGES", "PRESETS", "Preset", "get_preset", "preset_from_mapping"]
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo", "empg")
-ROLLOUTS = ("standard", "cure", "aepo")
+ROLLOUTS = ("standard", "cure", "aepo", "ettrl")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,10 @@ class Preset:
     temperature: float = 1.0
     """Sampling temperature of the training rollouts."""
     rollout: str = "standard"
-    """``standard`` (``group_size`` independent samples per prompt) or ``cure`` (CURE stage 1: ``group_size / 4``
-    originals, each branched at a random one of its ``cure_top_k`` highest-entropy tokens into 3 continuations)."""
+    """``standard`` (``group_size`` independent samples per prompt), ``cure`` (CURE stage 1: ``group_size / 4``
+    originals, each branched at a random one of its ``cure_top_k`` highest-entropy tokens into 3 continuations),
+    ``ettrl`` (entropy-fork trees branched at the top-entropy token, trained on majority-vote pseudo-rewards) or
+    ``aepo`` (tempered REINFORCE samples mixed into the batch)."""
     cure_top_k: int = 20
     """CURE: how many of the highest-entropy positions the fork is drawn from."""
     aepo_target: float = 0.75
@@ -222,6 +224,13 @@ PRESETS: dict[str, Preset] = {
             "arXiv 2508.11016",
             loss_kwargs={"eps_low": 0.2, "eps_high": 0.28},
             rollout="cure",
+        ),
+        Preset(
+            "ettrl",
+            "ETTRL (low confidence): test-time RL on majority-vote pseudo-rewards over entropy-fork trees, with "
+            "entropy-based advantage reshaping",
+            "arXiv 2508.11356",
+            rollout="ettrl",
         ),
         Preset(
             "aepo_entropy",

@@ -202,6 +202,11 @@ class Task(Protocol):
 
     def answer_key(self, example: Example, completion: str) -> str | None: ...
 
+    def vote_key(self, example: Example, completion: str) -> str | None:
+        """The completion's final answer in canonical form, right or wrong (``None`` when it has none): what
+        majority voting compares when no label is used (ETTRL's test-time RL)."""
+        ...
+
 
 def _random_expression(numbers: list[int], rng: random.Random, ops: str) -> str:
     """A random fully-formed expression over ``numbers`` in the given order, with optional parentheses."""
@@ -248,6 +253,10 @@ class ArithmeticTask:
     def answer_key(self, example: Example, completion: str) -> str | None:
         value = parse_integer(completion)
         return str(value) if value == example.data["value"] else None
+
+    def vote_key(self, example: Example, completion: str) -> str | None:
+        value = parse_integer(completion)
+        return None if value is None else str(value)
 
 
 @dataclass(frozen=True)
@@ -298,6 +307,13 @@ class CountdownTask:
         if value != example.data["target"] or sorted(literals) != sorted(example.data["numbers"]):
             return None
         return completion.replace(" ", "")
+
+    def vote_key(self, example: Example, completion: str) -> str | None:
+        """The value reached with exactly the given numbers (a wrong use of the numbers has no answer)."""
+        parsed = parse_expression(completion)
+        if parsed is None or sorted(parsed[1]) != sorted(example.data["numbers"]):
+            return None
+        return str(parsed[0])
 
 
 # frozen dataclasses expose the protocol attributes read-only, which mypy does not equate with a plain attribute
@@ -407,6 +423,16 @@ class FileTask:
 
     def score(self, example: Example, completion: str) -> float:
         return 1.0 if self.answer_key(example, completion) is not None else 0.0
+
+    def vote_key(self, example: Example, completion: str) -> str | None:
+        """The stripped completion (``numeric``: its exact value), ``None`` when empty or not a number."""
+        if not isinstance(completion, str):
+            return None
+        text = completion[:MAX_COMPLETION_CHARS].strip()
+        if self.verifier == "numeric":
+            value = parse_number(text)
+            return None if value is None else str(value)
+        return text or None
 
     def answer_key(self, example: Example, completion: str) -> str | None:
         if not isinstance(completion, str):

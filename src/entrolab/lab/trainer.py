@@ -27,6 +27,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -59,6 +60,7 @@ from entrolab.losses import (
     empg_advantages,
     entropy_bonus,
     epo,
+    ettrl_reshape,
     get_policy_loss,
     grpo_advantages,
     kl_estimate,
@@ -180,9 +182,9 @@ class LabConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         for name in self.methods:
-            if get_preset(name, self.presets).rollout == "cure" and self.group_size % (1 + 3):
+            if get_preset(name, self.presets).rollout in ("cure", "ettrl") and self.group_size % (1 + 3):
                 raise ValueError(
-                    f"group_size must be a multiple of 4 for {name!r} (CURE: group_size / 4 originals, each with 3 "
+                    f"group_size must be a multiple of 4 for {name!r} (group_size / 4 originals, each with 3 "
                     f"branches), got {self.group_size}"
                 )
         if self.group_size < 2:
@@ -403,9 +405,31 @@ def _cure_rollout(
     Departure: the paper also skips tokens whose text is at most one character (sub-word pieces of punctuation); with
     the built-in character tokenizer every token is one character, so only whitespace-only tokens are skipped.
     """
+    rollout, texts, metrics = _branched_rollout(
+        model, examples, tok, group_size=group_size, max_new=max_new, temperature=preset.temperature,
+        strategy="random_of_top", top_k=preset.cure_top_k, generator=generator,
+    )  # fmt: skip
+    return rollout, texts, {f"cure_{k}": v for k, v in metrics.items()}
+
+
+def _branched_rollout(
+    model: Policy,
+    examples: list[Example],
+    tok: Tokenizer,
+    *,
+    group_size: int,
+    max_new: int,
+    temperature: float,
+    strategy: str,
+    top_k: int,
+    generator: torch.Generator,
+) -> tuple[Rollout, list[str], dict[str, float]]:
+    """``group_size / 4`` originals per prompt, each forked once (``select_fork_points`` with ``strategy`` over its
+    ``top_k`` highest-entropy positions) into ``CURE_BRANCHES`` continuations of ``prompt + response[:c]``; one
+    contiguous group per prompt (originals, then branches) and the texts to score (``prefix + continuation``)."""
     n1 = group_size // (1 + CURE_BRANCHES)
     orig_prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * n1]
-    common = {"temperature": preset.temperature, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "generator": generator}
+    common = {"temperature": temperature, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "generator": generator}
     orig = generate(model, orig_prompts, max_new_tokens=max_new, **common)  # type: ignore[arg-type]
     assert orig.sample_entropy is not None
     blank = [i for i in orig.completion_ids.unique().tolist() if not tok.decode([i]).strip()]  # the ids present only
@@ -413,15 +437,10 @@ def _cure_rollout(
         orig.completion_ids, torch.tensor(blank, dtype=torch.long)
     )
     forks = select_fork_points(
-        orig.sample_entropy,
-        orig.completion_mask,
-        preset.cure_top_k,
-        strategy="random_of_top",
-        exclude=exclude,
-        generator=generator,
+        orig.sample_entropy, orig.completion_mask, top_k, strategy=strategy, exclude=exclude, generator=generator
     )[:, 0]
     found = forks >= 0
-    cuts = forks.clamp_min(0).tolist()  # no valid position: branch from the prompt itself (the paper's c = 0)
+    cuts = forks.clamp_min(0).tolist()  # no valid position: branch from the prompt itself (CURE's c = 0)
     branch_prompts, budgets = [], []
     for j, c in enumerate(cuts):
         prefix = orig.completion_ids[j, :c].tolist()
@@ -448,10 +467,28 @@ def _cure_rollout(
     rollout = _subset(both, torch.tensor(order))
     texts = [(orig_texts + branch_texts)[k] for k in order]
     metrics = {
-        "cure_fork_found_frac": float(found.float().mean()),
-        "cure_fork_position": float(forks[found].float().mean()) if bool(found.any()) else 0.0,
+        "fork_found_frac": float(found.float().mean()),
+        "fork_position": float(forks[found].float().mean()) if bool(found.any()) else 0.0,
     }
     return rollout, texts, metrics
+
+
+def _majority_rewards(
+    task: Task, owners: list[Example], texts: list[str], group_size: int
+) -> tuple[torch.Tensor, float]:
+    """ETTRL's label-free rewards: 1 where a completion's answer equals its group's majority answer
+    (``task.vote_key``; ties to the smallest key, unanswerable completions never win), and the share of groups whose
+    majority answer is actually correct (the pseudo-labels' accuracy, a metric only)."""
+    keys = [task.vote_key(ex, t) for ex, t in zip(owners, texts)]
+    rewards, right = [], 0
+    for g in range(0, len(keys), group_size):
+        votes = Counter(k for k in keys[g : g + group_size] if k is not None)
+        winner = min(votes, key=lambda k: (-votes[k], k)) if votes else None
+        rewards += [1.0 if k is not None and k == winner else 0.0 for k in keys[g : g + group_size]]
+        if winner is not None:
+            first = next(i for i in range(g, g + group_size) if keys[i] == winner)
+            right += task.score(owners[first], texts[first]) > 0.5
+    return torch.tensor(rewards, dtype=torch.float32), right / max(1, len(keys) // group_size)
 
 
 AEPO_K_FRACTION = 60 / 2560
@@ -650,6 +687,12 @@ def train_one(
                 rollout, texts, rollout_metrics = _cure_rollout(
                     model, examples, tok, group_size=cfg.group_size, max_new=max_new, preset=preset, generator=gen
                 )
+            elif preset.rollout == "ettrl":  # one entropy-fork tree per chain: the top-entropy token, 3 branches
+                rollout, texts, tree = _branched_rollout(
+                    model, examples, tok, group_size=cfg.group_size, max_new=max_new, temperature=preset.temperature,
+                    strategy="top", top_k=1, generator=gen,
+                )  # fmt: skip
+                rollout_metrics = {f"ettrl_{k}": v for k, v in tree.items()}
             else:
                 prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * cfg.group_size]
                 rollout = generate(
@@ -665,7 +708,16 @@ def train_one(
             t_gen = time.perf_counter() - t0
             owners = [ex for ex in examples for _ in range(cfg.group_size)]
             rewards = torch.tensor([task.score(ex, t) for ex, t in zip(owners, texts)], dtype=torch.float32)
-            adv_seq = _advantages(preset, rewards, cfg.group_size)  # (B,)
+            if preset.rollout == "ettrl":  # test-time RL: train on majority-vote pseudo-rewards, never on the labels
+                pseudo, vote_accuracy = _majority_rewards(task, owners, texts, cfg.group_size)
+                adv_seq = _advantages(preset, pseudo, cfg.group_size)
+                assert rollout.sample_entropy is not None
+                m_f = rollout.completion_mask.float()
+                response_entropy = (rollout.sample_entropy * m_f).sum(-1) / m_f.sum(-1).clamp_min(1)
+                adv_seq = ettrl_reshape(adv_seq, response_entropy, group_size=cfg.group_size)
+                rollout_metrics.update(ettrl_pseudo_reward=float(pseudo.mean()), ettrl_vote_accuracy=vote_accuracy)
+            else:
+                adv_seq = _advantages(preset, rewards, cfg.group_size)  # (B,)
             if preset.rollout == "aepo":
                 if aepo["target"] is None:  # a fraction of the first step's mean entropy, as adaptive_entropy
                     assert rollout.sample_entropy is not None
