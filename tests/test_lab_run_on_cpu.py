@@ -90,6 +90,9 @@ def test_every_preset_trains_and_the_report_renders(tmp_path):
     summary = paths["summary"].read_text()
     for name in PRESETS:
         assert f"| {name} |" in summary
+    for diag in ("| cure | cure_fork_found_frac |", "| ettrl | ettrl_vote_accuracy |", "| aepo_entropy | aepo_mixed |"):
+        assert diag in summary, diag
+    assert "<h2>Method diagnostics</h2>" in page
     for fig in ("entropy_accuracy", "pass_at_k", "entropy_law"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
         assert (out / "figures" / f"{fig}.svg").exists()

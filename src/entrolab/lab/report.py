@@ -114,6 +114,48 @@ def _fmt(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if half > 0 else f"{mean:.{digits}f}"
 
 
+DIAGNOSTIC_PREFIXES = (
+    "clipfrac",
+    "covclip_frac",
+    "cov_candidate_frac",
+    "klcov_",
+    "steer_",
+    "hapo_",
+    "siren_",
+    "epo_",
+    "entropy_coef",
+    "high_entropy_frac",
+    "clipfrac_high",
+    "entropy_adv_mean",
+    "cure_",
+    "ettrl_",
+    "aepo_",
+)
+"""Train-row metrics shown per method in the report's diagnostics table (each method's own, when it logs them)."""
+
+
+def _diagnostics(
+    runs: dict[str, dict[int, list[dict]]], methods: list[str]
+) -> list[tuple[str, str, tuple[float, float]]]:
+    """``(method, metric, (mean, 95% half-width))`` of each method's own metrics, late in training."""
+    out = []
+    for m in methods:
+        keys: list[str] = []
+        for rows in runs[m].values():
+            for r in rows:
+                if r.get("kind") == "train":
+                    keys += [k for k in r if k.startswith(DIAGNOSTIC_PREFIXES) and k not in keys]
+        for key in keys:
+            per_seed = []
+            for rows in runs[m].values():
+                vals = [r[key] for r in rows if r.get("kind") == "train" and isinstance(r.get(key), int | float)]
+                if vals:
+                    per_seed.append(float(np.mean(vals[-10:])))
+            if per_seed:
+                out.append((m, key, _interval(per_seed)))
+    return out
+
+
 def build_report(directory: str | Path) -> dict[str, Path]:
     """Write ``report.html``, ``summary.md`` and ``figures/*.png|svg`` into ``directory``; returns their paths."""
     import matplotlib
@@ -248,6 +290,7 @@ def build_report(directory: str | Path) -> dict[str, Path]:
                 f"{np.mean(tps):.0f}" if tps else "-",
             ]
         )
+    diagnostics = _diagnostics(runs, methods)
     cfg = data["config"]
     seeds = cfg["seeds"]
     intro = (
@@ -257,6 +300,10 @@ def build_report(directory: str | Path) -> dict[str, Path]:
     )
     md = ["# entrolab lab report", "", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]
+    if diagnostics:
+        md += ["", "Method diagnostics (mean over the last 10 train steps, then over seeds):", ""]
+        md += ["| method | metric | value |", "|---|---|---|"]
+        md += [f"| {m} | {k} | {_fmt(*v)} |" for m, k, v in diagnostics]
     md += ["", *(f"![{name}](figures/{name}.png)" for name in paths)]
     summary = out / "summary.md"
     summary.write_text("\n".join(md) + "\n")
@@ -268,6 +315,16 @@ def build_report(directory: str | Path) -> dict[str, Path]:
         )
 
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table)
+    diag_html = ""
+    if diagnostics:
+        diag_rows = "".join(
+            f"<tr><td>{html.escape(m)}</td><td>{html.escape(k)}</td><td>{html.escape(_fmt(*v))}</td></tr>"
+            for m, k, v in diagnostics
+        )
+        diag_html = (
+            "<h2>Method diagnostics</h2><p>Mean over the last 10 train steps, then over seeds.</p>"
+            f"<table><tr><th>method</th><th>metric</th><th>value</th></tr>{diag_rows}</table>"
+        )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>entrolab lab report</title>
 <style>
@@ -279,6 +336,7 @@ figcaption {{ font-size: 0.8em; color: #666; }}
 <h1>entrolab lab report</h1>
 <p>{html.escape(intro)}</p>
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr>{rows_html}</table>
+{diag_html}
 {"".join(img(name) for name in paths)}
 </body></html>
 """
