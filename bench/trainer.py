@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
-from _common import fmt_table, machine, roofline, set_threads, write_csv
+from _common import fmt_table, machine, percentiles, roofline, set_threads, write_csv
 from entrolab.lab import LabConfig, run_lab
 from entrolab.lab.tasks import ArithmeticTask, Example, make_splits, sample_train
 
@@ -82,15 +82,6 @@ def training_flops(model_dir: str, tokens: int) -> float:
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
     embed = model.get_input_embeddings().weight.numel()
     return 6.0 * (sum(p.numel() for p in model.parameters()) - embed) * tokens
-
-
-def percentiles(times: list[float]) -> dict[str, float]:
-    t = sorted(times)
-
-    def pct(q: float) -> float:
-        return t[min(len(t) - 1, int(q * len(t)))]
-
-    return {"p20": pct(0.2), "p50": pct(0.5), "p80": pct(0.8)}
 
 
 def lab_steps(model: str, args: argparse.Namespace, out: Path) -> list[float]:
