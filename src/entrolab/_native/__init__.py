@@ -39,6 +39,7 @@ __all__ = ["NativeKernels", "get", "status"]
 
 _SOURCE = Path(__file__).with_name("kernels.c")
 _SOURCES = [_SOURCE, Path(__file__).with_name("losses.c")]  # one shared library from both
+_HEADERS = [Path(__file__).with_name("vmath.h")]  # included by both: part of the cache key
 _ABI_VERSION = 3
 _BASE_FLAGS = [
     "-O3",
@@ -98,7 +99,7 @@ def _cpu_signature() -> str:
 
 
 def _compile(cc: list[str], flag_sets: list[list[str]] | None = None) -> tuple[Path | None, str]:
-    source = b"\0".join(p.read_bytes() for p in _SOURCES)
+    source = b"\0".join(p.read_bytes() for p in _SOURCES + _HEADERS)
     try:
         version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:

@@ -19,29 +19,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vmath.h"
+
 /* min and max as plain compares (vminps/vmaxps); fminf/fmaxf are library calls unless -ffinite-math-only.  The
  * operands are never NaN where the result is used (inputs are validated, padding is selected away). */
 static inline float fmin_(float a, float b) { return a < b ? a : b; }
 static inline float fmax_(float a, float b) { return a > b ? a : b; }
 
-static inline float vexp(float x) { /* exp(x) for x in [-87, 88]; callers clamp */
-    const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    float n = floorf(x * log2e + 0.5f);
-    float r = x - n * ln2_hi - n * ln2_lo;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits;
-    memcpy(&bits, &p, 4);
-    bits += (int32_t)n << 23;
-    memcpy(&p, &bits, 4);
-    return p;
-}
+/* exp for the clamped arguments below (within [-87, 88]): the shared polynomial of vmath.h */
+static inline float vexp(float x) { return exp_core(x); }
 
 static inline float vlog(float x) { /* log(x) for finite x > 0 (normal numbers): x = m 2^e, m in [sqrt(1/2), sqrt(2)) */
     int32_t bits;

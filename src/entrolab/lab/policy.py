@@ -104,6 +104,18 @@ class TinyGPTConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
 
 
+def _positions(ids: Tensor, key_mask: Tensor, max_len: int, what: str) -> Tensor:
+    """Positions ``(B, T)`` of the new tokens ``ids`` ``(B, T)`` under ``key_mask`` ``(B, S)`` (cached and new
+    positions; left padding does not advance them), after checking the shapes and the model's length limit."""
+    b, t = ids.shape
+    s = key_mask.shape[1]
+    if key_mask.shape[0] != b or s < t:
+        raise ValueError(f"key_mask must have shape (B, S >= T) = ({b}, >={t}), got {tuple(key_mask.shape)}")
+    if s > max_len:
+        raise ValueError(f"sequence length {s} exceeds the model's {what} {max_len}")
+    return (key_mask.long().cumsum(1) - 1).clamp_min(0)[:, s - t :]
+
+
 KVCache = list[tuple[Tensor, Tensor]]
 """Per layer, keys and values ``(B, n_head, S, d_head)`` of every position seen so far."""
 
@@ -184,14 +196,9 @@ class TinyGPT(nn.Module):
         -------
         hidden ``(B, T, d_model)`` and the cache over all ``S`` positions.
         """
-        b, t = ids.shape
-        s = key_mask.shape[1]
-        if key_mask.shape[0] != b or s < t:
-            raise ValueError(f"key_mask must have shape (B, S >= T) = ({b}, >={t}), got {tuple(key_mask.shape)}")
-        if s > self.cfg.max_len:
-            raise ValueError(f"sequence length {s} exceeds the model's max_len {self.cfg.max_len}")
+        positions = _positions(ids, key_mask, self.cfg.max_len, "max_len")  # (B, T)
+        t, s = ids.shape[1], key_mask.shape[1]
         km = key_mask.to(torch.bool)
-        positions = (km.long().cumsum(1) - 1).clamp_min(0)[:, s - t :]  # (B, T) padding does not count
         x = self.tok(ids) + self.pos(positions)
         causal = torch.ones(t, s, dtype=torch.bool, device=ids.device).tril(s - t)  # (T, S)
         allowed = causal.unsqueeze(0) & km.unsqueeze(1)  # (B, T, S)
@@ -291,14 +298,8 @@ class HFPolicy(nn.Module):
     def forward(self, ids: Tensor, key_mask: Tensor, *, cache: Any = None) -> tuple[Tensor, Any]:
         """Hidden states ``(B, T, d)`` of the new tokens ``ids`` ``(B, T)`` and the updated cache; ``key_mask``
         ``(B, S)`` covers cached and new positions, as in :meth:`TinyGPT.forward`."""
-        b, t = ids.shape
-        s = key_mask.shape[1]
-        if key_mask.shape[0] != b or s < t:
-            raise ValueError(f"key_mask must have shape (B, S >= T) = ({b}, >={t}), got {tuple(key_mask.shape)}")
-        if s > self.cfg.max_len:
-            raise ValueError(f"sequence length {s} exceeds the model's max_position_embeddings {self.cfg.max_len}")
+        positions = _positions(ids, key_mask, self.cfg.max_len, "max_position_embeddings")  # (B, T)
         km = key_mask.to(torch.long)
-        positions = (km.cumsum(1) - 1).clamp_min(0)[:, s - t :]  # (B, T) padding does not count
         kwargs = {self._cache_kw: cache} if cache is not None else {}
         out = self.model.base_model(
             input_ids=ids, attention_mask=km, position_ids=positions, use_cache=True, return_dict=True, **kwargs
