@@ -252,3 +252,11 @@ def test_decoding_study_on_a_fresh_and_on_an_existing_run(tmp_path):
     assert "Decoding study" in (run / "decoding" / "summary.md").read_text()
     assert main(["--study", "decoding", "--out", str(run), "--temperatures", "0,1"]) == 2
     assert main(["--study", "decoding", "--out", str(run), "--temperatures", "hot"]) == 2
+
+
+def test_cure_runs_stage_one_then_stage_two(tmp_path):
+    cfg = LabConfig(methods=("cure",), out=str(tmp_path / "run"), **{**TINY, "steps": 4})
+    out = run_lab(cfg, progress=False, log=lambda s: None)
+    train = [r for r in _rows(out / "runs" / "cure" / "seed0" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["cure_stage"] for r in train] == [1.0, 1.0, 2.0, 2.0]
+    assert "cure_fork_found_frac" in train[0] and "cure_fork_found_frac" not in train[-1]

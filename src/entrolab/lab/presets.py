@@ -72,6 +72,9 @@ class Preset:
     ``aepo`` (tempered REINFORCE samples mixed into the batch)."""
     cure_top_k: int = 20
     """CURE: how many of the highest-entropy positions the fork is drawn from."""
+    cure_stage1_fraction: float = 0.5
+    """CURE: the share of the RL steps run as stage 1 (branching); the rest is stage 2, plain DAPO sampling from the
+    stage-1 policy (the paper: 300 stage-1 steps, then stage 2).  1.0 runs stage 1 only."""
     aepo_target: float = 0.75
     """AEPO (``rollout = "aepo"``): the entropy target as a fraction of the first step's mean token entropy."""
 
@@ -80,6 +83,9 @@ class Preset:
             raise ValueError(
                 f"preset {self.name!r}: rollout must be one of {', '.join(ROLLOUTS)}; got {self.rollout!r}"
             )
+        f = self.cure_stage1_fraction
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
+            raise ValueError(f"preset {self.name!r}: cure_stage1_fraction must be in (0, 1], got {f!r}")
         t_aepo = self.aepo_target
         if isinstance(t_aepo, bool) or not isinstance(t_aepo, int | float) or not 0 < t_aepo < 10:
             raise ValueError(f"preset {self.name!r}: aepo_target must be in (0, 10), got {t_aepo!r}")
@@ -219,8 +225,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "cure",
-            "CURE stage 1: branch each sample at a random high-entropy token into 3 re-generated continuations, "
-            "then DAPO on the group",
+            "CURE: stage 1 branches each sample at a random high-entropy token into 3 re-generated continuations "
+            "(first half of the steps), stage 2 continues with plain DAPO",
             "arXiv 2508.11016",
             loss_kwargs={"eps_low": 0.2, "eps_high": 0.28},
             rollout="cure",

@@ -409,7 +409,7 @@ def _cure_rollout(
         model, examples, tok, group_size=group_size, max_new=max_new, temperature=preset.temperature,
         strategy="random_of_top", top_k=preset.cure_top_k, generator=generator,
     )  # fmt: skip
-    return rollout, texts, {f"cure_{k}": v for k, v in metrics.items()}
+    return rollout, texts, {"cure_stage": 1.0, **{f"cure_{k}": v for k, v in metrics.items()}}
 
 
 def _branched_rollout(
@@ -683,7 +683,7 @@ def train_one(
             t0 = time.perf_counter()
             examples = [sample_train(task, rng, exclude) for _ in range(cfg.prompts_per_step)]
             rollout_metrics: dict[str, float] = {}
-            if preset.rollout == "cure":
+            if preset.rollout == "cure" and step < round(preset.cure_stage1_fraction * cfg.steps):
                 rollout, texts, rollout_metrics = _cure_rollout(
                     model, examples, tok, group_size=cfg.group_size, max_new=max_new, preset=preset, generator=gen
                 )
@@ -705,6 +705,8 @@ def train_one(
                     generator=gen,
                 )
                 texts = [tok.decode(row.tolist()) for row in rollout.completion_ids]
+                if preset.rollout == "cure":  # CURE stage 2: plain sampling from the stage-1 policy
+                    rollout_metrics = {"cure_stage": 2.0}
             t_gen = time.perf_counter() - t0
             owners = [ex for ex in examples for _ in range(cfg.group_size)]
             rewards = torch.tensor([task.score(ex, t) for ex, t in zip(owners, texts)], dtype=torch.float32)
