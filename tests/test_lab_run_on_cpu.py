@@ -260,3 +260,14 @@ def test_cure_runs_stage_one_then_stage_two(tmp_path):
     train = [r for r in _rows(out / "runs" / "cure" / "seed0" / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["cure_stage"] for r in train] == [1.0, 1.0, 2.0, 2.0]
     assert "cure_fork_found_frac" in train[0] and "cure_fork_found_frac" not in train[-1]
+
+
+def test_the_calculator_task_runs_multi_turn_with_its_tool(tmp_path):
+    cfg = LabConfig(methods=("grpo", "cure"), task="calculator", out=str(tmp_path / "run"), **{**TINY, "steps": 2})
+    out = run_lab(cfg, progress=False, log=lambda s: None)
+    for name in ("grpo", "cure"):
+        train = [r for r in _rows(out / "runs" / name / "seed0" / "metrics.jsonl") if r["kind"] == "train"]
+        assert [r["step"] for r in train] == [1, 2]
+        assert all(r["tool_calls"] >= 0.0 and math.isfinite(r["loss"]) for r in train)
+    summary = json.loads((out / "sft" / "summary.json").read_text())
+    assert 0.0 <= summary["eval"]["pass@1"] <= 1.0

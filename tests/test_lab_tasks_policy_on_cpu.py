@@ -116,7 +116,7 @@ def test_countdown_worked_example():
         assert task.score(ex, bad) == 0.0
 
 
-@pytest.mark.parametrize("name", ["arithmetic", "countdown"])
+@pytest.mark.parametrize("name", ["arithmetic", "countdown", "calculator"])
 def test_solutions_are_correct_and_splits_are_disjoint_and_seeded(name):
     task = get_task(name)
     rng = random.Random(1)
@@ -139,7 +139,7 @@ def test_solutions_are_correct_and_splits_are_disjoint_and_seeded(name):
 
 
 def test_unknown_task_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid tasks: arithmetic, countdown"):
+    with pytest.raises(ValueError, match="valid tasks: arithmetic, calculator, countdown"):
         get_task("sudoku")
 
 
@@ -387,7 +387,7 @@ def test_cure_rollout_groups_branches_and_prefixes():
 
     def run(seed):
         return _cure_rollout(
-            model, examples, tok, group_size=group, max_new=max_new, preset=PRESETS["cure"],
+            model, ArithmeticTask(), examples, tok, group_size=group, max_new=max_new, preset=PRESETS["cure"],
             generator=torch.Generator().manual_seed(seed),
         )  # fmt: skip
 
@@ -475,3 +475,61 @@ def test_vote_keys_and_majority_pseudo_rewards():
     assert tie.tolist() == [0, 1, 0, 1]  # a tie goes to the smallest key ("7" < "9")
     none, acc = _majority_rewards(arith, [ex] * 4, ["x", "", "?", "y"], 4)
     assert none.tolist() == [0, 0, 0, 0] and acc == 0.0
+
+
+def test_calculator_task_and_its_tool():
+    from entrolab.lab.tasks import CalculatorTask, Example
+
+    task = CalculatorTask()
+    rng = random.Random(0)
+    for _ in range(20):
+        ex = task.sample(rng)
+        sol = task.solution(ex, rng)
+        assert task.score(ex, sol) == 1.0 and set(sol) <= set(task.alphabet) and len(sol) <= task.max_answer_chars
+    ex = Example("37*41+12=", "1529", {"value": 1529, "terms": (37, 41, 12)})
+    assert task.solution(ex, rng) == "[37*41]1517;[1517+12]1529;#1529"
+    assert task.tool("[37*41]") == "1517;" and task.tool("1517;[1517+12]") == "1529;"
+    for hostile in ("[9**99999]", "[" + "(" * 50 + "1" + ")" * 50 + "]", "no call]", "[1+2", "[" + "9" * 10**5 + "]"):
+        assert task.tool(hostile) == "?;"
+    assert task.score(ex, "#1529") == 1.0 and task.score(ex, "[1+1]2;#1528") == 0.0 and task.score(ex, "1529") == 0.0
+    assert task.vote_key(ex, "[2*3]6;#6") == "6" and task.vote_key(ex, "#x") is None
+
+
+def test_generation_with_a_tool_writes_the_reply_and_masks_it():
+    from entrolab.lab.tasks import CalculatorTask
+    from entrolab.lab.trainer import _tool_kwargs
+
+    task = CalculatorTask()
+    tok = CharTokenizer(task.alphabet)
+    torch.manual_seed(0)
+    model = TinyGPT(TinyGPTConfig(vocab_size=tok.vocab_size, d_model=32, n_layer=1, max_len=40))
+    close = tok.encode("]")[0]
+    calls = {"n": 0}
+
+    def first_close(z):  # step 0 of every row writes "]" so that the tool answers; later steps sample freely
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return torch.full_like(z, -math.inf).index_fill(-1, torch.tensor([close]), 0.0)
+        return z
+
+    prefixes = [tok.encode("[3*"), tok.encode("[12+")]
+    r = generate(
+        model, [tok.prompt_ids("3*4+1="), tok.prompt_ids("12+30=")], max_new_tokens=8, eos_id=tok.eos_id,
+        pad_id=tok.pad_id, generator=torch.Generator().manual_seed(0), processors=[first_close],
+        **_tool_kwargs(task, tok, prefixes=[p for p in prefixes]),
+    )  # fmt: skip
+    # row 0: "]" sampled, then the reply to "[3*]"... the prefix "[3*" + "]" does not parse: "?;"
+    texts = [tok.decode(row.tolist()) for row in r.completion_ids]
+    for text, m, tm in zip(texts, r.completion_mask, r.tool_mask):
+        assert text.startswith("]?;")
+        assert m[0] and not m[1:3].any() and tm[1:3].all() and not tm[0]
+    assert bool((r.sample_logp[r.tool_mask] == 0).all()) and bool((r.sample_entropy[r.tool_mask] == 0).all())
+    # the same prefix with a digit first: the continuation closes a call opened in the prefix
+    kw = _tool_kwargs(task, tok, prefixes=[tok.encode("[3*4")])
+    assert tok.decode(kw["tool"](0, tok.encode("]"))) == "12;"
+    # scoring the rollout again reproduces the freely sampled tokens' log-probs (after the forced first step) and
+    # gives the tool's tokens none
+    logp, _, _ = score_completions(model, r)
+    free = r.completion_mask.clone()
+    free[:, 0] = False
+    assert torch.allclose(logp[free], r.sample_logp[free], atol=1e-5) and bool((logp[r.tool_mask] == 0).all())

@@ -111,9 +111,11 @@ def _positions(ids: Tensor, key_mask: Tensor, max_len: int, what: str) -> Tensor
     s = key_mask.shape[1]
     if key_mask.shape[0] != b or s < t:
         raise ValueError(f"key_mask must have shape (B, S >= T) = ({b}, >={t}), got {tuple(key_mask.shape)}")
-    if s > max_len:
-        raise ValueError(f"sequence length {s} exceeds the model's {what} {max_len}")
-    return (key_mask.long().cumsum(1) - 1).clamp_min(0)[:, s - t :]
+    counts = key_mask.long().cumsum(1)  # (B, S) valid positions so far; left padding does not count
+    longest = int(counts[:, -1].max()) if counts.numel() else 0
+    if longest > max_len:  # padding may make S longer than the model's window: only real tokens take positions
+        raise ValueError(f"sequence length {longest} exceeds the model's {what} {max_len}")
+    return (counts - 1).clamp_min(0)[:, s - t :]
 
 
 KVCache = list[tuple[Tensor, Tensor]]

@@ -42,6 +42,9 @@ class Rollout:
     completion_mask: Tensor
     sample_logp: Tensor
     sample_entropy: Tensor | None = None
+    tool_mask: Tensor | None = None
+    """``(B, L)`` bool: tokens the environment wrote (tool outputs); never trained on (``completion_mask`` is False
+    there) but part of the sequence the policy conditions on."""
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -70,6 +73,8 @@ def generate(
     generator: torch.Generator | None = None,
     processors: Sequence[Callable[[Tensor], Tensor]] = (),
     budgets: Tensor | None = None,
+    tool: Callable[[int, list[int]], list[int]] | None = None,
+    tool_call_end: int | None = None,
 ) -> Rollout:
     """Sample up to ``max_new_tokens`` tokens per prompt (stopping a row at ``<eos>``), KV-cached.
 
@@ -77,6 +82,10 @@ def generate(
     temperature-scaled ``(B, V)`` logits of each step to filtered ones, in order, as transformers' warpers do.
     ``budgets`` ``(B,)`` optionally gives each row fewer new tokens than ``max_new_tokens`` (CURE's continuations keep
     the total answer length).  Rows that have finished keep producing ``pad_id`` (masked out).
+
+    Multi-turn tool use: when a row samples ``tool_call_end``, ``tool(row, its completion ids so far)`` returns the
+    environment's answer as token ids, which the row then takes over the next steps instead of sampling (they count
+    against the budget, are marked in ``tool_mask`` and left out of ``completion_mask``, so no loss falls on them).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -93,6 +102,10 @@ def generate(
     out_mask = torch.zeros((b, max_new_tokens), dtype=torch.bool)
     out_logp = torch.zeros((b, max_new_tokens))
     out_ent = torch.zeros((b, max_new_tokens))
+    out_tool = torch.zeros((b, max_new_tokens), dtype=torch.bool)
+    if (tool is None) != (tool_call_end is None):
+        raise ValueError("tool and tool_call_end must be given together")
+    pending: list[list[int]] = [[] for _ in range(b)]  # environment tokens still to write, per row
     alive = torch.ones(b, dtype=torch.bool)
     last = hidden[:, -1]  # (B, d)
     for step in range(max_new_tokens):
@@ -102,22 +115,35 @@ def generate(
         logp_all = torch.log_softmax(logits, -1)
         probs = logp_all.exp()
         tok = sample_categorical(probs, generator=generator)  # (B,)
+        forced = torch.zeros(b, dtype=torch.bool)
+        rows = [i for i in range(b) if pending[i]]
+        if rows:  # the environment's tokens replace the draws (which are still made: the random stream stays aligned)
+            forced[rows] = True
+            tok[rows] = torch.tensor([pending[i].pop(0) for i in rows], dtype=tok.dtype)
         tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
+        sampled = alive & ~forced
         out[:, step] = tok
-        out_mask[:, step] = alive
-        out_logp[:, step] = torch.where(alive, logp_all.gather(1, tok.unsqueeze(1)).squeeze(1), 0.0)
+        out_mask[:, step] = sampled
+        out_tool[:, step] = alive & forced
+        out_logp[:, step] = torch.where(sampled, logp_all.gather(1, tok.unsqueeze(1)).squeeze(1), 0.0)
         ent = -torch.where(probs > 0, probs * logp_all, 0.0).sum(-1)  # (B,) filtered tokens: no 0 * -inf
-        out_ent[:, step] = torch.where(alive, ent.clamp_min(0.0), 0.0)
+        out_ent[:, step] = torch.where(sampled, ent.clamp_min(0.0), 0.0)
+        if tool is not None:
+            for i in (sampled & (tok == tool_call_end)).nonzero().flatten().tolist():
+                so_far = out[i, : step + 1][out_mask[i, : step + 1] | out_tool[i, : step + 1]].tolist()
+                pending[i] = list(tool(i, so_far))
         alive = alive & (tok != eos_id)
         if budgets is not None:
             alive = alive & (budgets > step + 1)
         if not bool(alive.any()) or step == max_new_tokens - 1:
             break
-        key_mask = torch.cat([key_mask, torch.ones(b, 1, dtype=torch.bool)], dim=1)
+        # finished rows stop taking positions (their later tokens are padding nobody reads): a long batch never
+        # pushes a short row past the model's window
+        key_mask = torch.cat([key_mask, alive.unsqueeze(1)], dim=1)
         hidden, cache = model(tok.unsqueeze(1), key_mask, cache=cache)
         last = hidden[:, -1]
     model.train(was_training)
-    return Rollout(ids, pmask, out, out_mask, out_logp, out_ent)
+    return Rollout(ids, pmask, out, out_mask, out_logp, out_ent, out_tool)
 
 
 def concat_rollouts(parts: Sequence[Rollout], *, pad_id: int) -> Rollout:
@@ -143,6 +169,12 @@ def concat_rollouts(parts: Sequence[Rollout], *, pad_id: int) -> Rollout:
                 for r in parts
             ]
         ),
+        torch.cat(
+            [
+                right(r.tool_mask if r.tool_mask is not None else torch.zeros_like(r.completion_mask), False)
+                for r in parts
+            ]
+        ),
     )
 
 
@@ -152,7 +184,10 @@ def score_completions(
     """Per-token ``(logp, entropy)`` ``(B, L)`` of the completion tokens under ``model`` (differentiable), 0 at
     padding; with ``with_logits`` also the completion logits ``(B, L, V)`` (SIREN needs them)."""
     full = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # (B, P + L)
-    key_mask = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.completion_mask)], dim=1)
+    # the completion's real tokens (sampled, and the environment's tool replies); padding after the end takes no
+    # position and is attended by no real token
+    tokens = rollout.completion_mask if rollout.tool_mask is None else rollout.completion_mask | rollout.tool_mask
+    key_mask = torch.cat([rollout.prompt_mask, tokens], dim=1)
     hidden, _ = model(full[:, :-1], key_mask[:, :-1])  # position i predicts token i + 1
     p = rollout.prompt_ids.shape[1]
     h = hidden[:, p - 1 :]  # (B, L, d): predictions of the completion tokens

@@ -33,6 +33,7 @@ __all__ = [
     "TASKS",
     "VERIFIERS",
     "ArithmeticTask",
+    "CalculatorTask",
     "CountdownTask",
     "Example",
     "FileTask",
@@ -316,8 +317,60 @@ class CountdownTask:
         return str(parsed[0])
 
 
+@dataclass(frozen=True)
+class CalculatorTask:
+    """Multi-turn arithmetic with a calculator tool: ``37*41+12=`` -> ``[37*41]1517;[1517+12]1529;#1529``.
+
+    The policy calls the tool by writing an expression in brackets; when it writes ``]`` the environment appends the
+    value and ``;`` (tokens the policy conditions on but is never trained on), then the policy goes on.  The answer
+    is the integer after the last ``#``.  Two-digit products are beyond what the built-in model computes reliably
+    in its head, so using the tool pays; the tool evaluates with :func:`parse_expression` (whitelisted, bounded) and
+    answers ``?;`` to anything else.  The multi-turn substrate for tool-use methods (agentic AEPO, SPEAR, EMPG).
+    """
+
+    name: str = "calculator"
+    description: str = "two-digit arithmetic with a calculator tool: write [expression] to get its value"
+    alphabet: str = "0123456789+-*=[];#?"
+    max_answer_chars: int = 36
+    has_solutions: bool = True
+    tool_call_end: str = "]"
+
+    def sample(self, rng: random.Random) -> Example:
+        a, b, c = rng.randint(11, 99), rng.randint(11, 99), rng.randint(1, 99)
+        value = a * b + c
+        return Example(prompt=f"{a}*{b}+{c}=", answer=str(value), data={"value": value, "terms": (a, b, c)})
+
+    def solution(self, example: Example, rng: random.Random) -> str:
+        a, b, c = example.data["terms"]
+        return f"[{a}*{b}]{a * b};[{a * b}+{c}]{a * b + c};#{a * b + c}"
+
+    def tool(self, text: str) -> str:
+        """The environment's reply to a completion that just closed a call: the value of the expression after the
+        last ``[``, then ``;``; ``?;`` when it does not parse."""
+        start = text.rfind("[")
+        parsed = parse_expression(text[start + 1 : -1]) if start >= 0 and text.endswith("]") else None
+        return "?;" if parsed is None else f"{parsed[0]};"
+
+    def vote_key(self, example: Example, completion: str) -> str | None:
+        if not isinstance(completion, str) or "#" not in completion[:MAX_COMPLETION_CHARS]:
+            return None
+        value = parse_integer(completion[:MAX_COMPLETION_CHARS].rsplit("#", 1)[1])
+        return None if value is None else str(value)
+
+    def score(self, example: Example, completion: str) -> float:
+        return 1.0 if self.answer_key(example, completion) is not None else 0.0
+
+    def answer_key(self, example: Example, completion: str) -> str | None:
+        key = self.vote_key(example, completion)
+        return key if key == str(example.data["value"]) else None
+
+
 # frozen dataclasses expose the protocol attributes read-only, which mypy does not equate with a plain attribute
-TASKS: dict[str, Callable[[], Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}  # type: ignore[dict-item]
+TASKS: dict[str, Callable[[], Task]] = {
+    "arithmetic": ArithmeticTask,  # type: ignore[dict-item]
+    "countdown": CountdownTask,  # type: ignore[dict-item]
+    "calculator": CalculatorTask,  # type: ignore[dict-item]
+}
 
 
 def get_task(name: str) -> Task:

@@ -353,6 +353,7 @@ def evaluate(
         pad_id=tok.pad_id,
         generator=generator,
         processors=processors,
+        **_tool_kwargs(task, tok),
     )
     texts = [tok.decode(row.tolist()) for row in r.completion_ids]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
@@ -381,12 +382,30 @@ def _advantages(preset: Preset, rewards: torch.Tensor, group_size: int) -> torch
     return grpo_advantages(rewards, group_size=group_size)
 
 
+def _tool_kwargs(task: Task, tok: Tokenizer, prefixes: list[list[int]] | None = None) -> dict[str, Any]:
+    """``generate()``'s tool arguments for a task with a tool (``task.tool``: text -> reply), else ``{}``.  Row ``i``'s
+    reply sees ``prefixes[i]`` (a branch's inherited response prefix) before its own tokens."""
+    reply = getattr(task, "tool", None)
+    if reply is None:
+        return {}
+    close = getattr(task, "tool_call_end", "]")
+    end = tok.encode(close)
+    if len(end) != 1:
+        raise ValueError(f"task {task.name!r} needs a tokenizer that writes {close!r} as one token")
+
+    def tool(row: int, ids: list[int]) -> list[int]:
+        return tok.encode(reply(tok.decode((prefixes[row] if prefixes else []) + ids)))
+
+    return {"tool": tool, "tool_call_end": end[0]}
+
+
 CURE_BRANCHES = 3
 """Continuations per fork in CURE stage 1 (the paper's n2)."""
 
 
 def _cure_rollout(
     model: Policy,
+    task: Task,
     examples: list[Example],
     tok: Tokenizer,
     *,
@@ -406,7 +425,7 @@ def _cure_rollout(
     the built-in character tokenizer every token is one character, so only whitespace-only tokens are skipped.
     """
     rollout, texts, metrics = _branched_rollout(
-        model, examples, tok, group_size=group_size, max_new=max_new, temperature=preset.temperature,
+        model, task, examples, tok, group_size=group_size, max_new=max_new, temperature=preset.temperature,
         strategy="random_of_top", top_k=preset.cure_top_k, generator=generator,
     )  # fmt: skip
     return rollout, texts, {"cure_stage": 1.0, **{f"cure_{k}": v for k, v in metrics.items()}}
@@ -414,6 +433,7 @@ def _cure_rollout(
 
 def _branched_rollout(
     model: Policy,
+    task: Task,
     examples: list[Example],
     tok: Tokenizer,
     *,
@@ -430,7 +450,7 @@ def _branched_rollout(
     n1 = group_size // (1 + CURE_BRANCHES)
     orig_prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * n1]
     common = {"temperature": temperature, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "generator": generator}
-    orig = generate(model, orig_prompts, max_new_tokens=max_new, **common)  # type: ignore[arg-type]
+    orig = generate(model, orig_prompts, max_new_tokens=max_new, **common, **_tool_kwargs(task, tok))  # type: ignore[arg-type]
     assert orig.sample_entropy is not None
     blank = [i for i in orig.completion_ids.unique().tolist() if not tok.decode([i]).strip()]  # the ids present only
     exclude = (orig.completion_ids == tok.eos_id) | torch.isin(
@@ -446,12 +466,17 @@ def _branched_rollout(
         prefix = orig.completion_ids[j, :c].tolist()
         branch_prompts += [orig_prompts[j] + prefix] * CURE_BRANCHES
         budgets += [max_new - c] * CURE_BRANCHES
+    prefixes = [
+        orig.completion_ids[j // CURE_BRANCHES, : cuts[j // CURE_BRANCHES]].tolist() for j in range(len(budgets))
+    ]
+    tools = _tool_kwargs(task, tok, prefixes)  # a call opened in the inherited prefix closes in the continuation
     branch = generate(
         model,
         branch_prompts,
         max_new_tokens=max_new,
         budgets=torch.tensor(budgets),
         **common,  # type: ignore[arg-type]
+        **tools,
     )
     orig_texts = [tok.decode(row.tolist()) for row in orig.completion_ids]
     branch_texts = [
@@ -520,8 +545,9 @@ def _aepo_mix_in(
     quarter = examples[: max(1, len(examples) // 4)]
     prompts = [ids for ex in quarter for ids in [_prompt_ids(tok, ex)] * cfg.group_size]
     tempered = generate(
-        model, prompts, max_new_tokens=max_new, temperature=t, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator
-    )
+        model, prompts, max_new_tokens=max_new, temperature=t, eos_id=tok.eos_id, pad_id=tok.pad_id,
+        generator=generator, **_tool_kwargs(task, tok),
+    )  # fmt: skip
     owners = [ex for ex in quarter for _ in range(cfg.group_size)]
     texts = [tok.decode(row.tolist()) for row in tempered.completion_ids]
     t_rewards = torch.tensor([task.score(ex, x) for ex, x in zip(owners, texts)], dtype=torch.float32)
@@ -548,8 +574,15 @@ def _aepo_mix_in(
 
 def _subset(r: Rollout, idx: torch.Tensor) -> Rollout:
     ent = None if r.sample_entropy is None else r.sample_entropy[idx]
+    tools = None if r.tool_mask is None else r.tool_mask[idx]
     return Rollout(
-        r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx], r.sample_logp[idx], ent
+        r.prompt_ids[idx],
+        r.prompt_mask[idx],
+        r.completion_ids[idx],
+        r.completion_mask[idx],
+        r.sample_logp[idx],
+        ent,
+        tools,
     )
 
 
@@ -685,12 +718,13 @@ def train_one(
             rollout_metrics: dict[str, float] = {}
             if preset.rollout == "cure" and step < round(preset.cure_stage1_fraction * cfg.steps):
                 rollout, texts, rollout_metrics = _cure_rollout(
-                    model, examples, tok, group_size=cfg.group_size, max_new=max_new, preset=preset, generator=gen
-                )
+                    model, task, examples, tok, group_size=cfg.group_size, max_new=max_new, preset=preset,
+                    generator=gen,
+                )  # fmt: skip
             elif preset.rollout == "ettrl":  # one entropy-fork tree per chain: the top-entropy token, 3 branches
                 rollout, texts, tree = _branched_rollout(
-                    model, examples, tok, group_size=cfg.group_size, max_new=max_new, temperature=preset.temperature,
-                    strategy="top", top_k=1, generator=gen,
+                    model, task, examples, tok, group_size=cfg.group_size, max_new=max_new,
+                    temperature=preset.temperature, strategy="top", top_k=1, generator=gen,
                 )  # fmt: skip
                 rollout_metrics = {f"ettrl_{k}": v for k, v in tree.items()}
             else:
@@ -703,6 +737,7 @@ def train_one(
                     eos_id=tok.eos_id,
                     pad_id=tok.pad_id,
                     generator=gen,
+                    **_tool_kwargs(task, tok),
                 )
                 texts = [tok.decode(row.tolist()) for row in rollout.completion_ids]
                 if preset.rollout == "cure":  # CURE stage 2: plain sampling from the stage-1 policy
@@ -831,6 +866,10 @@ def train_one(
             }
             # the loss's own metrics (clip and selection fractions, ...); its "entropy" is the last minibatch's after
             # the earlier updates, so the rollout's mean entropy above keeps the name
+            if rollout.tool_mask is not None and getattr(task, "tool", None) is not None:
+                starts = rollout.tool_mask.clone()
+                starts[:, 1:] &= ~rollout.tool_mask[:, :-1]  # the first token of each tool reply
+                row["tool_calls"] = float(starts.sum(-1).float().mean())
             row.update(rollout_metrics)
             row.update({k: v for k, v in loss_metrics.items() if k not in row})
             metrics.write(row)
