@@ -533,3 +533,15 @@ def test_generation_with_a_tool_writes_the_reply_and_masks_it():
     free = r.completion_mask.clone()
     free[:, 0] = False
     assert torch.allclose(logp[free], r.sample_logp[free], atol=1e-5) and bool((logp[r.tool_mask] == 0).all())
+
+
+def test_generate_rejects_bad_budgets_and_half_a_tool():
+    tok, model = _model(0)
+    prompts = [[tok.bos_id, *tok.encode("1+1=")]] * 2
+    kw = {"max_new_tokens": 3, "eos_id": tok.eos_id, "pad_id": tok.pad_id}
+    with pytest.raises(ValueError, match="budgets"):
+        generate(model, prompts, budgets=torch.tensor([1, 0]), **kw)
+    with pytest.raises(ValueError, match="budgets"):
+        generate(model, prompts, budgets=torch.tensor([2]), **kw)
+    with pytest.raises(ValueError, match="tool"):
+        generate(model, prompts, tool=lambda i, ids: [], **kw)

@@ -371,3 +371,12 @@ def test_top_h_processor_equals_the_mask(kwargs):
     out = TopHLogitsProcessor(alpha, filter_value=-1e4, **kwargs)(torch.zeros(6, 1, dtype=torch.long), scores)
     expected = scores.masked_fill(~top_h_mask(scores, alpha, **kwargs), -1e4)
     assert torch.equal(out, expected)
+
+
+def test_sample_categorical_rejects_bad_probabilities():
+    from entrolab.sampling import sample_categorical
+
+    for probs in (torch.tensor([0.5, 0.5]), torch.tensor([[0.0, 0.0]]), torch.tensor([[-0.1, 1.1]]),
+                  torch.tensor([[math.nan, 1.0]]), torch.tensor([[1, 2]])):  # fmt: skip
+        with pytest.raises(ValueError, match="probs"):
+            sample_categorical(probs)

@@ -105,6 +105,8 @@ def generate(
     out_tool = torch.zeros((b, max_new_tokens), dtype=torch.bool)
     if (tool is None) != (tool_call_end is None):
         raise ValueError("tool and tool_call_end must be given together")
+    if budgets is not None and (budgets.shape != (len(prompts),) or bool((budgets < 1).any())):
+        raise ValueError(f"budgets must be a ({len(prompts)},) tensor of ints >= 1, got {budgets!r}")
     pending: list[list[int]] = [[] for _ in range(b)]  # environment tokens still to write, per row
     alive = torch.ones(b, dtype=torch.bool)
     last = hidden[:, -1]  # (B, d)
@@ -116,7 +118,7 @@ def generate(
         probs = logp_all.exp()
         tok = sample_categorical(probs, generator=generator)  # (B,)
         forced = torch.zeros(b, dtype=torch.bool)
-        rows = [i for i in range(b) if pending[i]]
+        rows = [i for i in range(b) if pending[i]] if tool is not None else []
         if rows:  # the environment's tokens replace the draws (which are still made: the random stream stays aligned)
             forced[rows] = True
             tok[rows] = torch.tensor([pending[i].pop(0) for i in rows], dtype=tok.dtype)

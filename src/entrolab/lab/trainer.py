@@ -461,14 +461,10 @@ def _branched_rollout(
     )[:, 0]
     found = forks >= 0
     cuts = forks.clamp_min(0).tolist()  # no valid position: branch from the prompt itself (CURE's c = 0)
-    branch_prompts, budgets = [], []
-    for j, c in enumerate(cuts):
-        prefix = orig.completion_ids[j, :c].tolist()
-        branch_prompts += [orig_prompts[j] + prefix] * CURE_BRANCHES
-        budgets += [max_new - c] * CURE_BRANCHES
-    prefixes = [
-        orig.completion_ids[j // CURE_BRANCHES, : cuts[j // CURE_BRANCHES]].tolist() for j in range(len(budgets))
-    ]
+    # per branch row: the parent's response prefix (part of its prompt), its prompt and its remaining budget
+    prefixes = [orig.completion_ids[j, :c].tolist() for j, c in enumerate(cuts) for _ in range(CURE_BRANCHES)]
+    branch_prompts = [orig_prompts[j // CURE_BRANCHES] + p for j, p in enumerate(prefixes)]
+    budgets = [max_new - len(p) for p in prefixes]
     tools = _tool_kwargs(task, tok, prefixes)  # a call opened in the inherited prefix closes in the continuation
     branch = generate(
         model,
@@ -479,10 +475,7 @@ def _branched_rollout(
         **tools,
     )
     orig_texts = [tok.decode(row.tolist()) for row in orig.completion_ids]
-    branch_texts = [
-        tok.decode(orig.completion_ids[j // CURE_BRANCHES, : cuts[j // CURE_BRANCHES]].tolist() + row.tolist())
-        for j, row in enumerate(branch.completion_ids)
-    ]
+    branch_texts = [tok.decode(p + row.tolist()) for p, row in zip(prefixes, branch.completion_ids)]
     # one group per prompt: its n1 originals, then their n1 * CURE_BRANCHES branches
     n_orig, order = len(orig_prompts), []
     for i in range(len(examples)):
@@ -490,7 +483,8 @@ def _branched_rollout(
         order += [n_orig + b for b in range(i * n1 * CURE_BRANCHES, (i + 1) * n1 * CURE_BRANCHES)]
     both = concat_rollouts([orig, branch], pad_id=tok.pad_id)
     rollout = _subset(both, torch.tensor(order))
-    texts = [(orig_texts + branch_texts)[k] for k in order]
+    all_texts = orig_texts + branch_texts
+    texts = [all_texts[k] for k in order]
     metrics = {
         "fork_found_frac": float(found.float().mean()),
         "fork_position": float(forks[found].float().mean()) if bool(found.any()) else 0.0,

@@ -1,9 +1,10 @@
 """Native fast paths for the entropy interventions' per-token statistics (CPU, float32; not public).
 
-The losses call :func:`kernels` with their input tensors: it returns the bound kernels of ``_native/losses.c`` when
-every tensor is a float32 CPU tensor and the native library is loaded, else ``None``, and the loss then runs its
-PyTorch path, which computes the same quantities (the tests run every loss test both ways: ``native_for`` is what
-they switch off).  Each wrapper takes already validated tensors and returns new tensors; inputs are never written.
+The losses call ``_fast.native_for(...)`` with their input tensors: it returns the bound kernels of
+``_native/losses.c`` when every tensor is a float32 CPU tensor and the native library is loaded, else ``None``, and
+the loss then runs its PyTorch path, which computes the same quantities (the tests run every loss test both ways by
+patching ``native_for``).  Each wrapper takes already validated tensors and returns new tensors; inputs are never
+written.
 """
 
 from __future__ import annotations
@@ -62,28 +63,22 @@ def native_for(*tensors: Tensor | None) -> LossKernels | None:
     return _bound[key]
 
 
-def kernels(*tensors: Tensor | None) -> LossKernels | None:
-    """:func:`native_for`, looked up at call time (so that tests can switch the native path off)."""
-    return native_for(*tensors)
-
-
 def _c(t: Tensor) -> Tensor:
     """Detached and contiguous (a view when it already is)."""
     return t.detach().contiguous()
 
 
-def _adv(advantages: Tensor, shape: torch.Size) -> tuple[Tensor, int, int, int | None]:
-    """The advantages as stored ``(B,)`` or ``(B, T)``, the strides that address token ``(i, t)``, and the scratch
-    row the kernels fill with a sequence's advantage (per-sequence advantages only)."""
+def _adv(advantages: Tensor, shape: torch.Size) -> tuple[Tensor, int, int, Tensor | None]:
+    """The advantages as stored ``(B,)`` or ``(B, T)``, the strides that address token ``(i, t)``, and, for
+    per-sequence advantages, the scratch row the kernels fill with a sequence's advantage."""
     a = _c(advantages)
     if a.ndim == 1:
-        scratch = torch.empty(max(1, shape[1]))
-        _keep.append(scratch)  # alive until the next call (the kernels use it synchronously)
-        return a, 1, 0, scratch.data_ptr()
+        return a, 1, 0, torch.empty(max(1, shape[1]))
     return a, shape[1], 1, None
 
 
-_keep: list[Tensor] = []
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 def _stats(n: int) -> Any:
@@ -106,13 +101,12 @@ def steer(
     """STEER's weights ``w`` and ``A w`` (0 at padding), and ``[sum w, min w, lo, hi, count]`` over valid tokens."""
     b, t = logp.shape
     lp, old, ent, mask = _c(logp), _c(old_logp), _c(entropy), _c(m)
-    _keep.clear()
     a, ars, ats, abuf = _adv(advantages, logp.shape)
     w, aw = torch.empty(b, t), torch.empty(b, t)
     st = _stats(5)
     lo, hi = omega_range if omega_range is not None else (0.0, 0.0)
     k.steer(  # type: ignore[attr-defined]
-        lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, abuf, ent.data_ptr(), mask.data_ptr(), b, t, mode,
+        lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), ent.data_ptr(), mask.data_ptr(), b, t, mode,
         lambda_min, lambda_max, int(omega_range is not None), lo, hi, w.data_ptr(), aw.data_ptr(), st,
     )  # fmt: skip
     return w, aw, list(st)
@@ -155,12 +149,11 @@ def hapo_apply(
     """HAPO's ``h_hat``, per-token ``eps_low``/``eps_high`` and redistributed advantages, and the metric sums."""
     b, t = logp.shape
     lp, old, mask = _c(logp), _c(old_logp), _c(m)
-    _keep.clear()
     a, ars, ats, abuf = _adv(advantages, logp.shape)
     h, el, eh, a_out = (torch.empty(b, t) for _ in range(4))
     st = _stats(3)
     k.hapo_apply(  # type: ignore[attr-defined]
-        ell.data_ptr(), lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, abuf, mask.data_ptr(), b, t, pivot,
+        ell.data_ptr(), lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, pivot,
         scale, pos_max, neg_scale, eps_low, eps_high, clip_alpha, adv_beta, h.data_ptr(), el.data_ptr(), eh.data_ptr(),
         a_out.data_ptr(), st,
     )  # fmt: skip
@@ -182,11 +175,10 @@ def balanced_adv(
     """AEPO-EB's ``A (1 + coef z)`` (0 at padding) and its sum over valid tokens."""
     b, t = entropy.shape
     ent, mask = _c(entropy), _c(m)
-    _keep.clear()
     a, ars, ats, abuf = _adv(advantages, entropy.shape)
     out = torch.empty(b, t)
     st = _stats(1)
     k.balanced_adv(  # type: ignore[attr-defined]
-        ent.data_ptr(), a.data_ptr(), ars, ats, abuf, mask.data_ptr(), b, t, mean, std, coef, out.data_ptr(), st
+        ent.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean, std, coef, out.data_ptr(), st
     )
     return out, st[0]

@@ -196,7 +196,7 @@ def entropy_balanced(
                 "entropy_balanced needs entropy= for its entropy-aware advantage (the authors' configs silently "
                 "skip it); pass entropy_advantage=False to turn it off"
             )
-        k = _fast.kernels(logp, advantages, entropy) if group is None and entropy_stats is None else None
+        k = _fast.native_for(logp, advantages, entropy) if group is None and entropy_stats is None else None
         if k is not None:  # the z-score's moments, then A (1 + coef z), in two fused passes
             n, s1, s2 = _fast.masked_sums(k, entropy, m)
             mean64 = s1 / max(n, 1.0)

@@ -222,7 +222,7 @@ def hapo(
     weights = check_token_weights(token_weights, m)
     mf = m.to(logp.dtype)
     group = _dist.resolve_group(global_stats, process_group)
-    k = _fast.kernels(logp, old_logp, advantages, entropy) if group is None and entropy_stats is None else None
+    k = _fast.native_for(logp, old_logp, advantages, entropy) if group is None and entropy_stats is None else None
     if k is not None:
         return _hapo_native(
             k, logp, old_logp, advantages, m, mf, entropy, agg, weights, eps_low, eps_high, dual_clip, clip_alpha,

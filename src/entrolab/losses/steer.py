@@ -214,7 +214,7 @@ def steer(
     weights = check_token_weights(token_weights, m)
     mf = m.to(logp.dtype)
     group = _dist.resolve_group(global_stats, process_group)
-    k = _fast.kernels(logp, old_logp, advantages, entropy) if group is None else None
+    k = _fast.native_for(logp, old_logp, advantages, entropy) if group is None else None
     if k is not None:  # |Omega|, its range, the weights and A w in two fused passes
         rng = None
         if omega_range is not None:

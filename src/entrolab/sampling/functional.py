@@ -310,9 +310,9 @@ def entropy_varentropy(logits: Tensor, *, base: float | None = 2.0) -> tuple[Ten
         base = _number("base", base, low=1.0, high=math.inf, low_open=True, high_open=True)
     z, _ = _rows(logits)
     logp = torch.log_softmax(z, -1)
+    p = logp.exp()
     if base is not None:
         logp = logp / math.log(base)
-    p = torch.softmax(z, -1)
     finite = ~torch.isneginf(logp)
     h = torch.where(finite, -p * logp, 0.0).sum(-1)
     var = torch.where(finite, p * (logp + h.unsqueeze(-1)) ** 2, 0.0).sum(-1)
@@ -426,7 +426,12 @@ def sample_categorical(probs: Tensor, *, generator: torch.Generator | None = Non
     distribution as ``torch.multinomial(probs, 1)`` (tested) but reads each row once, where the CPU ``multinomial``
     costs about 40 ms for 128 rows of 32k probabilities.  Zero-probability entries are never drawn.
     """
+    if not isinstance(probs, Tensor) or not probs.dtype.is_floating_point or probs.ndim != 2:
+        raise ValueError(f"probs must be a floating (B, V) tensor, got {describe(probs)}")
     cdf = torch.cumsum(probs, -1, dtype=torch.float64)  # (B, V)
+    total = cdf[:, -1]
+    if probs.numel() and not bool((total > 0).all() & torch.isfinite(total).all() & (probs.amin() >= 0)):
+        raise ValueError("probs must be finite and non-negative, with a positive sum in every row")
     u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_max(probs.shape[1] - 1)
 
