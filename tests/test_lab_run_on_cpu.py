@@ -42,10 +42,13 @@ def _strip(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+SINGLE_TURN = tuple(name for name, p in PRESETS.items() if p.rollout != "aepo_eb")  # aepo_eb needs a tool task
+
+
 def test_every_preset_trains_and_the_report_renders(tmp_path):
-    cfg = LabConfig(methods=tuple(PRESETS), out=str(tmp_path / "run"), **TINY)
+    cfg = LabConfig(methods=SINGLE_TURN, out=str(tmp_path / "run"), **TINY)
     out = run_lab(cfg, progress=False, log=lambda s: None)
-    for name in PRESETS:
+    for name in SINGLE_TURN:
         rows = _rows(out / "runs" / name / "seed0" / "metrics.jsonl")
         train = [r for r in rows if r["kind"] == "train"]
         evals = [r for r in rows if r["kind"] == "eval"]
@@ -88,7 +91,7 @@ def test_every_preset_trains_and_the_report_renders(tmp_path):
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 3
     summary = paths["summary"].read_text()
-    for name in PRESETS:
+    for name in SINGLE_TURN:
         assert f"| {name} |" in summary
     for diag in ("| cure | cure_fork_found_frac |", "| ettrl | ettrl_vote_accuracy |", "| aepo_entropy | aepo_mixed |"):
         assert diag in summary, diag
@@ -271,3 +274,65 @@ def test_the_calculator_task_runs_multi_turn_with_its_tool(tmp_path):
         assert all(r["tool_calls"] >= 0.0 and math.isfinite(r["loss"]) for r in train)
     summary = json.loads((out / "sft" / "summary.json").read_text())
     assert 0.0 <= summary["eval"]["pass@1"] <= 1.0
+
+
+MULTI_TURN = ("empg", "epo", "aepo_agentic", "spear")
+
+
+def test_multi_turn_methods_run_on_the_calculator_and_report_their_metrics(tmp_path):
+    cfg = LabConfig(methods=MULTI_TURN, task="calculator", out=str(tmp_path / "run"), **{**TINY, "steps": 3})
+    out = run_lab(cfg, progress=False, log=lambda s: None)
+    for name in MULTI_TURN:
+        train = [r for r in _rows(out / "runs" / name / "seed0" / "metrics.jsonl") if r["kind"] == "train"]
+        assert [r["step"] for r in train] == [1, 2, 3], name
+        assert all(math.isfinite(v) for r in train for v in r.values() if isinstance(v, float)), name
+    agentic = _rows(out / "runs" / "aepo_agentic" / "seed0" / "metrics.jsonl")[1]
+    assert agentic["aepo_roots"] + agentic["aepo_branches"] + agentic["aepo_fresh"] == TINY["group_size"]
+    spear = _rows(out / "runs" / "spear" / "seed0" / "metrics.jsonl")[1]
+    assert spear["spear_tool_bonus"] >= 0.0 and spear["spear_buffer"] >= 0.0
+    epo_rows = [r for r in _rows(out / "runs" / "epo" / "seed0" / "metrics.jsonl") if r["kind"] == "train"]
+    assert "epo_penalty" in epo_rows[-1]
+
+    from entrolab.lab.report import build_report
+
+    summary = build_report(out)["summary"].read_text()
+    for diag in ("| aepo_agentic | aepo_roots |", "| aepo_agentic | aepo_branches |", "| spear | spear_buffer |"):
+        assert diag in summary, diag
+
+
+def test_spear_replays_and_resumes_with_its_buffers(tmp_path, monkeypatch):
+    """A SPEAR run killed after a checkpoint resumes with its replay buffer and baseline: the metrics equal an
+    uninterrupted run's, and the buffer in the checkpoint is not empty (so the equality tests the restore)."""
+    import torch
+
+    from entrolab.lab import agentic
+    from entrolab.lab.presets import preset_from_mapping
+
+    small = preset_from_mapping("spear_small", {"base": "spear", "spear_buffer_size": 4})
+    settings = {**TINY, "steps": 8, "checkpoint_every": 4, "eval_every": 4}
+
+    def cfg(name: str) -> LabConfig:
+        return LabConfig(
+            methods=("spear_small",), task="calculator", presets={"spear_small": small}, out=str(tmp_path / name),
+            **settings,
+        )  # fmt: skip
+
+    ref = run_lab(cfg("ref"), progress=False, log=lambda s: None)
+    ref_rows = _strip(_rows(ref / "runs" / "spear_small" / "seed0" / "metrics.jsonl"))
+    assert any(r.get("spear_replayed", 0) > 0 for r in ref_rows)  # the buffer filled and was replayed
+
+    real_add = agentic.SpearReplay.add
+
+    def dies_at_step_6(self, *args, step, **kw):
+        if step == 5:
+            raise KeyboardInterrupt  # killed mid-run, after the checkpoint of step 4
+        return real_add(self, *args, step=step, **kw)
+
+    monkeypatch.setattr(agentic.SpearReplay, "add", dies_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(cfg("killed"), progress=False, log=lambda s: None)
+    monkeypatch.setattr(agentic.SpearReplay, "add", real_add)
+    state = torch.load(tmp_path / "killed" / "runs" / "spear_small" / "seed0" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["spear"]["group_means"]
+    out = run_lab(cfg("killed"), resume=True, progress=False, log=lambda s: None)
+    assert _strip(_rows(out / "runs" / "spear_small" / "seed0" / "metrics.jsonl")) == ref_rows

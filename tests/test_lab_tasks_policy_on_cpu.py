@@ -273,6 +273,11 @@ REQUIRED = [
     "high_entropy_tokens",
     "entropy_balanced",
     "empg",
+    "cure",
+    "ettrl",
+    "aepo_entropy",
+    "aepo_agentic",
+    "spear",
 ]
 
 
@@ -280,7 +285,7 @@ def test_every_required_preset_exists_and_is_documented():
     for name in REQUIRED:
         p = PRESETS[name]
         assert p.description and p.reference, name
-    with pytest.raises(ValueError, match="valid methods: adaptive_entropy, aepo_entropy, clip_cov"):
+    with pytest.raises(ValueError, match="valid methods: adaptive_entropy, aepo_agentic, aepo_entropy, clip_cov"):
         get_preset("grpo2")
     with pytest.raises(ValueError, match="valid methods"):
         LabConfig(methods=("grpo", "nope"))
@@ -297,6 +302,14 @@ def test_preset_composition_and_errors():
         preset_from_mapping("x", {"loss": "nope"})
     with pytest.raises(ValueError, match="temperature must be > 0"):
         preset_from_mapping("x", {"temperature": 0})
+    with pytest.raises(ValueError, match="spear_buffer_size must be an int >= 0"):
+        preset_from_mapping("x", {"spear_buffer_size": -1})
+    with pytest.raises(ValueError, match="spear_schedule_fraction"):
+        preset_from_mapping("x", {"spear_schedule_fraction": 0})
+    with pytest.raises(ValueError, match="spear_tool_bonus must be true or false"):
+        preset_from_mapping("x", {"spear_tool_bonus": 1})
+    with pytest.raises(ValueError, match="rollout must be one of"):
+        preset_from_mapping("x", {"rollout": "tree"})
 
 
 def test_config_files_toml_and_yaml(tmp_path):
@@ -496,8 +509,8 @@ def test_calculator_task_and_its_tool():
 
 
 def test_generation_with_a_tool_writes_the_reply_and_masks_it():
+    from entrolab.lab.rollout import tool_kwargs as _tool_kwargs
     from entrolab.lab.tasks import CalculatorTask
-    from entrolab.lab.trainer import _tool_kwargs
 
     task = CalculatorTask()
     tok = CharTokenizer(task.alphabet)

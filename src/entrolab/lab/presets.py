@@ -27,7 +27,7 @@ from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses
 __all__ = ["ADVANTAGES", "PRESETS", "Preset", "get_preset", "preset_from_mapping"]
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo", "empg")
-ROLLOUTS = ("standard", "cure", "aepo", "ettrl")
+ROLLOUTS = ("standard", "cure", "aepo", "ettrl", "aepo_eb")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class Preset:
     """``standard`` (``group_size`` independent samples per prompt), ``cure`` (CURE stage 1: ``group_size / 4``
     originals, each branched at a random one of its ``cure_top_k`` highest-entropy tokens into 3 continuations),
     ``ettrl`` (entropy-fork trees branched at the top-entropy token, trained on majority-vote pseudo-rewards) or
-    ``aepo`` (tempered REINFORCE samples mixed into the batch)."""
+    ``aepo`` (tempered REINFORCE samples mixed into the batch) or ``aepo_eb`` (agentic AEPO's entropy-balanced roots
+    and branches at tool replies; needs a task with a tool)."""
     cure_top_k: int = 20
     """CURE: how many of the highest-entropy positions the fork is drawn from."""
     cure_stage1_fraction: float = 0.5
@@ -77,6 +78,15 @@ class Preset:
     stage-1 policy (the paper: 300 stage-1 steps, then stage 2).  1.0 runs stage 1 only."""
     aepo_target: float = 0.75
     """AEPO (``rollout = "aepo"``): the entropy target as a fraction of the first step's mean token entropy."""
+
+    spear_buffer_size: int = 0
+    """SPEAR self-imitation (0: off): replay the positive-advantage trajectories of the last steps through a Clip-Cov
+    pass once the buffer holds more than 1.5 x this many (the paper's 2048, scaled to the lab's 128-row batches)."""
+    spear_tool_bonus: bool = False
+    """SPEAR's curriculum: add ``min(1, 0.1 n_calls) (cos(pi s / S) + 1) / 2`` to each reward (tool tasks)."""
+    spear_schedule_fraction: float = 0.5
+    """SPEAR: ``S`` (replay-loss warm-up) and ``S_tool`` (tool-bonus decay) as a fraction of the run's RL steps (the
+    paper: 100-200 steps)."""
 
     def __post_init__(self) -> None:
         if self.rollout not in ROLLOUTS:
@@ -89,6 +99,16 @@ class Preset:
         t_aepo = self.aepo_target
         if isinstance(t_aepo, bool) or not isinstance(t_aepo, int | float) or not 0 < t_aepo < 10:
             raise ValueError(f"preset {self.name!r}: aepo_target must be in (0, 10), got {t_aepo!r}")
+        b = self.spear_buffer_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise ValueError(f"preset {self.name!r}: spear_buffer_size must be an int >= 0, got {b!r}")
+        if not isinstance(self.spear_tool_bonus, bool):
+            raise ValueError(
+                f"preset {self.name!r}: spear_tool_bonus must be true or false, got {self.spear_tool_bonus!r}"
+            )
+        f = self.spear_schedule_fraction
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
+            raise ValueError(f"preset {self.name!r}: spear_schedule_fraction must be in (0, 1], got {f!r}")
         if isinstance(self.cure_top_k, bool) or not isinstance(self.cure_top_k, int) or self.cure_top_k < 1:
             raise ValueError(f"preset {self.name!r}: cure_top_k must be an int >= 1, got {self.cure_top_k!r}")
         if not isinstance(self.name, str) or not self.name:
@@ -244,6 +264,25 @@ PRESETS: dict[str, Preset] = {
             "batch, holds entropy near a target of 0.75 x the first step's",
             "arXiv 2510.08141",
             rollout="aepo",
+        ),
+        Preset(
+            "aepo_agentic",
+            "agentic AEPO: roots vs. branches at tool replies balanced by entropy (pre-monitoring, consecutive-branch "
+            "penalty), stop-gradient high clip and entropy-aware advantage; tool tasks",
+            "arXiv 2510.14545",
+            loss="entropy_balanced",
+            rollout="aepo_eb",
+        ),
+        Preset(
+            "spear",
+            "SPEAR: Dr.BoT (clip 0.2/0.28, no std, constant-length sums) with self-imitation replay of past wins "
+            "(Clip-Cov pass, warmed up) and a decaying tool-call bonus",
+            "arXiv 2509.22601",
+            advantage="dr_grpo",
+            agg="seq-mean-token-sum-norm",
+            loss_kwargs={"eps_low": 0.2, "eps_high": 0.28},
+            spear_buffer_size=64,
+            spear_tool_bonus=True,
         ),
     ]
 }

@@ -130,6 +130,8 @@ DIAGNOSTIC_PREFIXES = (
     "cure_",
     "ettrl_",
     "aepo_",
+    "spear_",
+    "tool_calls",
 )
 """Train-row metrics shown per method in the report's diagnostics table (each method's own, when it logs them)."""
 

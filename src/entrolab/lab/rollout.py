@@ -10,15 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from entrolab.entropy import linear_logprob_and_entropy
-from entrolab.lab.policy import Policy
+from entrolab.lab.policy import Policy, Tokenizer
+from entrolab.lab.tasks import Task
 from entrolab.sampling.functional import sample_categorical
 
-__all__ = ["Rollout", "concat_rollouts", "generate", "left_pad", "sample_categorical", "score_completions"]
+__all__ = [
+    "Rollout",
+    "concat_rollouts",
+    "generate",
+    "left_pad",
+    "sample_categorical",
+    "score_completions",
+    "subset_rollout",
+    "tool_kwargs",
+    "turn_index",
+    "turn_means",
+]
 
 
 @dataclass
@@ -202,3 +215,57 @@ def score_completions(
     logits = model.head(h) / temperature if with_logits else None
     mf = rollout.completion_mask.to(logp.dtype)
     return logp.view(b, length), ent.view(b, length) * mf, logits
+
+
+def turn_index(completion_mask: Tensor, tool_mask: Tensor | None) -> Tensor:
+    """``(B, L)`` int64: the model turn of each completion token, the number of tool replies before it (0 for the
+    first turn; a reply's own tokens count as the next turn's, they are never trained on)."""
+    if tool_mask is None:
+        return torch.zeros_like(completion_mask, dtype=torch.long)
+    starts = tool_mask.clone()
+    starts[:, 1:] &= ~tool_mask[:, :-1]
+    return starts.long().cumsum(-1)
+
+
+def turn_means(values: Tensor, mask: Tensor, turns: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-turn means of ``values`` ``(B, L)`` over the ``mask`` tokens of each turn: ``(B, J)`` and the ``(B, J)``
+    bool mask of turns with tokens, a prefix of each row (``J`` = the batch's most turns; at least 1)."""
+    j = int(turns[mask].max()) + 1 if bool(mask.any()) else 1
+    idx = torch.where(mask, turns, 0).clamp_max(j - 1)
+    w = mask.to(values.dtype)
+    sums = torch.zeros(values.shape[0], j, dtype=values.dtype).scatter_add_(1, idx, values * w)
+    counts = torch.zeros(values.shape[0], j, dtype=values.dtype).scatter_add_(1, idx, w)
+    valid = (counts > 0).long().cummin(-1).values.bool()  # a turn without tokens ends the row's valid prefix
+    return torch.where(valid, sums / counts.clamp_min(1), 0.0), valid
+
+
+def subset_rollout(r: Rollout, idx: Tensor) -> Rollout:
+    """The rows ``idx`` of a rollout."""
+    ent = None if r.sample_entropy is None else r.sample_entropy[idx]
+    tools = None if r.tool_mask is None else r.tool_mask[idx]
+    return Rollout(
+        r.prompt_ids[idx],
+        r.prompt_mask[idx],
+        r.completion_ids[idx],
+        r.completion_mask[idx],
+        r.sample_logp[idx],
+        ent,
+        tools,
+    )
+
+
+def tool_kwargs(task: Task, tok: Tokenizer, prefixes: list[list[int]] | None = None) -> dict[str, Any]:
+    """``generate()``'s tool arguments for a task with a tool (``task.tool``: text -> reply), else ``{}``.  Row ``i``'s
+    reply sees ``prefixes[i]`` (a branch's inherited response prefix) before its own tokens."""
+    reply = getattr(task, "tool", None)
+    if reply is None:
+        return {}
+    close = getattr(task, "tool_call_end", "]")
+    end = tok.encode(close)
+    if len(end) != 1:
+        raise ValueError(f"task {task.name!r} needs a tokenizer that writes {close!r} as one token")
+
+    def tool(row: int, ids: list[int]) -> list[int]:
+        return tok.encode(reply(tok.decode((prefixes[row] if prefixes else []) + ids)))
+
+    return {"tool": tool, "tool_call_end": end[0]}

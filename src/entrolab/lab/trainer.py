@@ -38,6 +38,7 @@ import torch
 
 from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.dynamics import entropy_dynamics
+from entrolab.lab.agentic import SpearReplay, aepo_eb_rollout, empg_turn_advantages, spear_schedule_steps
 from entrolab.lab.policy import (
     CharTokenizer,
     Policy,
@@ -48,7 +49,17 @@ from entrolab.lab.policy import (
     load_hf_tokenizer,
 )
 from entrolab.lab.presets import Preset, get_preset
-from entrolab.lab.rollout import Rollout, concat_rollouts, generate, left_pad, score_completions
+from entrolab.lab.rollout import (
+    Rollout,
+    concat_rollouts,
+    generate,
+    left_pad,
+    score_completions,
+    subset_rollout,
+    tool_kwargs,
+    turn_index,
+    turn_means,
+)
 from entrolab.lab.tasks import VERIFIERS, Example, FileTask, Task, make_splits, resolve_task, sample_train
 from entrolab.losses import (
     Aggregation,
@@ -67,6 +78,8 @@ from entrolab.losses import (
     kl_penalty,
     rloo_advantages,
     siren,
+    spear_replay_weight,
+    spear_tool_bonus,
 )
 from entrolab.sampling import select_fork_points
 
@@ -201,6 +214,12 @@ class LabConfig:
                 f"task {self.task!r} with verifier {self.verifier!r} has no reference completions for the warm start; "
                 "set sft_steps to 0"
             )
+        for name in self.methods:
+            if get_preset(name, self.presets).rollout == "aepo_eb" and getattr(task, "tool", None) is None:
+                raise ValueError(
+                    f"method {name!r} branches at tool replies and needs a task with a tool (e.g. task='calculator'); "
+                    f"task {self.task!r} has none"
+                )
         if self.model != "tiny" and not (Path(self.model) / "config.json").is_file():
             raise ValueError(
                 f"model must be 'tiny' (the built-in policy) or a local Hugging Face checkpoint directory with a "
@@ -353,7 +372,7 @@ def evaluate(
         pad_id=tok.pad_id,
         generator=generator,
         processors=processors,
-        **_tool_kwargs(task, tok),
+        **tool_kwargs(task, tok),
     )
     texts = [tok.decode(row.tolist()) for row in r.completion_ids]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
@@ -380,23 +399,6 @@ def _advantages(preset: Preset, rewards: torch.Tensor, group_size: int) -> torch
     if preset.advantage == "rloo":
         return rloo_advantages(rewards, group_size=group_size)
     return grpo_advantages(rewards, group_size=group_size)
-
-
-def _tool_kwargs(task: Task, tok: Tokenizer, prefixes: list[list[int]] | None = None) -> dict[str, Any]:
-    """``generate()``'s tool arguments for a task with a tool (``task.tool``: text -> reply), else ``{}``.  Row ``i``'s
-    reply sees ``prefixes[i]`` (a branch's inherited response prefix) before its own tokens."""
-    reply = getattr(task, "tool", None)
-    if reply is None:
-        return {}
-    close = getattr(task, "tool_call_end", "]")
-    end = tok.encode(close)
-    if len(end) != 1:
-        raise ValueError(f"task {task.name!r} needs a tokenizer that writes {close!r} as one token")
-
-    def tool(row: int, ids: list[int]) -> list[int]:
-        return tok.encode(reply(tok.decode((prefixes[row] if prefixes else []) + ids)))
-
-    return {"tool": tool, "tool_call_end": end[0]}
 
 
 CURE_BRANCHES = 3
@@ -450,7 +452,7 @@ def _branched_rollout(
     n1 = group_size // (1 + CURE_BRANCHES)
     orig_prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * n1]
     common = {"temperature": temperature, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "generator": generator}
-    orig = generate(model, orig_prompts, max_new_tokens=max_new, **common, **_tool_kwargs(task, tok))  # type: ignore[arg-type]
+    orig = generate(model, orig_prompts, max_new_tokens=max_new, **common, **tool_kwargs(task, tok))  # type: ignore[arg-type]
     assert orig.sample_entropy is not None
     blank = [i for i in orig.completion_ids.unique().tolist() if not tok.decode([i]).strip()]  # the ids present only
     exclude = (orig.completion_ids == tok.eos_id) | torch.isin(
@@ -465,7 +467,7 @@ def _branched_rollout(
     prefixes = [orig.completion_ids[j, :c].tolist() for j, c in enumerate(cuts) for _ in range(CURE_BRANCHES)]
     branch_prompts = [orig_prompts[j // CURE_BRANCHES] + p for j, p in enumerate(prefixes)]
     budgets = [max_new - len(p) for p in prefixes]
-    tools = _tool_kwargs(task, tok, prefixes)  # a call opened in the inherited prefix closes in the continuation
+    tools = tool_kwargs(task, tok, prefixes)  # a call opened in the inherited prefix closes in the continuation
     branch = generate(
         model,
         branch_prompts,
@@ -482,7 +484,7 @@ def _branched_rollout(
         order += list(range(i * n1, (i + 1) * n1))
         order += [n_orig + b for b in range(i * n1 * CURE_BRANCHES, (i + 1) * n1 * CURE_BRANCHES)]
     both = concat_rollouts([orig, branch], pad_id=tok.pad_id)
-    rollout = _subset(both, torch.tensor(order))
+    rollout = subset_rollout(both, torch.tensor(order))
     all_texts = orig_texts + branch_texts
     texts = [all_texts[k] for k in order]
     metrics = {
@@ -540,7 +542,7 @@ def _aepo_mix_in(
     prompts = [ids for ex in quarter for ids in [_prompt_ids(tok, ex)] * cfg.group_size]
     tempered = generate(
         model, prompts, max_new_tokens=max_new, temperature=t, eos_id=tok.eos_id, pad_id=tok.pad_id,
-        generator=generator, **_tool_kwargs(task, tok),
+        generator=generator, **tool_kwargs(task, tok),
     )  # fmt: skip
     owners = [ex for ex in quarter for _ in range(cfg.group_size)]
     texts = [tok.decode(row.tolist()) for row in tempered.completion_ids]
@@ -553,7 +555,7 @@ def _aepo_mix_in(
     metrics = {"aepo_temperature": t, "aepo_mixed": float(taken.numel()), "aepo_target": target}
     if taken.numel() == 0:
         return rollout, adv_seq, metrics
-    chosen = _subset(tempered, taken)
+    chosen = subset_rollout(tempered, taken)
     with torch.no_grad():  # the behaviour policy at the training temperature, not the tempered one
         logp, ent, _ = score_completions(model, chosen, temperature=preset.temperature)
     chosen.sample_logp, chosen.sample_entropy = logp * chosen.completion_mask, ent
@@ -563,21 +565,54 @@ def _aepo_mix_in(
         order[r] = b + j
     adv = adv_seq.clone()
     adv[rows] = 1.0
-    return _subset(both, torch.tensor(order)), adv, metrics
+    return subset_rollout(both, torch.tensor(order)), adv, metrics
 
 
-def _subset(r: Rollout, idx: torch.Tensor) -> Rollout:
-    ent = None if r.sample_entropy is None else r.sample_entropy[idx]
-    tools = None if r.tool_mask is None else r.tool_mask[idx]
-    return Rollout(
-        r.prompt_ids[idx],
-        r.prompt_mask[idx],
-        r.completion_ids[idx],
-        r.completion_mask[idx],
-        r.sample_logp[idx],
-        ent,
-        tools,
+MAX_TURNS = 8
+"""Tool tasks: EPO keeps a reference entropy for the first ``MAX_TURNS`` model turns (later turns share the last)."""
+
+SPEAR_REPLAY_LOSS = {"ratio": 0.02, "cov_lb": 1.0, "cov_ub": 40.0}
+"""SPEAR's replay pass: Clip-Cov with ratio 0.02 and bounds [1, 40] (the README's)."""
+
+
+def _spear_replay(
+    model: Policy,
+    opt: torch.optim.Optimizer,
+    spear: SpearReplay,
+    *,
+    cfg: LabConfig,
+    preset: Preset,
+    agg: str | Aggregation,
+    step: int,
+    max_steps: int,
+    pad_id: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """SPEAR's self-imitation pass (arXiv 2509.22601, section 3.2): once the buffer is full, one optimizer step of
+    Clip-Cov on the replayed trajectories with recalibrated advantages, scaled by ``spear_replay_weight``.  As in
+    verl, the old log-probs are re-computed by the current policy just before the pass (the importance ratio starts
+    at 1); the buffer is then empty."""
+    replay, adv, baseline = spear.take(pad_id=pad_id, generator=generator)
+    out = {"spear_baseline": baseline, "spear_replayed": 0.0, "spear_replay_weight": 0.0}
+    if replay is None:
+        return out
+    weight = spear_replay_weight(step, max_steps=max_steps)
+    with torch.no_grad():
+        old_logp, _, _ = score_completions(model, replay, temperature=preset.temperature)
+    logp, ent, _ = score_completions(model, replay, temperature=preset.temperature)
+    res = get_policy_loss("clip_cov")(
+        logp, old_logp, adv, replay.completion_mask, entropy=ent, agg=agg, generator=generator, **SPEAR_REPLAY_LOSS
     )
+    loss = weight * res.loss
+    if not torch.isfinite(loss):
+        raise LabError(f"{preset.name}: the SPEAR replay loss is {float(loss.detach())} at step {step + 1}")
+    if weight > 0:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+    out.update(spear_replayed=float(adv.numel()), spear_replay_weight=weight, spear_replay_loss=float(loss.detach()))
+    return out
 
 
 class _Metrics:
@@ -656,7 +691,11 @@ def train_one(
     eval_gen_seed = 7_919 * (seed + 1) + cfg.seed
     controller: AdaptiveEntropyCoefficient | None = None
     anchor = SirenAnchor()
-    history = EntropyHistory(max_steps=1)  # single-turn tasks: one entropy per RL step
+    has_tool = getattr(task, "tool", None) is not None
+    # EPO's reference entropy: one per RL step on single-turn tasks, one per model turn on tool tasks
+    history = EntropyHistory(max_steps=MAX_TURNS if has_tool else 1)
+    spear = SpearReplay(buffer_size=preset.spear_buffer_size) if preset.spear_buffer_size > 0 else None
+    spear_steps = spear_schedule_steps(cfg.steps, preset.spear_schedule_fraction)
     aepo: dict[str, float | None] = {"prev_entropy": 0.0, "target": None}  # AEPO: the code starts from entropy 0
     loss_fn = get_policy_loss(preset.loss)
     agg = Aggregation(preset.agg, max_length=max_new) if preset.agg == "seq-mean-token-sum-norm" else preset.agg
@@ -672,6 +711,8 @@ def train_one(
         anchor.load_state_dict(json.loads(state["anchor"]))
         history.load_state_dict(json.loads(state["history"]))
         aepo.update(json.loads(state.get("aepo", "{}")))
+        if spear is not None:
+            spear.load_state_dict(state["spear"])
         start, keep_rows = int(state["step"]), int(state["metric_rows"])
     elif resume:
         keep_rows = 0
@@ -697,6 +738,7 @@ def train_one(
                 "anchor": json.dumps(anchor.state_dict()),
                 "history": json.dumps(history.state_dict()),
                 "aepo": json.dumps(aepo),
+                "spear": None if spear is None else spear.state_dict(),
                 "step": step,
                 "metric_rows": metrics.rows,
             },
@@ -721,6 +763,11 @@ def train_one(
                     temperature=preset.temperature, strategy="top", top_k=1, generator=gen,
                 )  # fmt: skip
                 rollout_metrics = {f"ettrl_{k}": v for k, v in tree.items()}
+            elif preset.rollout == "aepo_eb":
+                rollout, texts, rollout_metrics = aepo_eb_rollout(
+                    model, task, examples, tok, group_size=cfg.group_size, max_new=max_new,
+                    temperature=preset.temperature, generator=gen,
+                )  # fmt: skip
             else:
                 prompts = [ids for ex in examples for ids in [_prompt_ids(tok, ex)] * cfg.group_size]
                 rollout = generate(
@@ -731,7 +778,7 @@ def train_one(
                     eos_id=tok.eos_id,
                     pad_id=tok.pad_id,
                     generator=gen,
-                    **_tool_kwargs(task, tok),
+                    **tool_kwargs(task, tok),
                 )
                 texts = [tok.decode(row.tolist()) for row in rollout.completion_ids]
                 if preset.rollout == "cure":  # CURE stage 2: plain sampling from the stage-1 policy
@@ -739,6 +786,14 @@ def train_one(
             t_gen = time.perf_counter() - t0
             owners = [ex for ex in examples for _ in range(cfg.group_size)]
             rewards = torch.tensor([task.score(ex, t) for ex, t in zip(owners, texts)], dtype=torch.float32)
+            turns = turn_index(rollout.completion_mask, rollout.tool_mask if has_tool else None)  # (B, L)
+            shaped = rewards  # the rewards the advantages see; the "reward" metric stays the task's
+            if preset.spear_tool_bonus and has_tool:
+                assert rollout.tool_mask is not None
+                calls = turns.masked_fill(~(rollout.completion_mask | rollout.tool_mask), 0).amax(-1)
+                bonus = spear_tool_bonus(calls, step, max_steps=spear_steps)
+                shaped = rewards + bonus
+                rollout_metrics["spear_tool_bonus"] = float(bonus.mean())
             if preset.rollout == "ettrl":  # test-time RL: train on majority-vote pseudo-rewards, never on the labels
                 pseudo, vote_accuracy = _majority_rewards(task, owners, texts, cfg.group_size)
                 adv_seq = _advantages(preset, pseudo, cfg.group_size)
@@ -748,7 +803,7 @@ def train_one(
                 adv_seq = ettrl_reshape(adv_seq, response_entropy, group_size=cfg.group_size)
                 rollout_metrics.update(ettrl_pseudo_reward=float(pseudo.mean()), ettrl_vote_accuracy=vote_accuracy)
             else:
-                adv_seq = _advantages(preset, rewards, cfg.group_size)  # (B,)
+                adv_seq = _advantages(preset, shaped, cfg.group_size)  # (B,)
             if preset.rollout == "aepo":
                 if aepo["target"] is None:  # a fraction of the first step's mean entropy, as adaptive_entropy
                     assert rollout.sample_entropy is not None
@@ -771,19 +826,24 @@ def train_one(
                     ref_logp, _, _ = score_completions(ref, rollout, temperature=preset.temperature)
             adv: torch.Tensor = adv_seq
             if preset.advantage == "empg":
-                adv = empg_advantages(old_ent, mask, adv_seq)
+                if has_tool:  # EMPG's steps are the model turns between tool replies
+                    adv = empg_turn_advantages(old_ent, mask, turns, adv_seq)
+                else:  # single-turn tasks: every token is a step
+                    adv = empg_advantages(old_ent, mask, adv_seq)
             valid_ent = old_ent[mask]
             mean_ent = float(valid_ent.mean()) if valid_ent.numel() else 0.0
             if preset.adaptive_entropy_target is not None and controller is None:
                 controller = AdaptiveEntropyCoefficient(target=preset.adaptive_entropy_target * max(mean_ent, 1e-6))
             past = history.reference()
-            reference_entropy = None if past is None else float(past[0])
+            reference_entropy: float | torch.Tensor | None = None
+            if past is not None:  # per token: its turn's historical mean entropy
+                reference_entropy = past.float()[turns.clamp_max(history.max_steps - 1)] if has_tool else float(past[0])
             loss_metrics: dict[str, float] = {}
             num_groups = cfg.prompts_per_step // cfg.minibatches
             for _epoch in range(cfg.ppo_epochs):
                 for mb in range(cfg.minibatches):
                     idx = torch.arange(mb * num_groups * cfg.group_size, (mb + 1) * num_groups * cfg.group_size)
-                    sub = _subset(rollout, idx)
+                    sub = subset_rollout(rollout, idx)
                     logp, ent, logits = score_completions(
                         model, sub, temperature=preset.temperature, with_logits=preset.siren_coef > 0
                     )
@@ -804,7 +864,10 @@ def train_one(
                         loss = loss + s.loss
                         extra.update(s.metrics)
                     if preset.epo_coef > 0:
-                        e = epo(ent, m, reference_entropy=reference_entropy, coef=preset.epo_coef)
+                        ref_e = (
+                            reference_entropy[idx] if isinstance(reference_entropy, torch.Tensor) else reference_entropy
+                        )
+                        e = epo(ent, m, reference_entropy=ref_e, coef=preset.epo_coef)
                         loss = loss + e.loss
                         extra.update(e.metrics)
                     if preset.kl_coef > 0:
@@ -828,7 +891,22 @@ def train_one(
                 aepo["prev_entropy"] = float(loss_metrics.get("entropy", mean_ent))
             if controller is not None:
                 controller.observe(old_ent, mask)
-            history.record([mean_ent])
+            if has_tool:  # per-turn batch means; turns nobody reached this step take the step's mean
+                t_ent, t_mask = turn_means(old_ent, mask, turns)
+                t_sum = (t_ent * t_mask).sum(0)[: history.max_steps]
+                t_cnt = t_mask.sum(0)[: history.max_steps]
+                row_h = torch.full((history.max_steps,), mean_ent, dtype=torch.float64)
+                row_h[: t_sum.numel()] = torch.where(t_cnt > 0, t_sum.double() / t_cnt.clamp_min(1), mean_ent)
+                history.record(row_h)
+            else:
+                history.record([mean_ent])
+            if spear is not None:
+                spear.add(rollout, shaped, adv_seq, group_size=cfg.group_size, step=step)
+                rollout_metrics["spear_buffer"] = float(len(spear))
+                if spear.full:
+                    rollout_metrics.update(_spear_replay(model, opt, spear, cfg=cfg, preset=preset, agg=agg,
+                                                         step=step, max_steps=spear_steps, pad_id=tok.pad_id,
+                                                         generator=gen))  # fmt: skip
             dyn = entropy_dynamics(old_logp, adv_seq, mask, entropy=old_ent)
             ent_np = valid_ent.numpy()
             n_tok = int(mask.sum())

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from entrolab.sampling.forks import FORK_STRATEGIES, select_fork_points
+from entrolab.sampling.forks import (
+    FORK_STRATEGIES,
+    aepo_branch_probability,
+    aepo_root_count,
+    aepo_should_branch,
+    aepo_step_entropy,
+    select_fork_points,
+)
 from entrolab.sampling.functional import (
     ENTROPIX_REGIMES,
     adaptive_temperature,
@@ -31,6 +38,10 @@ __all__ = [
     "EntropixLogitsProcessor",
     "TopHLogitsProcessor",
     "adaptive_temperature",
+    "aepo_branch_probability",
+    "aepo_root_count",
+    "aepo_should_branch",
+    "aepo_step_entropy",
     "entropix_regime",
     "entropy_varentropy",
     "eta_mask",
