@@ -104,3 +104,19 @@ def gen():
 
 def log(v: int) -> float:
     return math.log(v)
+
+
+def engine(module: str):
+    """Import an optional engine (``trl``, ``verl``) for an integration test: skip when it is missing in a bare
+    ``pytest`` run, fail when ``ENTROLAB_REQUIRE_ENGINES=1`` (``make test`` and CI set it, so both suites run there)."""
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("ENTROLAB_REQUIRE_ENGINES") == "1":
+            raise AssertionError(
+                f"{module} is required under ENTROLAB_REQUIRE_ENGINES=1 but cannot be imported"
+            ) from exc
+        pytest.skip(f"{module} is not installed (pip install 'entrolab[{module}]'; make test installs it)")

@@ -1,0 +1,197 @@
+"""entrolab's losses inside verl 0.9.1: registration with verl's exact signature, parity with verl's own losses
+(vanilla, kl_cov, clip_cov) over every aggregation mode with and without global normalisers, rollout importance
+weights, and the entropy hook through verl's real actor loss function."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from tests.conftest import engine
+
+verl = engine("verl")
+from verl.trainer.ppo import core_algos  # noqa: E402
+from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
+
+import entrolab.integrations.verl as ev  # noqa: E402
+from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses  # noqa: E402
+
+
+def _config(calculate_entropy: bool = False, **policy_loss) -> ActorConfig:
+    return ActorConfig(
+        strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, policy_loss=PolicyLossConfig(**policy_loss),
+        clip_ratio_low=0.2, clip_ratio_high=0.28, calculate_entropy=calculate_entropy,
+    )  # fmt: skip
+
+
+def _batch(seed: int, b: int = 6, t: int = 9):
+    g = torch.Generator().manual_seed(seed)
+    old = -torch.rand(b, t, generator=g, dtype=torch.float64) * 3 - 0.05
+    new = (old + 0.4 * torch.randn(b, t, generator=g, dtype=torch.float64)).requires_grad_()
+    adv = torch.randn(b, 1, generator=g, dtype=torch.float64).expand(b, t).clone()
+    adv[0] = -adv[0].abs()  # negative advantages reach the dual-clip branch
+    mask = torch.rand(b, t, generator=g) < 0.8
+    mask[:, 0] = True
+    mask[-1, 4:] = False
+    return old, new, adv, mask
+
+
+INFOS = [
+    {},
+    {"dp_size": 2, "batch_num_tokens": 97, "global_batch_size": 13, "loss_scale_factor": 16},
+    {"dp_size": 1, "batch_num_tokens": torch.tensor(40), "global_batch_size": 6, "loss_scale_factor": None},
+]
+
+
+def test_every_loss_is_registered_with_verls_signature():
+    names = set(core_algos.POLICY_LOSS_REGISTRY)
+    assert {f"entrolab_{n}" for n in policy_losses()} <= names
+    assert ev.registered_names() == [f"entrolab_{n}" for n in policy_losses()]
+    want = list(inspect.signature(core_algos.POLICY_LOSS_REGISTRY["vanilla"]).parameters)
+    for n in policy_losses():
+        fn = core_algos.get_policy_loss_fn(f"entrolab_{n}")
+        assert list(inspect.signature(fn).parameters) == want, n
+    # the plug-in entry point verl discovers on `import verl`
+    from importlib.metadata import entry_points
+
+    eps = [e for e in entry_points(group="verl.plugins") if e.name == "entrolab"]
+    assert eps and eps[0].value == "entrolab.integrations.verl"
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("info", range(len(INFOS)))
+@pytest.mark.parametrize(("ours", "theirs", "policy_loss"), [
+    ("entrolab_ppo", "vanilla", {}),
+    ("entrolab_kl_cov", "kl_cov", {"kl_cov_ratio": 0.2, "ppo_kl_coef": 0.7}),
+    ("entrolab_clip_cov", "clip_cov", {"clip_cov_ratio": 1.0, "clip_cov_lb": -0.5, "clip_cov_ub": 0.5}),
+])  # fmt: skip
+def test_parity_with_verls_losses(mode, info, ours, theirs, policy_loss):
+    config = _config(**policy_loss)
+    config.global_batch_info.update(INFOS[info])
+    results = []
+    for name in (ours, theirs):
+        old, new, adv, mask = _batch(info)
+        torch.manual_seed(0)  # verl's Clip-Cov draws with the global RNG (all candidates selected here anyway)
+        loss, metrics = core_algos.get_policy_loss_fn(name)(
+            old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask, loss_agg_mode=mode, config=config,
+            rollout_is_weights=None,
+        )  # fmt: skip
+        (grad,) = torch.autograd.grad(loss, new)
+        results.append((loss.detach(), grad, metrics))
+    (l1, g1, m1), (l2, g2, _) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-9, atol=1e-7)  # verl's seq-mean-token-mean adds 1e-8 to counts
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-7)
+    assert float(l1.abs()) > 0 and float(g1.abs().sum()) > 0
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad for v in m1.values())
+    if theirs == "clip_cov":  # the candidate band selects some tokens, so the comparison covers the detaching
+        assert float(m1["actor/entrolab/covclip_frac"]) > 0
+
+
+def test_rollout_importance_weights_scale_each_token():
+    config = _config()
+    old, new, adv, mask = _batch(3)
+    w = torch.rand(old.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    out = []
+    for name in ("entrolab_ppo", "vanilla"):
+        loss, _ = core_algos.get_policy_loss_fn(name)(
+            old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask, loss_agg_mode="token-mean",
+            config=config, rollout_is_weights=w,
+        )  # fmt: skip
+        out.append(loss)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-10, atol=1e-12)
+
+
+def test_dp_without_global_normalisers_is_refused_as_verl_does():
+    config = _config()
+    config.global_batch_info.update({"dp_size": 2})
+    old, new, adv, mask = _batch(0)
+    for mode, key in (("token-mean", "batch_num_tokens"), ("seq-mean-token-mean", "global_batch_size")):
+        with pytest.raises(ValueError, match=key):
+            core_algos.get_policy_loss_fn("entrolab_ppo")(
+                old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask, loss_agg_mode=mode,
+                config=config, rollout_is_weights=None,
+            )  # fmt: skip
+        with pytest.raises(ValueError):
+            core_algos.agg_loss(new, mask, mode, dp_size=2)
+
+
+def test_hyperparameters_come_from_config_overrides_and_bound_aliases(tmp_path, monkeypatch):
+    old, new, adv, mask = _batch(5)
+    ent = torch.rand(old.shape, dtype=torch.float64) * 2
+    config = _config()
+    kw = {"old_log_prob": old, "log_prob": new, "advantages": adv, "response_mask": mask, "config": config,
+          "rollout_is_weights": None}  # fmt: skip
+
+    def steer_ref(**hp):
+        base = {"eps_low": 0.2, "eps_high": 0.28, **hp}
+        return get_policy_loss("steer")(new, old, adv, mask, entropy=ent, **base).loss
+
+    token = ev._ENTROPY.set(ent)
+    try:
+        torch.testing.assert_close(core_algos.get_policy_loss_fn("entrolab_steer")(**kw)[0], steer_ref())
+        file = tmp_path / "kw.json"
+        file.write_text('{"steer": {"mode": "linear", "lambda_min": 0.5}}')
+        monkeypatch.setenv("ENTROLAB_VERL_LOSS_KWARGS", str(file))
+        torch.testing.assert_close(
+            core_algos.get_policy_loss_fn("entrolab_steer")(**kw)[0], steer_ref(mode="linear", lambda_min=0.5)
+        )
+        monkeypatch.delenv("ENTROLAB_VERL_LOSS_KWARGS")
+        ev.register("entrolab_steer_lin", "steer", mode="linear")
+        torch.testing.assert_close(
+            core_algos.get_policy_loss_fn("entrolab_steer_lin")(**kw)[0], steer_ref(mode="linear")
+        )
+    finally:
+        ev._ENTROPY.reset(token)
+    with pytest.raises(ValueError, match="calculate_entropy=true"):
+        core_algos.get_policy_loss_fn("entrolab_steer")(**kw)
+    with pytest.raises(ValueError, match="has no hyperparameter 'k'"):
+        ev.register("entrolab_steer_bad", "steer", k=2)
+    with pytest.raises(ValueError, match="verl built-in"):
+        ev.register("vanilla", "ppo")
+    with pytest.raises(ValueError, match="valid"):
+        ev.configure("nope", ratio=1.0)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    monkeypatch.setenv("ENTROLAB_VERL_LOSS_KWARGS", str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="ENTROLAB_VERL_LOSS_KWARGS"):
+        core_algos.get_policy_loss_fn("entrolab_ppo")(**kw)
+
+
+def test_entropy_reaches_the_loss_through_verls_actor_loss_function():
+    """verl's real ``ppo_loss`` (unpadded model output, TensorDict batch) with ``loss_mode=entrolab_hapo``: the hook
+    hands the update's entropy to the loss, whose value equals entrolab's HAPO on the padded tensors."""
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils import losses as verl_losses
+
+    b, p, t = 3, 4, 5
+    g = torch.Generator().manual_seed(0)
+    resp_len = torch.tensor([5, 3, 4])
+    attn = torch.zeros(b, p + t, dtype=torch.long)
+    attn[:, :p] = 1
+    for i, n in enumerate(resp_len.tolist()):
+        attn[i, p : p + n] = 1
+    response_mask = attn[:, p:].clone()
+    old = -torch.rand(b, t, generator=g) * 2
+    adv = torch.randn(b, 1, generator=g).expand(b, t).clone()
+    n_tok = int(attn.sum())
+    flat_lp = (-torch.rand(n_tok, generator=g) * 2).requires_grad_()
+    flat_ent = torch.rand(n_tok, generator=g) * 3
+    data = TensorDict(
+        {"prompts": torch.ones(b, p, dtype=torch.long), "responses": torch.ones(b, t, dtype=torch.long),
+         "attention_mask": attn, "response_mask": response_mask, "old_log_probs": old, "advantages": adv},
+        batch_size=[b],
+    )  # fmt: skip
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
+    config = _config(calculate_entropy=True, loss_mode="entrolab_hapo")
+    loss, metrics = verl_losses.ppo_loss(config, {"log_probs": flat_lp, "entropy": flat_ent}, data)
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    lp = no_padding_2_padding(flat_lp, data)
+    ent = no_padding_2_padding(flat_ent, data)
+    ref = get_policy_loss("hapo")(lp, old, adv, response_mask.bool(), entropy=ent, eps_low=0.2, eps_high=0.28).loss
+    torch.testing.assert_close(loss, ref)
+    assert "actor/entrolab/entropy" in metrics or any("entrolab" in k for k in metrics)
+    loss.backward()
+    assert flat_lp.grad is not None and float(flat_lp.grad.abs().sum()) > 0
