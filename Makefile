@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m entrolab lab --out lab-runs/demo --overwrite
 
-test: $(STAMP) browser
-	$(PY) -m pytest
+# The engines the integration suites run inside (TRL and verl share one environment: transformers 5.10.x satisfies
+# both); ENTROLAB_REQUIRE_ENGINES=1 turns a missing engine into a failure instead of a skip.
+ENGINES_STAMP := $(VENV)/.entrolab-engines-installed
+$(ENGINES_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,lab,hf,trl,verl]"
+	@touch $(ENGINES_STAMP)
+
+test: $(ENGINES_STAMP) browser
+	ENTROLAB_REQUIRE_ENGINES=1 $(PY) -m pytest
 
 # Debian's chromium for the test that opens the lab report in a headless browser; installed when missing and this
 # is root on a Debian-like machine (CI is), else that test skips (under CI it fails instead).
@@ -36,13 +43,8 @@ browser:
 	    done; \
 	  else echo "chromium not installed (needs root and apt-get): the report's browser test will skip"; fi; }
 
-# The baselines a user would otherwise use.  verl is installed without its dependencies (Ray, vLLM, ...): the
-# benchmark runs its torch-only functions from the installed source files.
-BENCH_STAMP := $(VENV)/.entrolab-bench-installed
-$(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet "trl==1.16.0"
-	$(PY) -m pip install --quiet --no-deps "verl==0.9.1"
-	@touch $(BENCH_STAMP)
+# The baselines a user would otherwise use (TRL, verl) are the engines' extras.
+BENCH_STAMP := $(ENGINES_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/roofline.py

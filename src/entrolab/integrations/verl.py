@@ -39,6 +39,7 @@ import functools
 import inspect
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -160,7 +161,9 @@ def verl_aggregation(loss_agg_mode: str, global_batch_info: Mapping[str, Any] | 
     if loss_agg_mode == "token-mean" and tokens is None and dp > 1:
         raise ValueError("loss_agg_mode 'token-mean' with dp_size > 1 needs global_batch_info['batch_num_tokens']")
     if loss_agg_mode.startswith("seq-mean") and seqs is None and dp > 1:
-        raise ValueError(f"loss_agg_mode {loss_agg_mode!r} with dp_size > 1 needs global_batch_info['global_batch_size']")
+        raise ValueError(
+            f"loss_agg_mode {loss_agg_mode!r} with dp_size > 1 needs global_batch_info['global_batch_size']"
+        )
     k = None
     if loss_agg_mode == "seq-mean-token-sum-norm":
         k = _number(info.get("loss_scale_factor")) or float(mask.shape[-1])
@@ -252,7 +255,7 @@ def install_entropy_hook() -> bool:
         from verl.workers.utils import losses as verl_losses
     except Exception:  # pragma: no cover - a verl without the engine path
         return False
-    original = verl_losses.ppo_loss
+    original: Any = verl_losses.ppo_loss
     if getattr(original, "_entrolab_hook", False):
         return True
 
@@ -266,13 +269,11 @@ def install_entropy_hook() -> bool:
             _ENTROPY.reset(token)
 
     ppo_loss._entrolab_hook = True  # type: ignore[attr-defined]
-    verl_losses.ppo_loss = ppo_loss
-    import sys
-
+    setattr(verl_losses, "ppo_loss", ppo_loss)  # noqa: B010
     for module_name in ("verl.workers.engine_workers", "verl.trainer.distillation.losses"):
         module = sys.modules.get(module_name)  # modules imported before us bound the original name
         if module is not None and getattr(module, "ppo_loss", None) is original:
-            module.ppo_loss = ppo_loss
+            setattr(module, "ppo_loss", ppo_loss)  # noqa: B010
     return True
 
 

@@ -1,0 +1,203 @@
+"""``EntropyGRPOTrainer`` on TRL 1.16: parity with TRL's own ``_compute_loss`` (loss and gradients) for every
+aggregating ``loss_type``, entrolab's log-probs/entropy against TRL's fused head, and three real training steps of
+``clip_cov``, ``kl_cov`` and ``steer`` on a tiny random Qwen2 with a locally built tokenizer (no hub)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import engine
+
+trl = engine("trl")
+import datasets  # noqa: E402
+import tokenizers  # noqa: E402
+import transformers  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from entrolab.integrations.trl import EntropyGRPOTrainer, trl_aggregation  # noqa: E402
+
+CHARS = sorted(set("0123456789+-*= abcdefghijklmnopqrstuvwxyz"))
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
+    tk.decoder = tokenizers.decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+
+
+def _model(tokenizer, seed: int = 0):
+    cfg = transformers.Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=1,
+        eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return transformers.Qwen2ForCausalLM(cfg)
+
+
+def _data(n: int = 16):
+    return datasets.Dataset.from_dict({"prompt": [f"{i % 7}+{i % 5}=" for i in range(n)]})
+
+
+def _reward(prompts, completions, **_):
+    return [float(len(c)) / 8 + (1.0 if c[:1].isdigit() else 0.0) for c in completions]
+
+
+def _config(tmp_path, loss_type: str = "dapo", **kw) -> GRPOConfig:
+    base = {
+        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "num_generations": 4,
+        "max_completion_length": 6, "loss_type": loss_type, "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.0,
+        "learning_rate": 1e-3, "max_steps": 3, "logging_steps": 1, "save_strategy": "no", "report_to": [],
+        "use_cpu": True, "bf16": False, "gradient_checkpointing": False, "disable_tqdm": True, "seed": 0,
+        "dataloader_num_workers": 0,
+    }  # fmt: skip
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def _inputs(tokenizer, beta: bool, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    b, p, t = 4, 5, 6
+    v = len(tokenizer)
+    prompt_ids = torch.randint(3, v, (b, p), generator=g)
+    prompt_mask = torch.ones(b, p, dtype=torch.long)
+    prompt_mask[0, :2] = 0  # left padding
+    prompt_ids[0, :2] = 0
+    completion_ids = torch.randint(3, v, (b, t), generator=g)
+    completion_mask = torch.ones(b, t, dtype=torch.long)
+    completion_mask[1, 3:] = 0
+    completion_mask[2, 5:] = 0
+    out = {
+        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+        "completion_mask": completion_mask, "advantages": torch.tensor([1.2, -0.7, 0.4, -1.1]),
+        "num_items_in_batch": completion_mask.sum() * 3,
+    }  # fmt: skip
+    return out
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(("loss_type", "beta"), [("grpo", 0.0), ("bnpo", 0.0), ("dr_grpo", 0.0), ("dapo", 0.0),
+                                                 ("dapo", 0.05), ("grpo", 0.05)])  # fmt: skip
+def test_ppo_equals_trls_own_loss_and_gradients(tmp_path, tokenizer, loss_type, beta):
+    path = tmp_path / "ckpt"  # a local checkpoint directory: TRL loads the policy and its reference from it
+    _model(tokenizer).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    cfg = _config(tmp_path, loss_type, beta=beta)
+    theirs = GRPOTrainer(str(path), reward_funcs=_reward, args=cfg, train_dataset=_data(), processing_class=tokenizer)
+    ours = EntropyGRPOTrainer(str(path), reward_funcs=_reward, args=cfg, train_dataset=_data(),
+                              processing_class=tokenizer, policy_loss="ppo")  # fmt: skip
+    assert ours._use_entrolab_head
+    inputs = _inputs(tokenizer, beta > 0)
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    am = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    with torch.no_grad():
+        lp, _, _ = theirs._get_per_token_logps_and_entropies(theirs.model, ids, am, 6)
+    noise = torch.randn(lp.shape, generator=torch.Generator().manual_seed(1)) * 0.3
+    inputs["old_per_token_logps"] = lp + noise  # ratios away from 1: both clip branches are exercised
+    if beta:
+        inputs["ref_per_token_logps"] = lp - noise.abs()
+    results = []
+    for trainer in (ours, theirs):
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 2
+        trainer.model.zero_grad()
+        loss = trainer._compute_loss(trainer.model, dict(inputs))
+        loss.backward()
+        results.append((loss.detach(), _grads(trainer.model)))
+    (l1, g1), (l2, g2) = results
+    torch.testing.assert_close(l1, l2, rtol=2e-5, atol=1e-6)
+    assert g1.keys() == g2.keys() and len(g1) > 10
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=2e-4, atol=2e-6, msg=name)
+    assert any(k.startswith("entrolab/clipfrac") for k in ours._metrics["train"])
+
+
+def test_entrolab_head_equals_trls_fused_head_in_values_and_gradients(tmp_path, tokenizer):
+    base = _model(tokenizer, seed=3)
+    cfg = _config(tmp_path)
+    theirs = GRPOTrainer(copy.deepcopy(base), reward_funcs=_reward, args=cfg, train_dataset=_data(),
+                         processing_class=tokenizer)  # fmt: skip
+    ours = EntropyGRPOTrainer(copy.deepcopy(base), reward_funcs=_reward, args=cfg, train_dataset=_data(),
+                              processing_class=tokenizer, policy_loss="ppo")  # fmt: skip
+    inputs = _inputs(tokenizer, False, seed=4)
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    am = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    out = []
+    for trainer in (ours, theirs):
+        trainer.model.zero_grad()
+        lp, ent, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, am, 6, compute_entropy=True)
+        (lp.sum() + 0.5 * ent.sum()).backward()
+        out.append((lp.detach(), ent.detach(), _grads(trainer.model)))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-5, atol=1e-6)
+    for name in out[0][2]:
+        torch.testing.assert_close(out[0][2][name], out[1][2][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("policy_loss", "kwargs"), [("clip_cov", {"ratio": 0.2}), ("kl_cov", {"ratio": 0.2}),
+                                                      ("steer", {})])  # fmt: skip
+def test_three_training_steps(tmp_path, tokenizer, policy_loss, kwargs):
+    model = _model(tokenizer, seed=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = EntropyGRPOTrainer(
+        model, reward_funcs=_reward, args=_config(tmp_path, "dapo", num_iterations=2), train_dataset=_data(),
+        processing_class=tokenizer, policy_loss=policy_loss, loss_kwargs=kwargs,
+    )  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 3
+    logged = [row for row in trainer.state.log_history if "loss" in row]
+    assert len(logged) == 3
+    keys = set().union(*logged)
+    assert "entropy" in keys and any(k.startswith("entrolab/") for k in keys), keys
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in logged)
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_bad_configuration_is_refused(tmp_path, tokenizer):
+    model = _model(tokenizer)
+    common = {"reward_funcs": _reward, "train_dataset": _data(), "processing_class": tokenizer}
+    with pytest.raises(ValueError, match="has no hyperparameter 'k'"):
+        EntropyGRPOTrainer(model, args=_config(tmp_path), policy_loss="steer", loss_kwargs={"k": 1}, **common)
+    with pytest.raises(ValueError, match="valid"):
+        EntropyGRPOTrainer(model, args=_config(tmp_path), policy_loss="nope", **common)
+    with pytest.raises(ValueError, match="policy_loss="):
+        EntropyGRPOTrainer(model, args=_config(tmp_path, "cispo"), policy_loss="ppo", **common)
+    with pytest.raises(ValueError, match="delta"):
+        EntropyGRPOTrainer(model, args=_config(tmp_path, delta=2.0), **common)
+    with pytest.raises(ValueError, match="entropy_backend"):
+        EntropyGRPOTrainer(model, args=_config(tmp_path), entropy_backend="fast", **common)
+
+
+def test_trl_aggregation_by_hand():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]]).bool()
+    values = torch.tensor([[1.0, 3.0, 9.0], [4.0, 9.0, 9.0]])
+    from entrolab.losses import aggregate
+
+    def agg(lt, **kw):
+        return float(aggregate(values, mask, trl_aggregation(lt, mask, max_completion_length=4, **kw)))
+
+    assert agg("grpo", accumulation=2) == pytest.approx((2.0 + 4.0) / 2 / 2)
+    assert agg("bnpo", accumulation=1) == pytest.approx(8.0 / 3)
+    assert agg("dr_grpo", accumulation=1) == pytest.approx(8.0 / (2 * 4))
+    assert agg("luspo", accumulation=1) == pytest.approx((4.0 + 4.0) / 2)
+    n = torch.tensor(12.0)
+    assert agg("dapo", accumulation=2, num_items_in_batch=n, num_processes=2, steps_per_generation=4) == pytest.approx(
+        8.0 / (12 / 2 * 2 / 4)
+    )
