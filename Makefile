@@ -52,12 +52,14 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/losses.py
 	$(PY) bench/sampling.py
 	$(PY) bench/trainer.py
+	$(PY) bench/integrations.py
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/entropy.py --quick
 	$(PY) bench/losses.py --quick
 	$(PY) bench/sampling.py --quick
 	$(PY) bench/trainer.py --quick
+	$(PY) bench/integrations.py --quick
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
