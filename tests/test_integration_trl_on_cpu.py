@@ -201,3 +201,16 @@ def test_trl_aggregation_by_hand():
     assert agg("dapo", accumulation=2, num_items_in_batch=n, num_processes=2, steps_per_generation=4) == pytest.approx(
         8.0 / (12 / 2 * 2 / 4)
     )
+
+
+def test_the_example_script_trains_in_smoke_mode():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "trl_grpo_entropy.py"
+    spec = importlib.util.spec_from_file_location("trl_grpo_entropy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    last = module.main(["--smoke", "--policy-loss", "steer"])
+    assert "loss" in last and any(k.startswith("entrolab/") for k in last)
+    assert module.last_number_reward(["1+2="], ["so 3"], ["3"]) == [1.0]

@@ -195,3 +195,40 @@ def test_entropy_reaches_the_loss_through_verls_actor_loss_function():
     assert "actor/entrolab/entropy" in metrics or any("entrolab" in k for k in metrics)
     loss.backward()
     assert flat_lp.grad is not None and float(flat_lp.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("method", ["clip_cov", "steer", "hapo"])
+def test_example_launch_overrides_compose_with_verls_config(method, monkeypatch):
+    """examples/verl: the overrides compose with verl's own Hydra config into its actor dataclass, select the
+    entrolab loss, and that loss runs with the resulting config and the example's hyperparameter file."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from verl.utils.config import omega_conf_to_dataclass
+
+    here = Path(__file__).resolve().parents[1] / "examples" / "verl"
+    lines = []
+    for name in ("common", method):
+        lines += [x.strip() for x in (here / f"{name}.overrides").read_text().splitlines() if x.strip()]
+    subs = {"${MODEL}": "Qwen/Qwen2.5-7B-Instruct", "${DATA_DIR}": "/data", "${NNODES}": "2"}
+    for k, v in subs.items():
+        lines = [x.replace(k, v) for x in lines]
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=lines)
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert actor.policy_loss.loss_mode == f"entrolab_{method}"
+    assert actor.calculate_entropy == (method in ev.NEEDS_ENTROPY)
+    monkeypatch.setenv("ENTROLAB_VERL_LOSS_KWARGS", str(here / "entrolab_losses.json"))
+    old, new, adv, mask = _batch(7)
+    token = ev._ENTROPY.set(torch.rand(old.shape, dtype=torch.float64) + 0.1)
+    try:
+        loss, metrics = core_algos.get_policy_loss_fn(actor.policy_loss.loss_mode)(
+            old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask, loss_agg_mode=actor.loss_agg_mode,
+            config=actor, rollout_is_weights=None,
+        )  # fmt: skip
+    finally:
+        ev._ENTROPY.reset(token)
+    assert torch.isfinite(loss) and metrics
+    script = (here / "run.sh").read_text()
+    assert "VERL_USE_EXTERNAL_MODULES" in script and "entrolab.integrations.verl" in script
