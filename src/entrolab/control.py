@@ -26,6 +26,7 @@ __all__ = [
     "AdaptiveKLCoefficient",
     "BucketKLController",
     "Controller",
+    "LagrangianTemperature",
 ]
 
 
@@ -326,3 +327,156 @@ class BucketKLController:
         self._ema_kl = {b: None if v is None else float(v) for b, v in state["ema_kl"].items()}
         self._ema_err = {b: float(v) for b, v in state["ema_err"].items()}
         self._calls = {b: int(v) for b, v in state["calls"].items()}
+
+
+ALPHA_LOSSES = ("paper", "log_alpha")
+
+
+class LagrangianTemperature:
+    r"""SAC's automatic temperature: a learnable ``log alpha`` pushed so that the policy's entropy meets a target.
+
+    ``J(alpha) = E[-alpha (log pi(a|s) + H_target)]`` minimised over ``log alpha`` with Adam: ``alpha`` rises when
+    the entropy ``-E[log pi]`` falls below ``H_target`` and falls when it is above; at the target it stays.
+
+    Parameters
+    ----------
+    target_entropy : float or "auto"
+        ``H_target`` in nats.  ``"auto"``: ``-action_dim`` for continuous actions (the paper's ``-dim(A)``), or
+        ``discrete_fraction * log(num_actions)`` for discrete ones.
+    action_dim : int, optional
+        Continuous action dimension (``prod(action_space.shape)``); with ``"auto"``, give it or ``num_actions``.
+    num_actions : int, optional
+        Number of discrete actions.
+    discrete_fraction : float
+        In ``(0, 1]``; 0.98 (SAC-discrete, Christodoulou, arXiv 1910.07207).
+    init : float
+        Initial ``alpha > 0`` (stable-baselines3: 1.0).
+    lr : float
+        Adam learning rate of ``log alpha`` (3e-4).
+    alpha_loss : {"paper", "log_alpha"}
+        ``"paper"`` differentiates ``J`` through ``alpha = exp(log alpha)`` (gradient ``-alpha E[log pi + H]``);
+        ``"log_alpha"`` minimises ``-log alpha E[log pi + H]`` as softlearning and stable-baselines3 do (gradient
+        without the factor ``alpha``).  Same fixed point, different step size.
+
+    The protocol of :mod:`entrolab.control`: ``value`` (the current ``alpha``, a float), ``observe(log_prob)`` (one
+    Adam step from a batch of ``log pi(a|s)`` of freshly sampled actions; returns nothing), ``state_dict()`` (JSON,
+    Adam moments included) and ``load_state_dict()``.  :meth:`loss` gives the differentiable ``J`` for callers that
+    step their own optimizer.
+
+    References
+    ----------
+    Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", arXiv 1812.05905, eq. (18) and section 5;
+    ``shared/specs/beyond_llm.md`` section 17.
+
+    Examples
+    --------
+    >>> import torch
+    >>> t = LagrangianTemperature(action_dim=6, init=0.2)
+    >>> t.target_entropy
+    -6.0
+    >>> round(float(t.log_alpha_grad(torch.full((4,), 8.0))), 4)  # entropy -8 < -6: descent raises alpha
+    -0.4
+    >>> a0 = t.value; t.observe(torch.full((4,), 8.0)); t.value > a0
+    True
+    """
+
+    def __init__(
+        self,
+        target_entropy: float | str = "auto",
+        *,
+        action_dim: int | None = None,
+        num_actions: int | None = None,
+        discrete_fraction: float = 0.98,
+        init: float = 1.0,
+        lr: float = 3e-4,
+        alpha_loss: str = "paper",
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> None:
+        self.alpha_loss = check_choice("alpha_loss", alpha_loss, ALPHA_LOSSES)
+        init = check_number("init", init, low=0.0, low_open=True)
+        self.lr = check_number("lr", lr, low=0.0, low_open=True)
+        fraction = check_number("discrete_fraction", discrete_fraction, low=0.0, high=1.0, low_open=True)
+        for name, v in (("action_dim", action_dim), ("num_actions", num_actions)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if num_actions is not None and num_actions < 2:
+            raise ValueError(f"num_actions must be >= 2 (one action has no entropy to control), got {num_actions}")
+        if target_entropy == "auto":
+            if (action_dim is None) == (num_actions is None):
+                raise ValueError('target_entropy="auto" needs exactly one of action_dim (continuous) or num_actions')
+            if action_dim is not None:
+                self.target_entropy = -float(action_dim)
+            else:
+                assert num_actions is not None
+                self.target_entropy = fraction * math.log(float(num_actions))
+        elif isinstance(target_entropy, str):
+            raise ValueError(f'target_entropy must be a number or "auto", got {target_entropy!r}')
+        else:
+            self.target_entropy = check_number("target_entropy", target_entropy)
+            if not math.isfinite(self.target_entropy):
+                raise ValueError(f"target_entropy must be finite, got {target_entropy!r}")
+        self._log_alpha = torch.tensor(math.log(init), dtype=torch.float64, requires_grad=True)
+        self._opt = torch.optim.Adam([self._log_alpha], lr=self.lr, betas=betas)
+
+    @property
+    def value(self) -> float:
+        """The current temperature ``alpha``."""
+        return float(self._log_alpha.detach().exp())
+
+    @property
+    def log_alpha(self) -> float:
+        return float(self._log_alpha.detach())
+
+    def _mean_log_prob(self, log_prob: Tensor) -> Tensor:
+        if not isinstance(log_prob, Tensor) or not log_prob.dtype.is_floating_point or log_prob.numel() == 0:
+            raise TypeError(f"log_prob must be a non-empty floating tensor, got {describe(log_prob)}")
+        if not bool(torch.isfinite(log_prob).all()):
+            raise ValueError("log_prob must be finite")
+        return log_prob.detach().to(torch.float64).mean()
+
+    def loss(self, log_prob: Tensor) -> Tensor:
+        """``J`` on a batch of ``log pi(a|s)`` (any shape; the bracket is detached), differentiable in ``log alpha``."""
+        bracket = self._mean_log_prob(log_prob) + self.target_entropy
+        if self.alpha_loss == "paper":
+            return -(self._log_alpha.exp() * bracket)
+        return -(self._log_alpha * bracket)
+
+    def log_alpha_grad(self, log_prob: Tensor) -> Tensor:
+        """``dJ / d log alpha`` on this batch (no state change)."""
+        (g,) = torch.autograd.grad(self.loss(log_prob), self._log_alpha)
+        return g
+
+    def observe(self, log_prob: Tensor) -> None:
+        """One Adam step on ``log alpha`` from a batch of ``log pi(a|s)``."""
+        self._opt.zero_grad(set_to_none=True)
+        self.loss(log_prob).backward()
+        self._opt.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._opt.state.get(self._log_alpha, {})
+        return {
+            "log_alpha": self.log_alpha,
+            "target_entropy": self.target_entropy,
+            "alpha_loss": self.alpha_loss,
+            "lr": self.lr,
+            "step": float(state["step"]) if "step" in state else 0.0,
+            "exp_avg": float(state["exp_avg"]) if "exp_avg" in state else 0.0,
+            "exp_avg_sq": float(state["exp_avg_sq"]) if "exp_avg_sq" in state else 0.0,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self._log_alpha.fill_(float(state["log_alpha"]))
+        self.target_entropy = float(state["target_entropy"])
+        self.alpha_loss = check_choice("alpha_loss", state.get("alpha_loss", "paper"), ALPHA_LOSSES)
+        betas = self._opt.defaults["betas"]
+        self._opt = torch.optim.Adam([self._log_alpha], lr=float(state.get("lr", self.lr)), betas=betas)
+        if float(state.get("step", 0.0)) > 0:
+            self._opt.state[self._log_alpha] = {
+                "step": torch.tensor(float(state["step"])),
+                "exp_avg": torch.tensor(float(state["exp_avg"]), dtype=torch.float64),
+                "exp_avg_sq": torch.tensor(float(state["exp_avg_sq"]), dtype=torch.float64),
+            }
+
+    def __repr__(self) -> str:
+        return f"LagrangianTemperature(alpha={self.value:.4g}, target_entropy={self.target_entropy})"
