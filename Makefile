@@ -22,10 +22,11 @@ demo: $(STAMP)
 	$(PY) -m entrolab lab --out lab-runs/demo --overwrite
 
 # The engines the integration suites run inside (TRL and verl share one environment: transformers 5.10.x satisfies
-# both); ENTROLAB_REQUIRE_ENGINES=1 turns a missing engine into a failure instead of a skip.
+# both) and the gallery's (gymnasium, stable-baselines3); ENTROLAB_REQUIRE_ENGINES=1 turns a missing engine into a
+# failure instead of a skip.
 ENGINES_STAMP := $(VENV)/.entrolab-engines-installed
 $(ENGINES_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,lab,hf,trl,verl]"
+	$(PY) -m pip install --quiet -e ".[dev,lab,hf,trl,verl,gallery]"
 	@touch $(ENGINES_STAMP)
 
 test: $(ENGINES_STAMP) browser

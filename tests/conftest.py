@@ -106,7 +106,7 @@ def log(v: int) -> float:
     return math.log(v)
 
 
-def engine(module: str):
+def engine(module: str, extra: str | None = None):
     """Import an optional engine (``trl``, ``verl``) for an integration test: skip when it is missing in a bare
     ``pytest`` run, fail when ``ENTROLAB_REQUIRE_ENGINES=1`` (``make test`` and CI set it, so both suites run there)."""
     import importlib
@@ -119,4 +119,4 @@ def engine(module: str):
             raise AssertionError(
                 f"{module} is required under ENTROLAB_REQUIRE_ENGINES=1 but cannot be imported"
             ) from exc
-        pytest.skip(f"{module} is not installed (pip install 'entrolab[{module}]'; make test installs it)")
+        pytest.skip(f"{module} is not installed (pip install 'entrolab[{extra or module}]'; make test installs it)")

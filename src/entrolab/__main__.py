@@ -5,6 +5,8 @@ Commands:
             report (what ``make demo`` runs; ``entrolab lab --help`` lists every option)
     report  rebuild the report of an existing lab run: ``entrolab report DIR``
     demo    a short demonstration of the entropy core (fused log-prob and entropy from hidden states)
+    gallery CPU demos of the methods beyond LLMs against their baselines, as gallery.html
+            (``entrolab gallery --list``; ``entrolab gallery sac subpo``)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ COMMANDS = {
     "lab": ("entrolab.lab.cli", "main"),
     "report": ("entrolab.lab.cli", "report_main"),
     "demo": ("entrolab.demo", "main"),
+    "gallery": ("entrolab.gallery.runner", "main"),
 }
 
 

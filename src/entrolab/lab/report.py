@@ -20,23 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from entrolab._stats import format_interval, mean_interval
 from entrolab.dynamics import fit_entropy_law
 
 __all__ = ["build_report", "load_run"]
 
-# two-sided 95% Student t quantiles for n - 1 degrees of freedom (n seeds)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def _interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% interval of the mean (0 half-width for one value)."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return math.nan, math.nan
-    if arr.size == 1:
-        return float(arr[0]), 0.0
-    t = _T95.get(arr.size - 1, 1.96)
-    return float(arr.mean()), float(t * arr.std(ddof=1) / math.sqrt(arr.size))
+_interval = mean_interval
 
 
 def load_run(directory: str | Path) -> dict[str, Any]:
@@ -108,10 +97,7 @@ def _endpoint(rows_by_seed: dict[int, list[dict]], kind: str, key: str, *, last:
     return _interval(values)
 
 
-def _fmt(mean: float, half: float, digits: int = 3) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}" if half > 0 else f"{mean:.{digits}f}"
+_fmt = format_interval
 
 
 DIAGNOSTIC_PREFIXES = (

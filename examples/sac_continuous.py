@@ -1,0 +1,1 @@
+../src/entrolab/gallery/sac_continuous.py

@@ -1,0 +1,100 @@
+"""The gallery: quick runs of each entry (finite metrics, shapes, reproducible with the same seed), the runner's
+page, resumption and command line, and the single-file SAC's pieces (tanh-Gaussian density, Polyak update)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.conftest import engine
+
+
+def test_entries_and_unknown_names():
+    from entrolab.gallery import entries, get_entry
+
+    assert {"sac", "subpo"} <= set(entries())
+    with pytest.raises(ValueError, match="valid entries"):
+        get_entry("nope")
+    for name in entries():
+        mod = get_entry(name)
+        assert mod.TITLE and mod.PAPER.startswith("arXiv") and mod.CLAIM and mod.setup(True)
+
+
+def test_subpo_quick_run_is_reproducible_and_finite():
+    from entrolab.gallery import subpo
+
+    a, b = subpo.run(seed=3, quick=True), subpo.run(seed=3, quick=True)
+    for v in subpo.VARIANTS:
+        assert a[v]["final_F"] == b[v]["final_F"] and math.isfinite(a[v]["final_F"]) and a[v]["final_F"] > 0
+        assert a[v]["curve"] == b[v]["curve"]
+    rows, verdict = subpo.summarize([a, b])
+    assert len(rows) == 2 and "SubPO covers" in verdict
+
+
+def test_sac_pieces():
+    engine("gymnasium", "gallery")
+    import numpy as np
+
+    from entrolab.gallery.sac_continuous import Actor
+
+    torch.manual_seed(0)
+    actor = Actor(3, 1, np.array([-2.0]), np.array([2.0]))
+    obs = torch.zeros(200_000, 3)
+    with torch.no_grad():
+        a, logp = actor(obs)
+    # the log-density with the tanh and scale change of variables matches a histogram of the samples
+    hist, edges = np.histogram(a.numpy().ravel(), bins=40, range=(-2, 2), density=True)
+    centres = torch.tensor((edges[:-1] + edges[1:]) / 2, dtype=torch.float32)
+    order = torch.argsort(a.ravel())
+    dens = torch.exp(logp)[order]
+    grid = a.ravel()[order]
+    interp = np.interp(centres.numpy(), grid.numpy(), dens.numpy())
+    ok = hist > 0.05
+    assert np.allclose(hist[ok], interp[ok], rtol=0.1, atol=0.02)
+    # Polyak averaging with lerp_: tau = 1 copies, tau = 0 keeps
+    p, q = torch.ones(3), torch.zeros(3)
+    assert torch.equal(q.clone().lerp_(p, 1.0), p) and torch.equal(q.clone().lerp_(p, 0.0), q)
+
+
+def test_sac_quick_run_against_sb3_is_reproducible():
+    engine("gymnasium", "gallery")
+    from entrolab.gallery import sac
+
+    a = sac.run(seed=0, quick=True)
+    b = sac.run(seed=0, quick=True)
+    assert a["ours"]["returns"] == b["ours"]["returns"] and a["ours"]["alpha"] == b["ours"]["alpha"]
+    assert len(a["ours"]["returns"]) == 2 and all(math.isfinite(r) for _, r in a["ours"]["returns"])
+    assert a["ours"]["alpha"][-1][1] < 1.0  # the temperature moved from its initial 1.0
+    assert a["sb3"] is not None and math.isfinite(a["sb3"]["final_return"])
+    rows, verdict = sac.summarize([a])
+    assert rows[0][0] == "final return" and "stable-baselines3" in verdict
+
+
+def test_runner_page_resume_and_cli(tmp_path, monkeypatch):
+    from entrolab.__main__ import main
+    from entrolab.gallery import runner, subpo
+
+    calls = {"n": 0}
+    real = subpo.run
+
+    def counted(seed: int = 0, quick: bool = False):
+        calls["n"] += 1
+        return real(seed=seed, quick=quick)
+
+    monkeypatch.setattr(subpo, "run", counted)
+    page = runner.run_gallery(["subpo"], seeds=2, quick=True, out=tmp_path / "g", log=lambda s: None)
+    text = page.read_text()
+    assert "<section id='subpo'>" in text and "data:image/png;base64," in text and "What happened" in text
+    assert (tmp_path / "g" / "gallery.md").read_text().count("| final coverage F") == 2
+    assert calls["n"] == 2
+    saved = json.loads((tmp_path / "g" / "subpo" / "seed1.json").read_text())
+    assert saved["quick"] is True and saved["result"]["seed"] == 1
+    runner.run_gallery(["subpo"], seeds=2, quick=True, out=tmp_path / "g", log=lambda s: None)
+    assert calls["n"] == 2  # both seeds were on disk: nothing ran again
+    assert main(["gallery", "--list"]) == 0
+    assert main(["gallery", "nope", "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(ValueError, match="seeds"):
+        runner.run_gallery(["subpo"], seeds=0, out=tmp_path / "y")
