@@ -98,3 +98,20 @@ def test_runner_page_resume_and_cli(tmp_path, monkeypatch):
     assert main(["gallery", "nope", "--out", str(tmp_path / "x")]) == 2
     with pytest.raises(ValueError, match="seeds"):
         runner.run_gallery(["subpo"], seeds=0, out=tmp_path / "y")
+
+
+@pytest.mark.parametrize(("name", "keys"), [("adversarial_surprise", ("coverage", "dark_room", "noisy_room")),
+                                           ("infopower", ("position_r2", "distractor_r2"))])  # fmt: skip
+def test_quick_runs_are_reproducible_and_finite(name, keys, tmp_path):
+    from entrolab.gallery import get_entry
+
+    mod = get_entry(name)
+    a, b = mod.run(seed=2, quick=True), mod.run(seed=2, quick=True)
+    for v in mod.VARIANTS:
+        for k in keys:
+            # same training; the float64 least-squares probe may differ in the last bits across LAPACK threads
+            assert a[v][k] == pytest.approx(b[v][k], rel=1e-9, abs=1e-12) and math.isfinite(a[v][k]), (v, k)
+    rows, verdict = mod.summarize([a, b])
+    assert rows and verdict
+    mod.figure([a, b], tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000

@@ -26,6 +26,7 @@ __all__ = [
     "AdaptiveKLCoefficient",
     "BucketKLController",
     "Controller",
+    "DualAscentMultiplier",
     "LagrangianTemperature",
 ]
 
@@ -480,3 +481,51 @@ class LagrangianTemperature:
 
     def __repr__(self) -> str:
         return f"LagrangianTemperature(alpha={self.value:.4g}, target_entropy={self.target_entropy})"
+
+
+class DualAscentMultiplier:
+    r"""A Lagrange multiplier for a constraint ``c <= epsilon``, by projected dual ascent:
+    ``lambda <- max(0, lambda + lr (c - epsilon))`` (InfoPower's posterior/prior KL constraint).
+
+    ``value`` is ``lambda``; ``observe(c)`` takes one step from the measured constraint (a float or a tensor, whose
+    mean is used).
+
+    References
+    ----------
+    Bharadhwaj et al., arXiv 2204.08585 (InfoPower's primal-dual KL constraint, LOW CONFIDENCE on the details);
+    ``shared/specs/beyond_llm.md`` section 16.
+
+    Examples
+    --------
+    >>> m = DualAscentMultiplier(epsilon=1.0, lr=0.5, init=0.2)
+    >>> m.observe(3.0); m.value
+    1.2
+    >>> m.observe(0.0); m.value  # below the bound: decreases
+    0.7
+    >>> m.observe(-5.0); m.value  # projected to >= 0
+    0.0
+    """
+
+    def __init__(self, *, epsilon: float, lr: float = 0.01, init: float = 1.0) -> None:
+        self.epsilon = check_number("epsilon", epsilon)
+        self.lr = check_number("lr", lr, low=0.0, low_open=True)
+        self.multiplier = check_number("init", init, low=0.0)
+
+    @property
+    def value(self) -> float:
+        return self.multiplier
+
+    def observe(self, constraint: Tensor | float) -> None:
+        c = float(constraint.detach().to(torch.float64).mean()) if isinstance(constraint, Tensor) else constraint
+        c = check_number("constraint", c)
+        if not math.isfinite(c):
+            raise ValueError(f"constraint must be finite, got {c}")
+        self.multiplier = round(max(0.0, self.multiplier + self.lr * (c - self.epsilon)), 15)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"multiplier": self.multiplier, "epsilon": self.epsilon, "lr": self.lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.multiplier = float(state["multiplier"])
+        self.epsilon = float(state["epsilon"])
+        self.lr = float(state["lr"])

@@ -22,6 +22,8 @@ __all__ = ["ENTRIES", "entries", "get_entry"]
 
 ENTRIES: dict[str, str] = {
     "sac": "entrolab.gallery.sac",
+    "adversarial_surprise": "entrolab.gallery.adversarial_surprise",
+    "infopower": "entrolab.gallery.infopower",
     "subpo": "entrolab.gallery.subpo",
 }
 """Entry name -> module (imported on first use)."""
