@@ -19,7 +19,6 @@ steps spent in each room.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from entrolab.exploration.surprise import (
     adversarial_surprise_rewards,
     round_owner,
 )
+from entrolab.gallery._common import run_variants, save_figure
 
 TITLE = "Explore and Control with Adversarial Surprise"
 PAPER = "arXiv 2107.07394"
@@ -156,13 +156,7 @@ def train_variant(variant: str, *, seed: int, updates: int) -> dict[str, Any]:
 
 
 def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
-    updates = QUICK_UPDATES if quick else UPDATES
-    out: dict[str, Any] = {"seed": seed, "updates": updates}
-    for v in VARIANTS:
-        t0 = time.perf_counter()
-        out[v] = train_variant(v, seed=seed, updates=updates)
-        out[v]["seconds"] = time.perf_counter() - t0
-    return out
+    return run_variants(train_variant, VARIANTS, seed=seed, updates=QUICK_UPDATES if quick else UPDATES)
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
@@ -213,9 +207,4 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
         axes[1].bar([i + k * width for i in range(3)], means, width, color=f"C{k}", label=v)
     axes[1].set_xticks([i + width for i in range(3)], ["open", "noisy", "dark"])
     axes[1].set(ylabel="share of steps", title="where the body spends its time (evaluation)")
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, axes, path)

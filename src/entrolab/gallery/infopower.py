@@ -15,7 +15,6 @@ official code); the paper's sparse-reward control experiment is not reproduced.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from entrolab._stats import format_interval, mean_interval
 from entrolab.exploration.empowerment import PointMassWithDistractors, info_nce, inverse_dynamics_bound
+from entrolab.gallery._common import run_variants, save_figure
 
 TITLE = "InfoPower: empowerment puts controllable factors first in the latent"
 PAPER = "arXiv 2204.08585"
@@ -97,13 +97,7 @@ def train_variant(variant: str, *, seed: int, updates: int) -> dict[str, Any]:
 
 
 def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
-    updates = QUICK_UPDATES if quick else UPDATES
-    out: dict[str, Any] = {"seed": seed, "updates": updates}
-    for v in VARIANTS:
-        t0 = time.perf_counter()
-        out[v] = train_variant(v, seed=seed, updates=updates)
-        out[v]["seconds"] = time.perf_counter() - t0
-    return out
+    return run_variants(train_variant, VARIANTS, seed=seed, updates=QUICK_UPDATES if quick else UPDATES)
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
@@ -153,9 +147,4 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     axes[0].set(xlabel="distractor R^2 (lower is better)", ylabel="position R^2 (higher is better)",
                 title="linear probes from the 4-D latent (one point per seed)")  # fmt: skip
     axes[1].set(xlabel="update", ylabel="nats", title="InfoNCE bound during training")
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, axes, path)

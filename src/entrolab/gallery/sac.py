@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from entrolab._stats import format_interval, mean_interval
+from entrolab.gallery._common import save_figure
 
 TITLE = "Soft Actor-Critic: an entropy target instead of a fixed temperature"
 PAPER = "arXiv 1812.05905"
@@ -149,9 +150,4 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     axes[0].axhline(TARGET_RETURN, color="grey", lw=0.8, ls="--")
     axes[0].set(xlabel="environment step", ylabel="evaluation return", title="Pendulum-v1 (one line per seed)")
     axes[1].set(xlabel="environment step", ylabel="alpha", yscale="log", title="temperature")
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, axes, path)

@@ -16,7 +16,6 @@ The metric is the mean ``F`` of 512 trajectories sampled from the final policy.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from entrolab._stats import format_interval, mean_interval
 from entrolab.exploration.submodular import GridWorld, prefix_values, subpo_loss
+from entrolab.gallery._common import run_variants, save_figure
 
 TITLE = "Submodular RL: policy gradients on marginal coverage gains"
 PAPER = "arXiv 2307.13372"
@@ -98,13 +98,7 @@ def train_variant(variant: str, *, seed: int, updates: int) -> dict[str, Any]:
 
 
 def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
-    updates = QUICK_UPDATES if quick else UPDATES
-    out: dict[str, Any] = {"seed": seed, "updates": updates}
-    for v in VARIANTS:
-        t0 = time.perf_counter()
-        out[v] = train_variant(v, seed=seed, updates=updates)
-        out[v]["seconds"] = time.perf_counter() - t0
-    return out
+    return run_variants(train_variant, VARIANTS, seed=seed, updates=QUICK_UPDATES if quick else UPDATES)
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
@@ -139,8 +133,4 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
             x, y = zip(*r[v]["curve"])
             ax.plot(x, y, color=f"C{k}", alpha=0.8, label=labels[v] if r is results[0] else None)
     ax.set(xlabel="update", ylabel="coverage F of the batch", title="15 x 15 grid, horizon 30 (one line per seed)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, [ax], path)
