@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -29,6 +30,7 @@ __all__ = [
     "CoverageObjective",
     "FacilityLocationObjective",
     "GridWorld",
+    "SetFunction",
     "check_submodular",
     "prefix_values",
     "subpo_loss",
@@ -95,18 +97,27 @@ class FacilityLocationObjective:
         return sim.amax(-1).sum(-1)
 
 
-def check_submodular(objective: CoverageObjective | FacilityLocationObjective | object, *, trials: int = 200,
-                     generator: torch.Generator | None = None, atol: float = 1e-9) -> None:  # fmt: skip
+class SetFunction(Protocol):
+    """What :func:`check_submodular` needs: the ground-set size and ``F`` of ``(..., S)`` bool masks."""
+
+    @property
+    def num_states(self) -> int: ...
+
+    def value(self, visited: Tensor) -> Tensor: ...
+
+
+def check_submodular(objective: SetFunction, *, trials: int = 200, generator: torch.Generator | None = None,
+                     atol: float = 1e-9) -> None:  # fmt: skip
     """Test monotonicity and diminishing returns on random nested sets ``A ⊆ B`` and a state ``x``; raise
     ``ValueError`` with the counterexample when ``F(A + x) - F(A) < F(B + x) - F(B)`` or ``F(B) < F(A)``."""
-    n = int(objective.num_states)  # type: ignore[attr-defined]
+    n = int(objective.num_states)
     for _ in range(trials):
         b = torch.rand(n, generator=generator) < 0.5
         a = b & (torch.rand(n, generator=generator) < 0.5)
         x = int(torch.randint(n, (1,), generator=generator))
         ax, bx = a.clone(), b.clone()
         ax[x] = bx[x] = True
-        fa, fb, fax, fbx = (float(objective.value(s)) for s in (a, b, ax, bx))  # type: ignore[attr-defined]
+        fa, fb, fax, fbx = (float(objective.value(s)) for s in (a, b, ax, bx))
         if fb < fa - atol:
             raise ValueError(f"objective is not monotone: F(B) = {fb} < F(A) = {fa} for A ⊆ B")
         if fax - fa < fbx - fb - atol:

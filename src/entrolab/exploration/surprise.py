@@ -216,7 +216,7 @@ class SurpriseRooms:
 
         class Env(gym.Env):  # type: ignore[misc]
             def __init__(self) -> None:
-                self.metadata = {"render_modes": []}
+                self.metadata: dict[str, Any] = {"render_modes": []}
                 self.observation_space = gym.spaces.MultiDiscrete([world.values] * 9)
                 self.action_space = gym.spaces.Discrete(5)
                 self._gen = torch.Generator().manual_seed(0)

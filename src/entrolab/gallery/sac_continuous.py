@@ -42,6 +42,9 @@ def mlp(inp: int, out: int, hidden: int = 256) -> nn.Sequential:
 class Actor(nn.Module):
     """``a = tanh(mu + sigma * eps)``, scaled to the action box; ``log pi`` with the change-of-variables term."""
 
+    scale: Tensor
+    bias: Tensor
+
     def __init__(self, obs_dim: int, act_dim: int, low: np.ndarray, high: np.ndarray) -> None:
         super().__init__()
         self.net = mlp(obs_dim, 2 * act_dim)
