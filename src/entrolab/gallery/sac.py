@@ -67,7 +67,8 @@ def _sb3(seed: int, steps: int, eval_every: int) -> dict[str, Any] | None:
             n = self.num_timesteps
             if n % eval_every == 0 or n == steps:
                 curve.append([n, evaluate(self.model)])
-                alpha.append([n, float(np.exp(self.model.log_ent_coef.detach().item()))])
+                model: Any = self.model
+                alpha.append([n, float(np.exp(model.log_ent_coef.detach().item()))])
             return True
 
     t0 = time.perf_counter()

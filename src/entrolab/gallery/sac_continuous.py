@@ -141,7 +141,8 @@ def train(
     env = gym.make(env_id)
     if not isinstance(env.action_space, gym.spaces.Box):
         raise ValueError(f"SAC here needs a continuous (Box) action space; {env_id} has {env.action_space}")
-    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    obs_dim = int(np.prod(env.observation_space.shape or (1,)))
+    act_dim = int(np.prod(env.action_space.shape))
     actor = Actor(obs_dim, act_dim, env.action_space.low, env.action_space.high)
     critic = Critic(obs_dim, act_dim)
     target = copy.deepcopy(critic).requires_grad_(False)
