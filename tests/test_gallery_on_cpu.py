@@ -15,7 +15,7 @@ from tests.conftest import engine
 def test_entries_and_unknown_names():
     from entrolab.gallery import entries, get_entry
 
-    assert {"sac", "subpo"} <= set(entries())
+    assert {"sac", "adversarial_surprise", "infopower", "subpo", "aem"} <= set(entries())
     with pytest.raises(ValueError, match="valid entries"):
         get_entry("nope")
     for name in entries():
@@ -101,7 +101,8 @@ def test_runner_page_resume_and_cli(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("name", "keys"), [("adversarial_surprise", ("coverage", "dark_room", "noisy_room")),
-                                           ("infopower", ("position_r2", "distractor_r2"))])  # fmt: skip
+                                           ("infopower", ("position_r2", "distractor_r2")),
+                                           ("aem", ("auc", "attention_entropy"))])  # fmt: skip
 def test_quick_runs_are_reproducible_and_finite(name, keys, tmp_path):
     from entrolab.gallery import get_entry
 

@@ -25,6 +25,7 @@ ENTRIES: dict[str, str] = {
     "adversarial_surprise": "entrolab.gallery.adversarial_surprise",
     "infopower": "entrolab.gallery.infopower",
     "subpo": "entrolab.gallery.subpo",
+    "aem": "entrolab.gallery.aem",
 }
 """Entry name -> module (imported on first use)."""
 

@@ -1,0 +1,93 @@
+"""AEM: the spec's closed forms and gradient identity, lambda = 0 is plain ABMIL, padding, heads, top-k, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from entrolab.regularizers import ABMIL, aem_lambda, aem_loss
+
+
+def test_worked_example_and_gradient_identity():
+    s = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    out = aem_loss(s, lam=1.0)
+    assert float(out.loss.detach()) == pytest.approx(-0.8324, abs=1e-4)
+    (g,) = torch.autograd.grad(out.loss, s)
+    a = torch.softmax(s.detach(), -1)
+    h = -(a * a.log()).sum()
+    torch.testing.assert_close(g, a * (a.log() + h))  # d(sum a log a)/ds_i = a_i (log a_i + H)
+    assert g.tolist() == pytest.approx([-0.1418, -0.1408, 0.2826], abs=1e-4)
+
+
+def test_uniform_and_one_hot():
+    u = torch.zeros(100, dtype=torch.float64, requires_grad=True)
+    out = aem_loss(u, lam=1.0)
+    assert float(out.loss.detach()) == pytest.approx(-math.log(100))
+    (g,) = torch.autograd.grad(out.loss, u)
+    assert float(g.abs().max()) < 1e-12  # uniform attention: zero gradient
+    assert float(out.metrics["normalized_attention_entropy"]) == pytest.approx(1.0)
+    one_hot = torch.tensor([0.0, -math.inf, -math.inf])
+    assert float(aem_loss(one_hot, lam=1.0).loss) == 0.0
+
+
+def test_lambda_zero_is_plain_abmil_and_padding_matches_single_bags():
+    torch.manual_seed(0)
+    model = ABMIL(8)
+    bags = [torch.randn(n, 8) for n in (5, 9, 3)]
+    y = torch.tensor([1, 0, 1])
+    width = max(b.shape[0] for b in bags)
+    x = torch.zeros(3, width, 8)
+    mask = torch.zeros(3, width, dtype=torch.bool)
+    for i, b in enumerate(bags):
+        x[i, : b.shape[0]] = b
+        mask[i, : b.shape[0]] = True
+    logits, s = model(x, mask)
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.equal(ce + aem_loss(s, lam=0.0).loss, ce)  # lambda 0: the plain loss, bit for bit
+    batched = aem_loss(s, lam=0.3).loss
+    single = sum(aem_loss(model(b.unsqueeze(0))[1], lam=0.3).loss for b in bags) / 3
+    torch.testing.assert_close(batched, single)
+    # the mask argument and -inf logits are equivalent
+    raw = model.w(
+        torch.tanh(model.v(torch.relu(model.reduce(x)))) * torch.sigmoid(model.u(torch.relu(model.reduce(x))))
+    )
+    torch.testing.assert_close(aem_loss(raw.squeeze(-1), mask, lam=0.3).loss, batched)
+
+
+def test_heads_average_and_top_k():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 4, 7, generator=g, dtype=torch.float64)
+    multi = aem_loss(s, lam=0.5).loss
+    per_head = sum(aem_loss(s[:, k], lam=0.5).loss for k in range(4)) / 4
+    torch.testing.assert_close(multi, per_head)
+    torch.testing.assert_close(aem_loss(s, lam=0.5, top_k=7).loss, multi)  # k >= N: the full penalty
+    top2 = aem_loss(torch.tensor([3.0, 1.0, 0.0, -1.0], dtype=torch.float64), lam=1.0, top_k=2).loss
+    a = torch.softmax(torch.tensor([3.0, 1.0], dtype=torch.float64), -1)
+    assert float(top2) == pytest.approx(float((a * a.log()).sum()))
+
+
+def test_schedule():
+    assert aem_lambda(0, 10, lam=0.2, schedule="cosine") == pytest.approx(0.2)
+    assert aem_lambda(10, 10, lam=0.2, schedule="cosine") == pytest.approx(0.0)
+    assert aem_lambda(3, 10, lam=0.2) == 0.2
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: aem_loss(torch.zeros(3), lam=-1.0), "lam"),
+        (lambda: aem_loss(torch.tensor([0.0, float("nan")])), "NaN"),
+        (lambda: aem_loss(torch.full((3,), -math.inf)), "at least one valid"),
+        (lambda: aem_loss(torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool)), "mask"),
+        (lambda: aem_loss(torch.zeros(3), top_k=0), "top_k"),
+        (lambda: aem_loss(torch.zeros(1, 1, 1, 1)), "dimensions|N,"),
+        (lambda: aem_loss(torch.zeros(3, dtype=torch.long)), "floating"),
+        (lambda: aem_lambda(0, 10, schedule="linear"), "schedule"),
+        (lambda: aem_lambda(11, 10), "step"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
