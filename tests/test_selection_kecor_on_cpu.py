@@ -99,3 +99,43 @@ def test_ntk_features_give_the_empirical_ntk():
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_ads_worked_example_masking_and_invariances():
+    from entrolab.estimators import particle_entropy
+    from entrolab.selection import max_entropy_measurement
+
+    a = torch.cat([torch.zeros(8), torch.full((8,), 30.0)])
+    b = torch.linspace(0, 12, 16)
+    y = torch.stack([a, b], 1).double()
+    h = particle_entropy(y, 1.0)
+    assert float(h[0]) == pytest.approx(math.log(2), abs=1e-4) and float(h[1]) == pytest.approx(1.6997, abs=1e-4)
+    free = torch.zeros(2, dtype=torch.bool)
+    assert max_entropy_measurement(y, free, sigma=1.0)[0] == 1
+    idx, code = max_entropy_measurement(y, free, sigma=1.0, exponent_sign=1)
+    assert (
+        idx == 0
+        and float(code[0]) == pytest.approx(7233.3, abs=0.1)
+        and float(code[1]) == pytest.approx(704.1, abs=0.1)
+    )
+    # a measured location is never chosen, even when every free score is lower (or negative, for the code's form)
+    assert max_entropy_measurement(y, torch.tensor([False, True]), sigma=1.0)[0] == 0
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(12, 9, generator=g, dtype=torch.float64)
+    mask = torch.zeros(9, dtype=torch.bool)
+    mask[3] = True
+    pick = max_entropy_measurement(z, mask, sigma=0.5)[0]
+    assert max_entropy_measurement(z[torch.randperm(12, generator=g)], mask, sigma=0.5)[0] == pick  # permutation
+    assert max_entropy_measurement(z + 5.0, mask, sigma=0.5)[0] == pick  # shift
+    # no overflow at d / sigma = 1e3; logsumexp agrees with the naive formula where that is finite
+    far = torch.tensor([[0.0], [1e3]], dtype=torch.float64)
+    assert torch.isfinite(
+        max_entropy_measurement(far, torch.zeros(1, dtype=torch.bool), sigma=1.0, exponent_sign=1)[1]
+    ).all()
+    near = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    naive = -torch.log(torch.exp(-torch.cdist(near.T.unsqueeze(-1), near.T.unsqueeze(-1)).pow(2) / 2).mean(-1)).mean(-1)
+    torch.testing.assert_close(particle_entropy(near, 1.0), naive)
+    with pytest.raises(ValueError, match="already measured"):
+        max_entropy_measurement(y, torch.ones(2, dtype=torch.bool), sigma=1.0)
+    with pytest.raises(ValueError, match="exponent_sign"):
+        max_entropy_measurement(y, free, sigma=1.0, exponent_sign=2)

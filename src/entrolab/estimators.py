@@ -196,9 +196,10 @@ def cluster_entropy(probs: Tensor, assignment: Tensor) -> Tensor:
 def particle_entropy(particles: Tensor, sigma: float, *, pairwise: str = "kl") -> Tensor:
     r"""Entropy estimate of the equal-weight Gaussian mixture over ``N`` particles' predictions:
 
-    ``H = -(1/N) sum_i ln((1/N) sum_j exp(-|y_i - y_j|^2 / (2 s)))`` with ``s = sigma^2`` (``pairwise="kl"``) or
-    ``4 sigma^2`` (``"product"``, the other classical bound), by log-sum-exp; the Gaussian constant is dropped, so it
-    lies in ``[0, ln N]``: 0 when the particles agree, ``ln N`` when they are distinguishable at scale ``sigma``.
+    ``H = -(1/N) sum_i ln((1/N) sum_j exp(-|y_i - y_j|^2 / c))`` with ``c = 2 sigma^2`` (``pairwise="kl"``) or
+    ``4 sigma^2`` (``"product"``, the overlap of two Gaussians, the other classical bound), by log-sum-exp; the
+    Gaussian constant is dropped, so it lies in ``[0, ln N]``: 0 when the particles agree, ``ln N`` when they are
+    distinguishable at scale ``sigma``.
 
     ``particles`` ``(N, L)`` (one scalar prediction per location) or ``(N, L, D)``; returns ``(L,)``.
 
@@ -227,9 +228,9 @@ def particle_entropy(particles: Tensor, sigma: float, *, pairwise: str = "kl") -
         y = y.unsqueeze(-1)
     yl = y.transpose(0, 1)  # (L, N, D)
     sq = torch.cdist(yl, yl).pow(2)  # (L, N, N)
-    s = sigma**2 * (1.0 if pairwise == "kl" else 4.0)
+    c = sigma**2 * (2.0 if pairwise == "kl" else 4.0)
     n = y.shape[0]
-    log_mix = torch.logsumexp(-sq / (2 * s), dim=-1) - math.log(n)  # (L, N)
+    log_mix = torch.logsumexp(-sq / c, dim=-1) - math.log(n)  # (L, N)
     return -log_mix.mean(-1)
 
 

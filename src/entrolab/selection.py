@@ -1,4 +1,5 @@
-"""Entropy-driven selection: KECOR's greedy kernel-coding-rate batch selection.
+"""Entropy-driven selection: KECOR's greedy kernel-coding-rate batch selection, and ADS's maximum-entropy
+measurement under posterior particles.
 
 ``kecor_select`` picks a batch ``S`` maximising ``0.5 logdet(I + K_L[S, S] / sigma^2)`` over a pool, with ``K_L``
 the kernel conditioned on the already labelled set (``posterior_kernel``); the objective is monotone submodular and
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from entrolab._validation import describe
 
-__all__ = ["kecor_select", "ntk_features", "posterior_kernel"]
+__all__ = ["kecor_select", "max_entropy_measurement", "ntk_features", "posterior_kernel"]
 
 
 def _kernel(name: str, k: object, n: int | None = None) -> Tensor:
@@ -169,3 +170,65 @@ def ntk_features(
         raise ValueError(f"projection_dim must be an int >= 1 or None, got {projection_dim!r}")
     r = torch.randn(g.shape[1], projection_dim, generator=generator, dtype=g.dtype) / math.sqrt(projection_dim)
     return g @ r
+
+
+def max_entropy_measurement(
+    particles: Tensor,
+    measured: Tensor,
+    *,
+    sigma: float,
+    pairwise: str = "kl",
+    exponent_sign: int = -1,
+) -> tuple[int, Tensor]:
+    r"""ADS: the unmeasured location where the particles' predictions disagree most.
+
+    Scores every location ``l`` with :func:`entrolab.estimators.particle_entropy` of the ``N`` particles'
+    predictions there (``exponent_sign=-1``, the paper's maximum-entropy criterion), or with the authors' code score
+    ``sum_i ln sum_j exp(+|y_i - y_j|^2 / (2 sigma^2))`` (``exponent_sign=+1``: dominated by the largest pairwise
+    distance; computed with log-sum-exp, which does not change its argmax).  Measured locations score ``-inf``
+    (never picked, even when every other score is negative: the code multiplies by ``1 - mask``, which only works
+    for positive scores).
+
+    Parameters
+    ----------
+    particles : Tensor
+        ``(N, L)`` or ``(N, L, D)`` predictions of ``N`` posterior particles at ``L`` locations.
+    measured : Tensor
+        ``(L,)`` bool: already measured.
+
+    Returns
+    -------
+    (int, Tensor)
+        The chosen location and the ``(L,)`` scores.
+
+    References
+    ----------
+    Nolan et al., "Active Diffusion Subsampling", arXiv 2406.14388; ``shared/specs/beyond_llm.md`` section 10.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = torch.cat([torch.zeros(8), torch.full((8,), 30.0)])  # two far modes
+    >>> b = torch.linspace(0, 12, 16)  # many moderately separated predictions
+    >>> y = torch.stack([a, b], 1).double()
+    >>> max_entropy_measurement(y, torch.zeros(2, dtype=torch.bool), sigma=1.0)[0]
+    1
+    >>> max_entropy_measurement(y, torch.zeros(2, dtype=torch.bool), sigma=1.0, exponent_sign=1)[0]
+    0
+    """
+    from entrolab.estimators import particle_entropy
+
+    if exponent_sign not in (-1, 1):
+        raise ValueError(f"exponent_sign must be -1 (the paper) or +1 (the authors' code), got {exponent_sign!r}")
+    scores = particle_entropy(particles, sigma, pairwise=pairwise)  # validates particles, sigma, pairwise
+    if exponent_sign == 1:
+        y = particles if particles.ndim == 3 else particles.unsqueeze(-1)
+        yl = y.transpose(0, 1)
+        sq = torch.cdist(yl, yl).pow(2)
+        scores = torch.logsumexp(sq / (2 * sigma**2), dim=-1).sum(-1)
+    if not isinstance(measured, Tensor) or measured.dtype != torch.bool or measured.shape != scores.shape:
+        raise ValueError(f"measured must be a bool tensor of shape {tuple(scores.shape)}, got {describe(measured)}")
+    if bool(measured.all()):
+        raise ValueError("every location is already measured")
+    scores = torch.where(measured, -math.inf, scores)
+    return int(scores.argmax()), scores
