@@ -91,3 +91,59 @@ def test_schedule():
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_centaur_cluster_entropy_step():
+    from entrolab.estimators import cluster_entropy
+    from entrolab.regularizers import TestTimeAdapter, tta_step
+
+    p = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    assert float(cluster_entropy(p, torch.tensor([0, 0, 1, 1]))) == pytest.approx(0.6109, abs=1e-4)
+    # invariances: permuting candidates with their clusters, moving mass inside a cluster
+    perm = torch.tensor([2, 0, 3, 1])
+    assert float(cluster_entropy(p[perm], torch.tensor([0, 0, 1, 1])[perm])) == pytest.approx(0.6109, abs=1e-4)
+    moved = torch.tensor([0.6, 0.1, 0.2, 0.1], dtype=torch.float64)
+    assert float(cluster_entropy(moved, torch.tensor([0, 0, 1, 1]))) == pytest.approx(0.6109, abs=1e-4)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    assignment = torch.tensor([0, 0, 1, 1])
+    buf = torch.randn(6, 3)
+
+    def mean_ce(m):
+        with torch.no_grad():
+            return float(cluster_entropy(torch.softmax(m(buf), -1), assignment).mean())
+
+    before = mean_ce(model)
+    assert tta_step(model, buf, assignment, lr=1e-2) == pytest.approx(before)
+    assert mean_ce(model) < before  # a small step lowers the buffer's cluster entropy
+    w = model.weight.detach().clone()
+    assert tta_step(model, buf[:0], assignment) == 0.0 and torch.equal(model.weight, w)  # empty buffer: no change
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return self.lin(x)
+
+    adapter = TestTimeAdapter(Spy(), assignment, lr=1e-2, buffer_size=2)
+    obs = [torch.randn(1, 3) for _ in range(4)]
+    for t, o in enumerate(obs):
+        seen.clear()
+        adapter.predict(o)
+        adapted_on = seen[0] if t > 0 else None
+        if t > 0:  # the step's data are earlier observations only (at most 2), never o_t
+            assert not any(torch.equal(o, row.unsqueeze(0)) for row in adapted_on)
+            assert adapted_on.shape[0] == min(t, 2)
+    original = adapter.original.lin.weight.detach().clone()
+    assert torch.equal(adapter.original.lin.weight, original)  # reset=True never changes the original weights
+    acc = TestTimeAdapter(torch.nn.Linear(3, 4), assignment, lr=1e-1, reset=False)
+    w0 = acc.running.weight.detach().clone()
+    for o in obs:
+        acc.predict(o)
+    assert not torch.equal(acc.running.weight, w0)  # reset=False accumulates
