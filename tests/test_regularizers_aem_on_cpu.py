@@ -147,3 +147,47 @@ def test_centaur_cluster_entropy_step():
     for o in obs:
         acc.predict(o)
     assert not torch.equal(acc.running.weight, w0)  # reset=False accumulates
+
+
+def test_entropy_band_regularizer():
+    from entrolab.regularizers import EntropyBandRegularizer
+
+    uniform = torch.full((1, 1, 1, 64), 1 / 64, dtype=torch.float64)
+    reg = EntropyBandRegularizer(layers=1, heads=1, lam=1.0)
+    assert float(reg([uniform]).loss.detach()) == pytest.approx(4.3241, abs=1e-4)
+    with torch.no_grad():
+        reg.thresholds.fill_(0.9)
+    assert float(reg([uniform]).loss.detach()) == 0.0  # delta 0.4159 inside the band 0.8318
+    # the jump at the band edge is (gamma E_max)^2 = 0.6919
+    e_max = math.log(64)
+    with torch.no_grad():
+        reg.thresholds.fill_(1 - 0.2 - 1e-6)  # delta just beyond gamma E_max
+    assert float(reg([uniform]).loss.detach()) == pytest.approx((0.2 * e_max) ** 2, rel=1e-4)
+    one_hot = torch.zeros(1, 1, 1, 8, dtype=torch.float64)
+    one_hot[..., 0] = 1
+    assert float(-(one_hot * torch.log(one_hot + 1e-9)).sum()) == pytest.approx(0.0, abs=1e-8)
+    # dead band: zero gradient inside; outside, 2 delta dE/dA
+    a = torch.softmax(torch.randn(2, 3, 5, 5, dtype=torch.float64), -1).requires_grad_()
+    reg2 = EntropyBandRegularizer(layers=1, heads=3, lam=1.0, gamma=10.0)  # the whole range is inside the band
+    reg2([a]).loss.backward()
+    assert a.grad is not None and float(a.grad.abs().max()) == 0.0
+    # per-layer thresholds get independent gradients; the shared variant reproduces one vector for all layers
+    stack = [torch.softmax(torch.randn(2, 3, 4, 4, dtype=torch.float64) * 3, -1) for _ in range(2)]
+    per = EntropyBandRegularizer(layers=2, heads=3, lam=1.0, gamma=0.0)
+    per([s for s in stack]).loss.backward()
+    assert per.thresholds.grad.shape == (2, 3) and not torch.equal(per.thresholds.grad[0], per.thresholds.grad[1])
+    shared = EntropyBandRegularizer(layers=2, heads=3, lam=1.0, gamma=0.0, share_thresholds_across_layers=True)
+    with torch.no_grad():
+        per.thresholds.copy_(shared.thresholds.expand(2, 3))
+    torch.testing.assert_close(shared(stack).loss, per(stack).loss.to(torch.float64))
+    # causal rows: a row t uniform over its t + 1 keys has delta = (1 - theta) ln(t + 1)
+    causal = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    for t in range(4):
+        causal[0, 0, t, : t + 1] = 1 / (t + 1)
+    c = EntropyBandRegularizer(layers=1, heads=1, lam=1.0, gamma=0.0, max_entropy="causal_row")
+    expected = sum(((1 - 0.5) * math.log(t + 1)) ** 2 for t in range(4))
+    assert float(c([causal]).loss.detach()) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="one per layer"):
+        reg([uniform, uniform])
+    with pytest.raises(ValueError, match="max_entropy"):
+        EntropyBandRegularizer(layers=1, heads=1, max_entropy="row")

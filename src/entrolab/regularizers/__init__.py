@@ -1,10 +1,12 @@
 """Entropy regularisers of attention and representations, with the small models they act on.
 
 :mod:`entrolab.regularizers.aem`: AEM (attention-entropy maximisation for MIL) and the ABMIL model;
+:mod:`entrolab.regularizers.attention`: the entropy band of entropy-guided attention;
 :mod:`entrolab.regularizers.centaur`: Centaur's cluster-entropy test-time step (low confidence).
 """
 
 from entrolab.regularizers.aem import ABMIL, aem_lambda, aem_loss
+from entrolab.regularizers.attention import EntropyBandRegularizer
 from entrolab.regularizers.centaur import TestTimeAdapter, tta_step
 
-__all__ = ["ABMIL", "TestTimeAdapter", "aem_lambda", "aem_loss", "tta_step"]
+__all__ = ["ABMIL", "EntropyBandRegularizer", "TestTimeAdapter", "aem_lambda", "aem_loss", "tta_step"]
