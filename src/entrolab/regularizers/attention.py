@@ -79,7 +79,8 @@ class EntropyBandRegularizer(nn.Module):
             raise ValueError(f"init must be in [0, 1], got {init!r}")
         if max_entropy not in ("context", "causal_row"):
             raise ValueError(f"max_entropy must be 'context' or 'causal_row', got {max_entropy!r}")
-        self.layers, self.heads, self.lam, self.gamma = layers, heads, float(lam), float(gamma)
+        self.layers, self.heads = layers, heads
+        self.lam, self.gamma = float(lam), float(gamma)
         self.max_entropy, self.shared = max_entropy, bool(share_thresholds_across_layers)
         self.thresholds = nn.Parameter(torch.full((1 if self.shared else layers, heads), float(init)))
 
