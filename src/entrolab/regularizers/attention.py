@@ -72,9 +72,9 @@ class EntropyBandRegularizer(nn.Module):
         for name, v in (("layers", layers), ("heads", heads)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        for name, v in (("lam", lam), ("gamma", gamma)):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name, x in (("lam", lam), ("gamma", gamma)):
+            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or x < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
         if not 0 <= init <= 1:
             raise ValueError(f"init must be in [0, 1], got {init!r}")
         if max_entropy not in ("context", "causal_row"):
