@@ -191,3 +191,64 @@ def test_entropy_band_regularizer():
         reg([uniform, uniform])
     with pytest.raises(ValueError, match="max_entropy"):
         EntropyBandRegularizer(layers=1, heads=1, max_entropy="row")
+
+
+def _critic(spectral: bool = False):
+    from entrolab.regularizers import BilinearCritic
+
+    torch.manual_seed(0)
+    g = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    h = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    return BilinearCritic(g, h, 8, spectral=spectral)
+
+
+def test_wpc_gradient_penalty_spectral_norm_and_permutation():
+    from entrolab.regularizers import gradient_penalty, wpc_loss
+
+    # a linear critic a.x + b.y with |(a, b)| = 1 has a two-sided penalty of exactly 0
+    a = torch.tensor([0.6, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.0, 0.8], dtype=torch.float64)
+    x, y = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    assert float(gradient_penalty(lambda u, v: u @ a + v @ b, x, y)) == pytest.approx(0.0, abs=1e-24)
+    assert float(gradient_penalty(lambda u, v: 2 * (u @ a + v @ b), x, y)) == pytest.approx(1.0)
+    assert float(gradient_penalty(lambda u, v: 0.5 * (u @ a + v @ b), x, y, one_sided=True)) == 0.0
+    # spectral normalisation: the largest singular value of each normalised weight is about 1
+    crit = _critic(spectral=True)
+    for _ in range(30):  # power iterations run in training-mode forwards
+        crit(torch.randn(4, 6), torch.randn(4, 6))
+    lins = [m for m in crit.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(lins) == 5
+    for m in lins:
+        assert float(torch.linalg.matrix_norm(m.weight.detach(), ord=2)) == pytest.approx(1.0, abs=0.05)
+    # the loss is invariant to permuting the batch (pairs kept together); the penalty is on and finite
+    crit = _critic()
+    xb, yb = torch.randn(16, 6), torch.randn(16, 6)
+    l1 = wpc_loss(crit, xb, yb, lipschitz="none").loss
+    perm = torch.randperm(16)
+    l2 = wpc_loss(crit, xb[perm], yb[perm], lipschitz="none").loss
+    torch.testing.assert_close(l1, l2)
+    out = wpc_loss(crit, xb, yb, generator=torch.Generator().manual_seed(0))
+    assert float(out.metrics["gradient_penalty"]) > 0 and torch.isfinite(out.loss)
+    assert float(out.metrics["infonce_bound"]) <= math.log(16) + 1e-6
+    with pytest.raises(ValueError, match="lipschitz"):
+        wpc_loss(crit, xb, yb, lipschitz="clip")
+
+
+def test_wpc_dual_is_near_zero_on_independent_data():
+    from entrolab.regularizers import wpc_loss
+
+    crit = _critic()
+    opt = torch.optim.Adam(crit.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        x, y = torch.randn(64, 6, generator=g), torch.randn(64, 6, generator=g)  # independent
+        loss = wpc_loss(crit, x, y, generator=g).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    duals = []
+    with torch.no_grad():
+        for _ in range(20):
+            x, y = torch.randn(256, 6, generator=g), torch.randn(256, 6, generator=g)
+            duals.append(float(wpc_loss(crit, x, y, lipschitz="none").metrics["wpc_dual"]))
+    assert abs(sum(duals) / len(duals)) < 0.1

@@ -2,11 +2,23 @@
 
 :mod:`entrolab.regularizers.aem`: AEM (attention-entropy maximisation for MIL) and the ABMIL model;
 :mod:`entrolab.regularizers.attention`: the entropy band of entropy-guided attention;
-:mod:`entrolab.regularizers.centaur`: Centaur's cluster-entropy test-time step (low confidence).
+:mod:`entrolab.regularizers.centaur`: Centaur's cluster-entropy test-time step (low confidence);
+:mod:`entrolab.regularizers.wpc`: Wasserstein predictive coding (InfoNCE with a Lipschitz critic).
 """
 
 from entrolab.regularizers.aem import ABMIL, aem_lambda, aem_loss
 from entrolab.regularizers.attention import EntropyBandRegularizer
 from entrolab.regularizers.centaur import TestTimeAdapter, tta_step
+from entrolab.regularizers.wpc import BilinearCritic, gradient_penalty, wpc_loss
 
-__all__ = ["ABMIL", "EntropyBandRegularizer", "TestTimeAdapter", "aem_lambda", "aem_loss", "tta_step"]
+__all__ = [
+    "ABMIL",
+    "BilinearCritic",
+    "EntropyBandRegularizer",
+    "TestTimeAdapter",
+    "aem_lambda",
+    "aem_loss",
+    "gradient_penalty",
+    "tta_step",
+    "wpc_loss",
+]
