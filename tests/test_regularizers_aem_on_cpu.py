@@ -252,3 +252,31 @@ def test_wpc_dual_is_near_zero_on_independent_data():
             x, y = torch.randn(256, 6, generator=g), torch.randn(256, 6, generator=g)
             duals.append(float(wpc_loss(crit, x, y, lipschitz="none").metrics["wpc_dual"]))
     assert abs(sum(duals) / len(duals)) < 0.1
+
+
+def test_koopman_pieces():
+    from entrolab.regularizers import koopman_loss, ridge_koopman, temporal_info_nce
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 4, generator=g, dtype=torch.float64) * 0.3
+    z0 = torch.randn(3, 1, 4, generator=g, dtype=torch.float64)
+    traj = [z0]
+    for _ in range(20):
+        traj.append(traj[-1] @ a)
+    z = torch.cat(traj, 1)
+    torch.testing.assert_close(ridge_koopman(z[:, :-1], z[:, 1:], ridge=1e-12), a, atol=1e-6, rtol=1e-6)
+    same = torch.ones(2, 9, 3, dtype=torch.float64)  # all similarities equal: ln(#candidates / #positives)
+    assert float(temporal_info_nce(same, k=2)) == pytest.approx(math.log(8 / 4))
+    assert float(temporal_info_nce(torch.randn(2, 9, 3, generator=g), k=2)) >= 0
+    enc = torch.nn.Linear(3, 5).double()
+    dec = torch.nn.Linear(5, 3).double()
+    x = torch.randn(4, 12, 3, generator=g, dtype=torch.float64)
+    paper = koopman_loss(enc, dec, x, k=2)
+    code = koopman_loss(enc, dec, x, k=2, vn_sign=1)
+    s = float(paper.metrics["vn_entropy"])
+    assert float(code.loss.detach()) - float(paper.loss.detach()) == pytest.approx(2 * 0.1 * s)  # only the VN term's sign flips
+    assert float(paper.metrics["effective_rank"]) == pytest.approx(math.exp(s))
+    with pytest.raises(ValueError, match="vn_sign"):
+        koopman_loss(enc, dec, x, vn_sign=0)
+    with pytest.raises(ValueError, match="T > 2k"):
+        temporal_info_nce(same[:, :4], k=2)

@@ -3,12 +3,14 @@
 :mod:`entrolab.regularizers.aem`: AEM (attention-entropy maximisation for MIL) and the ABMIL model;
 :mod:`entrolab.regularizers.attention`: the entropy band of entropy-guided attention;
 :mod:`entrolab.regularizers.centaur`: Centaur's cluster-entropy test-time step (low confidence);
+:mod:`entrolab.regularizers.koopman`: information-shaped Koopman representations (von Neumann entropy term);
 :mod:`entrolab.regularizers.wpc`: Wasserstein predictive coding (InfoNCE with a Lipschitz critic).
 """
 
 from entrolab.regularizers.aem import ABMIL, aem_lambda, aem_loss
 from entrolab.regularizers.attention import EntropyBandRegularizer
 from entrolab.regularizers.centaur import TestTimeAdapter, tta_step
+from entrolab.regularizers.koopman import koopman_loss, ridge_koopman, temporal_info_nce
 from entrolab.regularizers.wpc import BilinearCritic, gradient_penalty, wpc_loss
 
 __all__ = [
@@ -19,6 +21,9 @@ __all__ = [
     "aem_lambda",
     "aem_loss",
     "gradient_penalty",
+    "koopman_loss",
+    "ridge_koopman",
+    "temporal_info_nce",
     "tta_step",
     "wpc_loss",
 ]
