@@ -274,9 +274,46 @@ def test_koopman_pieces():
     paper = koopman_loss(enc, dec, x, k=2)
     code = koopman_loss(enc, dec, x, k=2, vn_sign=1)
     s = float(paper.metrics["vn_entropy"])
-    assert float(code.loss.detach()) - float(paper.loss.detach()) == pytest.approx(2 * 0.1 * s)  # only the VN term's sign flips
+    assert float(code.loss.detach()) - float(paper.loss.detach()) == pytest.approx(
+        2 * 0.1 * s
+    )  # only the VN term's sign flips
     assert float(paper.metrics["effective_rank"]) == pytest.approx(math.exp(s))
     with pytest.raises(ValueError, match="vn_sign"):
         koopman_loss(enc, dec, x, vn_sign=0)
     with pytest.raises(ValueError, match="T > 2k"):
         temporal_info_nce(same[:, :4], k=2)
+
+
+def test_mee_entropy_term():
+    from entrolab.regularizers import CodeBuffer, mee_entropy_term, mee_lambda
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    buf = CodeBuffer(dim=4, capacity=32)
+    buf.push(torch.randn(32, 4, generator=g))
+    t1 = mee_entropy_term(codes, buf)
+    buf2 = CodeBuffer(dim=4, capacity=32)
+    buf2.push(buf.codes * 2)
+    t2 = mee_entropy_term(codes * 2, buf2)
+    assert float(t2 - t1) == pytest.approx(-2 * math.log(2), abs=1e-5)  # scaling identity
+    # chunked nearest neighbour equals brute force, with a buffer smaller than the batch
+    small = CodeBuffer(dim=4, capacity=3)
+    small.push(torch.randn(10, 4, generator=g))
+    assert len(small) == 3  # FIFO: the newest 3
+    brute = torch.stack([((codes - b).pow(2).sum(1)) for b in small.codes.double()], 1).amin(1)
+    torch.testing.assert_close(mee_entropy_term(codes, small, chunk=2), -torch.log(brute.mean() / 4))
+    # gradient reaches the codes only; spreading codes apart lowers the term
+    c = codes.clone().requires_grad_()
+    mee_entropy_term(c, buf).backward()
+    assert c.grad is not None and buf.codes.grad is None
+    assert float(mee_entropy_term(codes * 3, buf)) < float(mee_entropy_term(codes, buf))
+    with pytest.raises(ValueError, match="empty"):
+        mee_entropy_term(codes, CodeBuffer(dim=4))
+    # the code's columnwise buffer shrinks: 961, 898, ..., 16, then 1 row, for batch 64 and 1024 rows
+    col = CodeBuffer(dim=2, nn_search="columnwise", batch=64, rows=1024, generator=g)
+    sizes = []
+    for _ in range(18):
+        col.push(torch.zeros(64, 2))
+        sizes.append(len(col))
+    assert sizes[:3] == [961, 898, 835] and sizes[15] == 16 and sizes[16:] == [1, 1]
+    assert mee_lambda(0) == 0.0 and mee_lambda(50) == pytest.approx(2.5e-4) and mee_lambda(300) == pytest.approx(5e-4)

@@ -4,6 +4,7 @@
 :mod:`entrolab.regularizers.attention`: the entropy band of entropy-guided attention;
 :mod:`entrolab.regularizers.centaur`: Centaur's cluster-entropy test-time step (low confidence);
 :mod:`entrolab.regularizers.koopman`: information-shaped Koopman representations (von Neumann entropy term);
+:mod:`entrolab.regularizers.mee`: MEE's nearest-neighbour entropy term over a FIFO of codes;
 :mod:`entrolab.regularizers.wpc`: Wasserstein predictive coding (InfoNCE with a Lipschitz critic).
 """
 
@@ -11,17 +12,21 @@ from entrolab.regularizers.aem import ABMIL, aem_lambda, aem_loss
 from entrolab.regularizers.attention import EntropyBandRegularizer
 from entrolab.regularizers.centaur import TestTimeAdapter, tta_step
 from entrolab.regularizers.koopman import koopman_loss, ridge_koopman, temporal_info_nce
+from entrolab.regularizers.mee import CodeBuffer, mee_entropy_term, mee_lambda
 from entrolab.regularizers.wpc import BilinearCritic, gradient_penalty, wpc_loss
 
 __all__ = [
     "ABMIL",
     "BilinearCritic",
+    "CodeBuffer",
     "EntropyBandRegularizer",
     "TestTimeAdapter",
     "aem_lambda",
     "aem_loss",
     "gradient_penalty",
     "koopman_loss",
+    "mee_entropy_term",
+    "mee_lambda",
     "ridge_koopman",
     "temporal_info_nce",
     "tta_step",
