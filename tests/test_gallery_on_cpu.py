@@ -116,3 +116,13 @@ def test_quick_runs_are_reproducible_and_finite(name, keys, tmp_path):
     assert rows and verdict
     mod.figure([a, b], tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_subpo_verdict_names_each_variant_right():
+    from entrolab.gallery import subpo
+
+    fake = {"seed": 0, "updates": 1, "subpo": {"final_F": 180.0}, "prefix_value": {"final_F": 150.0},
+            "modular": {"final_F": 80.0}}  # fmt: skip
+    rows, verdict = subpo.summarize([fake])
+    assert "against 80.0 for the modular-reward policy" in verdict and "150.0 for the code's" in verdict
+    assert rows[0][2] == "80.0" and rows[1][2] == "150.0"

@@ -110,7 +110,8 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
         ("final coverage F: SubPO vs modular reward", fmt["subpo"], fmt["modular"]),
         ("final coverage F: SubPO vs the code's prefix-value credit", fmt["subpo"], fmt["prefix_value"]),
     ]
-    sub, mod, pre = (sum(col(v)) / len(results) for v in VARIANTS)
+    mean = {v: sum(col(v)) / len(results) for v in VARIANTS}
+    sub, mod, pre = mean["subpo"], mean["modular"], mean["prefix_value"]
     wins = sum(a > b for a, b in zip(col("subpo"), col("modular")))
     verdict = (
         f"SubPO covers F = {sub:.1f} on average against {mod:.1f} for the modular-reward policy "
