@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
-from _common import fmt_table, machine, roofline, set_threads, timeit, write_csv
+from _common import fmt_table, machine, percentiles, roofline, set_threads, timeit, write_csv
 from entrolab.sampling.hf import TopHLogitsProcessor
 
 
@@ -46,7 +47,7 @@ def main() -> None:
 
     threads = set_threads(args.threads)
     roof = roofline(quick=True)
-    reps = 3 if args.quick else 7
+    reps = 3 if args.quick else 9
     shapes = [(64, 151936)] if args.quick else [(1, 32768), (1, 151936), (64, 32768), (64, 151936)]
     ids = torch.zeros(1, 1, dtype=torch.long)
     runners: dict[str, Any] = {
@@ -63,9 +64,16 @@ def main() -> None:
             t_read = timeit(lambda s=scores: s.sum(), reps=reps)["p50"]
             logp = torch.log_softmax(scores, -1)
             entropy = float(-(logp.exp() * logp).sum(-1).mean())
-            times = {}
+            # interleaved: every round calls each processor once, so machine noise hits all of them alike
+            samples: dict[str, list[float]] = {name: [] for name in runners}
+            for rnd in range(reps + 1):
+                for name, proc in runners.items():
+                    t0 = time.perf_counter()
+                    proc(ids, scores)
+                    if rnd:  # round 0 warms up
+                        samples[name].append(time.perf_counter() - t0)
+            times = {name: percentiles(t)["p50"] for name, t in samples.items()}
             for name, proc in runners.items():
-                times[name] = timeit(lambda p=proc, s=scores: p(ids, s), reps=reps, warmup=1)["p50"]
                 kept = float(torch.isfinite(proc(ids, scores)).sum(-1).float().mean())
                 rows.append(
                     {

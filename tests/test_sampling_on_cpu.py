@@ -382,29 +382,6 @@ def test_sample_categorical_rejects_bad_probabilities():
             sample_categorical(probs)
 
 
-@pytest.mark.parametrize("k", [1, 100, 256, 2000])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sampled_threshold_topk_equals_torch_topk(k, dtype):
-    from entrolab.sampling.functional import _topk
-
-    g = torch.Generator().manual_seed(k)
-    v = 40_000
-    z = torch.randn(10, v, generator=g, dtype=dtype) * 3
-    z[1] = 0.0  # uniform: every logit above any threshold -> fallback
-    z[2] = z[2].masked_fill(torch.rand(v, generator=g) < 0.999, -math.inf)  # mostly -inf
-    z[3] = -math.inf
-    z[3, 17] = 1.0  # one-hot
-    z[4] = z[4].sign() * 1e4 + z[4]  # +-1e4
-    z[5] = z[5] - 1000.0  # all negative, shifted
-    z[6] = torch.round(z[6])  # many ties
-    z[7] = -torch.log(torch.arange(1, v + 1, dtype=dtype))  # zipf, sorted by index (a strided sample is biased)
-    vals, idx = _topk(z, k)
-    ref_vals, _ = torch.topk(z, k, dim=-1)
-    assert torch.equal(vals, ref_vals)
-    assert torch.equal(z.gather(1, idx), vals)  # the indices point at those values
-    assert all(len(set(row)) == k for row in idx.tolist())  # no index twice
-
-
 @pytest.mark.parametrize("top_n", [None, 100])
 @pytest.mark.parametrize("kind", ["random", "peaked", "masked"])
 def test_top_h_large_vocabulary_matches_the_reference(top_n, kind):

@@ -56,29 +56,36 @@ def _positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-def _rows(logits: object, name: str = "logits") -> tuple[Tensor, tuple[int, ...]]:
-    """``logits`` as float32 (float64 kept) ``(B, V)`` rows, validated; and the shape to return masks in."""
+def _check_row_max(row_max: Tensor, name: str) -> None:
+    """Errors from each row's maximum: NaN with a NaN in the row, +inf with a +inf (``max`` and ``topk`` both put
+    NaN first), -inf when the whole row is -inf."""
+    if row_max.numel() and not bool(torch.isfinite(row_max).all()):
+        if bool(torch.isnan(row_max).any() | torch.isposinf(row_max).any()):
+            raise ValueError(f"{name} must not contain NaN or +inf")
+        raise ValueError(f"{name} has a row where every entry is -inf")
+
+
+def _rows(logits: object, name: str = "logits", *, validate: bool = True) -> tuple[Tensor, tuple[int, ...]]:
+    """``logits`` as float32 (float64 kept) ``(B, V)`` rows, validated (``validate=False``: the caller checks the
+    row maxima itself, e.g. from a top-k it computes anyway); and the shape to return masks in."""
     if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating torch.Tensor, got {describe(logits)}")
     if logits.ndim not in (1, 2) or logits.shape[-1] == 0:
         raise ValueError(f"{name} must have shape (B, V) or (V,) with V >= 1, got {tuple(logits.shape)}")
     z = logits.detach().reshape(-1, logits.shape[-1])
     z = z if z.dtype == torch.float64 else z.float()
-    # one reduction finds every problem: a row max is NaN with a NaN in the row, +inf with a +inf, -inf when the
-    # whole row is -inf
-    if z.numel() and not bool(torch.isfinite(z.amax(-1)).all()):
-        if bool(torch.isnan(z).any()) or bool(torch.isposinf(z).any()):
-            raise ValueError(f"{name} must not contain NaN or +inf")
-        raise ValueError(f"{name} has a row where every entry is -inf")
+    if validate and z.numel():  # one reduction finds every problem
+        _check_row_max(z.amax(-1), name)
     return z, tuple(logits.shape)
 
 
-def _entropy_and_lse(z: Tensor) -> tuple[Tensor, Tensor]:
+def _entropy_and_lse(z: Tensor, top: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Entropy (nats) and log-sum-exp of each row ``(B, 1)`` each, in one pass over the logits (the entropy core's
-    fused kernel; the log-sum-exp from the log-prob of token 0)."""
+    fused kernel; the log-sum-exp from the log-prob of the row's most probable token, ``top`` ``(B,)`` when the caller
+    already knows it)."""
     from entrolab.entropy import token_logprob_and_entropy
 
-    top = z.argmax(-1)  # a finite logit of every row (token 0 may be -inf)
+    top = z.argmax(-1) if top is None else top  # a finite logit of every row (token 0 may be -inf)
     logp_top, entropy = token_logprob_and_entropy(z, top)
     lse = z.gather(-1, top.unsqueeze(-1)) - logp_top.to(z.dtype).unsqueeze(-1)
     return entropy.to(z.dtype).unsqueeze(-1), lse
@@ -87,47 +94,6 @@ def _entropy_and_lse(z: Tensor) -> tuple[Tensor, Tensor]:
 def _neg_entropy_terms(logp: Tensor) -> Tensor:
     """``-p log p`` elementwise from log-probabilities, exactly 0 where ``p = 0`` (no ``0 * -inf``)."""
     return torch.where(torch.isneginf(logp), 0.0, -logp.exp() * logp)
-
-
-_FAST_TOPK_MIN_VOCAB = 16384
-
-
-def _topk(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``torch.topk(z, k, dim=-1)`` (values descending, indices) for ``(B, V)`` rows with ``k`` much smaller than
-    ``V``: the ``~2k``-th largest of a strided sample of each row is a threshold, the few logits above it are the
-    candidates, and an exact top-``k`` runs over those (three passes over the row instead of a partial sort).  Rows
-    whose threshold admits fewer than ``k`` or too many candidates (flat rows, ``-inf`` masses) take ``torch.topk``.
-    Ties may come out in another order than ``torch.topk``'s, which leaves that order unspecified too."""
-    b, v = z.shape
-    if v < _FAST_TOPK_MIN_VOCAB or 16 * k > v or b == 0:
-        return torch.topk(z, k, dim=-1)
-    stride = v // 2048
-    sample = z[:, ::stride]
-    n_s = sample.shape[1]
-    k_s = min(n_s, (2 * k * n_s) // v + 4)
-    threshold = torch.topk(sample, k_s, dim=-1).values[:, -1:]  # (B, 1)
-    above = z >= threshold
-    counts = above.sum(-1)
-    good = (counts >= k) & (counts <= 64 * k) & torch.isfinite(threshold[:, 0])
-    values = torch.empty((b, k), dtype=z.dtype, device=z.device)
-    indices = torch.empty((b, k), dtype=torch.long, device=z.device)
-    if not bool(good.all()):
-        bad = (~good).nonzero().squeeze(1)
-        values[bad], indices[bad] = torch.topk(z[bad], k, dim=-1)
-        if bad.numel() == b:
-            return values, indices
-    rows = good.nonzero().squeeze(1)
-    zg, ag, cg = z[rows], above[rows], counts[rows]
-    r, c = ag.nonzero(as_tuple=True)  # row-major: each row's candidates in order
-    pos = torch.arange(r.numel(), device=z.device) - (cg.cumsum(0) - cg)[r]
-    width = int(cg.max())
-    cand_val = torch.full((rows.numel(), width), -math.inf, dtype=z.dtype, device=z.device)
-    cand_idx = torch.zeros((rows.numel(), width), dtype=torch.long, device=z.device)
-    cand_val[r, pos] = zg[r, c]
-    cand_idx[r, pos] = c
-    top, at = torch.topk(cand_val, k, dim=-1)
-    values[rows], indices[rows] = top, cand_idx.gather(1, at)
-    return values, indices
 
 
 def _keep_top(keep: Tensor, z: Tensor, m: int) -> Tensor:
@@ -199,7 +165,7 @@ def top_h_mask(
     >>> [int(top_h_mask(logits, a).sum()) for a in (0.4, 0.7, 0.9, 1.0)]
     [1, 2, 4, 5]
     """
-    z, shape = _rows(logits)
+    z, shape = _rows(logits, validate=False)  # _top_h_selection checks the row maxima
     selection = _top_h_selection(
         z, alpha, top_n=top_n, temperature=temperature, min_tokens_to_keep=min_tokens_to_keep, rule=rule
     )
@@ -211,10 +177,19 @@ def top_h_mask(
 
 
 def _top_h_selection(
-    z: Tensor, alpha: object, *, top_n: object, temperature: object, min_tokens_to_keep: object, rule: object
+    z: Tensor,
+    alpha: object,
+    *,
+    top_n: object,
+    temperature: object,
+    min_tokens_to_keep: object,
+    rule: object,
+    name: str = "logits",
 ) -> tuple[Tensor, Tensor] | None:
-    """Top-H on validated ``(B, V)`` rows as ``(candidate indices (B, k), kept (B, k))``; ``None`` when every token of
-    non-zero probability is kept.  The processor scatters the kept scores from it without a ``(B, V)`` mask."""
+    """Top-H on ``(B, V)`` rows as ``(candidate indices (B, k), kept (B, k))``; ``None`` when every token of non-zero
+    probability is kept.  The processor scatters the kept scores from it without a ``(B, V)`` mask.  It validates
+    the rows (NaN, +inf, all -inf) from the row maxima: those of the top-k it computes when it has one, so the
+    top-``n`` paths read the logits no more often than transformers' warper does."""
     alpha = _number("alpha", alpha, low=0.0, high=1.0, low_open=True)
     temperature = _number("temperature", temperature, low=0.0, high=math.inf, low_open=True, high_open=True)
     m = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
@@ -226,15 +201,19 @@ def _top_h_selection(
         return torch.zeros((0, 1), dtype=torch.long, device=z.device), torch.zeros((0, 1), dtype=torch.bool)
     z = z / temperature if temperature != 1.0 else z
     n = v if n_top is None else min(n_top, v)
+    if n == v and rule != "hf":  # full vocabulary: one reduction validates
+        _check_row_max(z.amax(-1), name)
     if alpha == 1.0 and rule == "paper":  # the threshold is the whole sum, never exceeded: all n candidates
         if n == v:
             return None
         top, idx = torch.topk(z, max(n, min(m, v)), dim=-1)
+        _check_row_max(top[:, 0], name)
         sel = ~torch.isneginf(top)
         sel[:, : min(m, v)] = True
         return idx, sel
     if rule == "hf":
-        top, idx = _topk(z, n)  # sorted
+        top, idx = torch.topk(z, n, dim=-1)  # sorted
+        _check_row_max(top[:, 0], name)
         dist = torch.distributions.Categorical(logits=top)
         terms = _neg_entropy_terms(torch.log_softmax(top, -1))
         tau = (dist.entropy() * alpha).unsqueeze(-1)
@@ -247,15 +226,16 @@ def _top_h_selection(
             # first guess of the prefix length: alpha exp(H) tokens (exact for a uniform row), at least 256
             k = min(v, max(256, int(1.25 * alpha * math.exp(min(float(entropy.max()), 50.0))) + 16))
             while True:  # grow a partial top-k until every row's prefix crosses tau (a full sort at worst)
-                top, idx = _topk(z, k)
+                top, idx = torch.topk(z, k, dim=-1)
                 vals = top - lse
                 cum = _neg_entropy_terms(vals).cumsum(-1)
                 if k == v or bool((cum[:, -1] > tau[:, 0]).all()):
                     break
                 k = min(v, 8 * k)
         else:
-            top, idx = _topk(z, n)
-            vals = top - _entropy_and_lse(z)[1]  # the fused pass beats torch.logsumexp's several
+            top, idx = torch.topk(z, n, dim=-1)
+            _check_row_max(top[:, 0], name)
+            vals = top - _entropy_and_lse(z, idx[:, 0])[1]  # the fused pass beats torch.logsumexp's several
             cum = _neg_entropy_terms(vals).cumsum(-1)
             tau = cum[:, -1:] * alpha
         sel = (cum <= tau) & ~torch.isneginf(vals)  # a filtered token is never brought back

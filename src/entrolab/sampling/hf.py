@@ -78,10 +78,11 @@ class TopHLogitsProcessor(LogitsProcessor):
         self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Tensor) -> Tensor:
-        z, _ = _rows(scores, "scores")
+        z, _ = _rows(scores, "scores", validate=False)  # _top_h_selection checks the row maxima
         selection = _top_h_selection(
-            z, self.alpha, top_n=self.top_n, temperature=1.0, min_tokens_to_keep=self.min_tokens_to_keep, rule=self.rule
-        )
+            z, self.alpha, top_n=self.top_n, temperature=1.0, min_tokens_to_keep=self.min_tokens_to_keep,
+            rule=self.rule, name="scores",
+        )  # fmt: skip
         if selection is None:  # alpha = 1 over the whole vocabulary keeps every token of non-zero probability
             return scores.masked_fill(torch.isneginf(scores), self.filter_value)
         idx, sel = selection
