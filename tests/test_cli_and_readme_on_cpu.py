@@ -38,6 +38,6 @@ def test_cli_help_and_unknown_command():
     ok = subprocess.run([*run, "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "demo" in ok.stdout
     bad = subprocess.run([*run, "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "valid commands: demo, lab, report" in bad.stderr
+    assert bad.returncode == 2 and "valid commands: demo, gallery, lab, report" in bad.stderr
     bad_arg = subprocess.run([*run, "demo", "--tokens", "0"], capture_output=True, text=True)
     assert bad_arg.returncode == 2 and "--tokens must be >= 1" in bad_arg.stderr
