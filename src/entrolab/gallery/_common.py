@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_variants", "save_figure"]
+__all__ = ["pyplot", "run_variants", "save_figure"]
 
 
 def run_variants(
@@ -32,3 +32,13 @@ def save_figure(fig: Any, axes: Sequence[Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend (figures are written to files only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -33,7 +33,7 @@ from entrolab.exploration.surprise import (
     adversarial_surprise_rewards,
     round_owner,
 )
-from entrolab.gallery._common import run_variants, save_figure
+from entrolab.gallery._common import pyplot, run_variants, save_figure
 
 TITLE = "Explore and Control with Adversarial Surprise"
 PAPER = "arXiv 2107.07394"
@@ -186,10 +186,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for k, v in enumerate(VARIANTS[:2]):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from entrolab._stats import format_interval, mean_interval
-from entrolab.gallery._common import run_variants, save_figure
+from entrolab.gallery._common import pyplot, run_variants, save_figure
 from entrolab.regularizers.aem import ABMIL, aem_loss
 
 TITLE = "AEM: attention-entropy maximisation for multiple-instance learning"
@@ -122,10 +122,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for k, (v, label) in enumerate((("abmil", "ABMIL (lambda 0)"), ("aem", f"AEM (lambda {LAMBDA})"))):

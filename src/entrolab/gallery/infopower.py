@@ -23,7 +23,7 @@ from torch import nn
 
 from entrolab._stats import format_interval, mean_interval
 from entrolab.exploration.empowerment import PointMassWithDistractors, info_nce, inverse_dynamics_bound
-from entrolab.gallery._common import run_variants, save_figure
+from entrolab.gallery._common import pyplot, run_variants, save_figure
 
 TITLE = "InfoPower: empowerment puts controllable factors first in the latent"
 PAPER = "arXiv 2204.08585"
@@ -128,10 +128,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     labels = {"empowerment": "InfoNCE + empowerment", "contrastive": "InfoNCE only"}

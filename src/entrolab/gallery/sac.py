@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from entrolab._stats import format_interval, mean_interval
-from entrolab.gallery._common import save_figure
+from entrolab.gallery._common import pyplot, save_figure
 
 TITLE = "Soft Actor-Critic: an entropy target instead of a fixed temperature"
 PAPER = "arXiv 1812.05905"
@@ -132,10 +132,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for r in results:

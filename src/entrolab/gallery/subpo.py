@@ -24,7 +24,7 @@ from torch import nn
 
 from entrolab._stats import format_interval, mean_interval
 from entrolab.exploration.submodular import GridWorld, prefix_values, subpo_loss
-from entrolab.gallery._common import run_variants, save_figure
+from entrolab.gallery._common import pyplot, run_variants, save_figure
 
 TITLE = "Submodular RL: policy gradients on marginal coverage gains"
 PAPER = "arXiv 2307.13372"
@@ -122,10 +122,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     labels = {"subpo": "SubPO (marginal gains)", "prefix_value": "code: prefix value", "modular": "modular reward"}
