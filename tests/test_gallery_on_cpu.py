@@ -59,7 +59,7 @@ def test_sac_pieces():
     assert torch.equal(q.clone().lerp_(p, 1.0), p) and torch.equal(q.clone().lerp_(p, 0.0), q)
 
 
-def test_sac_quick_run_against_sb3_is_reproducible():
+def test_sac_quick_run_against_sb3_is_reproducible(tmp_path):
     engine("gymnasium", "gallery")
     from entrolab.gallery import sac
 
@@ -71,6 +71,8 @@ def test_sac_quick_run_against_sb3_is_reproducible():
     assert a["sb3"] is not None and math.isfinite(a["sb3"]["final_return"])
     rows, verdict = sac.summarize([a])
     assert rows[0][0] == "final return" and "stable-baselines3" in verdict
+    sac.figure([a, b], tmp_path / "sac.png")
+    assert (tmp_path / "sac.png").stat().st_size > 1000
 
 
 def test_runner_page_resume_and_cli(tmp_path, monkeypatch):
