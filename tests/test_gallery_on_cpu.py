@@ -128,3 +128,17 @@ def test_subpo_verdict_names_each_variant_right():
     rows, verdict = subpo.summarize([fake])
     assert "against 80.0 for the modular-reward policy" in verdict and "150.0 for the code's" in verdict
     assert rows[0][2] == "80.0" and rows[1][2] == "150.0"
+
+
+def test_wpc_quick_run_is_reproducible(tmp_path):
+    from entrolab.gallery import wpc
+
+    a, b = wpc.run(seed=1, quick=True), wpc.run(seed=1, quick=True)
+    for v in wpc.VARIANTS:
+        for n in wpc.FACTORS:
+            acc = a[v]["probe_accuracy"][str(n)]
+            assert acc == pytest.approx(b[v]["probe_accuracy"][str(n)], rel=1e-9) and 0.0 <= acc <= 1.0
+    rows, verdict = wpc.summarize([a, b])
+    assert len(rows) == len(wpc.FACTORS) and "n = 16" in verdict
+    wpc.figure([a], tmp_path / "w.png")
+    assert (tmp_path / "w.png").stat().st_size > 1000

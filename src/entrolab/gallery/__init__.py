@@ -26,6 +26,7 @@ ENTRIES: dict[str, str] = {
     "infopower": "entrolab.gallery.infopower",
     "subpo": "entrolab.gallery.subpo",
     "aem": "entrolab.gallery.aem",
+    "wpc": "entrolab.gallery.wpc",
 }
 """Entry name -> module (imported on first use)."""
 
