@@ -27,6 +27,7 @@ ENTRIES: dict[str, str] = {
     "subpo": "entrolab.gallery.subpo",
     "aem": "entrolab.gallery.aem",
     "wpc": "entrolab.gallery.wpc",
+    "centaur": "entrolab.gallery.centaur",
 }
 """Entry name -> module (imported on first use)."""
 
