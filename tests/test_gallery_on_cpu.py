@@ -105,7 +105,8 @@ def test_runner_page_resume_and_cli(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("name", "keys"), [("adversarial_surprise", ("coverage", "dark_room", "noisy_room")),
                                            ("infopower", ("position_r2", "distractor_r2")),
                                            ("aem", ("auc", "attention_entropy")),
-                                           ("centaur", ("cluster_accuracy", "class_accuracy"))])  # fmt: skip
+                                           ("centaur", ("cluster_accuracy", "class_accuracy")),
+                                           ("koopman", ("effective_rank", "rollout_mse"))])  # fmt: skip
 def test_quick_runs_are_reproducible_and_finite(name, keys, tmp_path):
     from entrolab.gallery import get_entry
 

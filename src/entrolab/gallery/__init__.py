@@ -28,6 +28,7 @@ ENTRIES: dict[str, str] = {
     "aem": "entrolab.gallery.aem",
     "wpc": "entrolab.gallery.wpc",
     "centaur": "entrolab.gallery.centaur",
+    "koopman": "entrolab.gallery.koopman",
 }
 """Entry name -> module (imported on first use)."""
 
