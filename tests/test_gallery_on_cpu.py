@@ -144,3 +144,22 @@ def test_wpc_quick_run_is_reproducible(tmp_path):
     assert len(rows) == len(wpc.FACTORS) and "n = 16" in verdict
     wpc.figure([a], tmp_path / "w.png")
     assert (tmp_path / "w.png").stat().st_size > 1000
+
+
+def test_ads_quick_run(tmp_path):
+    engine("sklearn", "gallery")
+    from entrolab.gallery import ads
+
+    a, b = ads.run(seed=0, quick=True), ads.run(seed=0, quick=True)
+    for v in ads.VARIANTS:
+        assert a[v]["mse"] == pytest.approx(b[v]["mse"], rel=1e-9) and 0 < a[v]["mse"] < 1
+    rows, verdict = ads.summarize([a])
+    assert len(rows) == 3 and "random pixels" in verdict
+    ads.figure([a], tmp_path / "a.png")
+    # the exact mixture posterior: observing every pixel pins the mean to the image
+    prior = ads._Prior(0)
+    x = torch.tensor(prior.test[0])
+    obs = torch.arange(0, 64, 3)
+    w, mean, cov = prior.posterior(obs, x[obs])
+    assert float(w.sum()) == pytest.approx(1.0) and torch.allclose(mean[:, obs], x[obs].expand(10, -1), atol=1e-9)
+    assert float(torch.diagonal(cov, dim1=-2, dim2=-1)[:, obs].abs().max()) < 1e-9

@@ -29,6 +29,7 @@ ENTRIES: dict[str, str] = {
     "wpc": "entrolab.gallery.wpc",
     "centaur": "entrolab.gallery.centaur",
     "koopman": "entrolab.gallery.koopman",
+    "ads": "entrolab.gallery.ads",
 }
 """Entry name -> module (imported on first use)."""
 

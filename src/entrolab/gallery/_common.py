@@ -23,11 +23,12 @@ def run_variants(
 
 
 def save_figure(fig: Any, axes: Sequence[Any], path: Path) -> None:
-    """Legends, grids, tight layout, a 100-dpi PNG, and the figure closed."""
+    """Legends (where something is labelled), grids, tight layout, a 100-dpi PNG, and the figure closed."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
