@@ -163,3 +163,16 @@ def test_ads_quick_run(tmp_path):
     w, mean, cov = prior.posterior(obs, x[obs])
     assert float(w.sum()) == pytest.approx(1.0) and torch.allclose(mean[:, obs], x[obs].expand(10, -1), atol=1e-9)
     assert float(torch.diagonal(cov, dim1=-2, dim2=-1)[:, obs].abs().max()) < 1e-9
+
+
+def test_kecor_quick_run(tmp_path):
+    engine("sklearn", "gallery")
+    from entrolab.gallery import kecor
+
+    a, b = kecor.run(seed=0, quick=True), kecor.run(seed=0, quick=True)
+    for v in kecor.VARIANTS:
+        assert len(a[v]["curve"]) == kecor.QUICK_ROUNDS + 1 and all(0 <= c <= 1 for c in a[v]["curve"])
+        assert a[v]["curve"] == pytest.approx(b[v]["curve"])
+    rows, verdict = kecor.summarize([a])
+    assert len(rows) == 3 and "KECOR" in verdict
+    kecor.figure([a], tmp_path / "k.png")

@@ -30,6 +30,7 @@ ENTRIES: dict[str, str] = {
     "centaur": "entrolab.gallery.centaur",
     "koopman": "entrolab.gallery.koopman",
     "ads": "entrolab.gallery.ads",
+    "kecor": "entrolab.gallery.kecor",
 }
 """Entry name -> module (imported on first use)."""
 
