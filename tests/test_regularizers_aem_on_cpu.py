@@ -317,3 +317,22 @@ def test_mee_entropy_term():
         sizes.append(len(col))
     assert sizes[:3] == [961, 898, 835] and sizes[15] == 16 and sizes[16:] == [1, 1]
     assert mee_lambda(0) == 0.0 and mee_lambda(50) == pytest.approx(2.5e-4) and mee_lambda(300) == pytest.approx(5e-4)
+
+
+def test_mee_dlle_and_disomap():
+    from entrolab.regularizers import disomap_loss, dlle_loss
+
+    lin = torch.nn.Linear(2, 3).double()
+    x = torch.randn(8, 2, dtype=torch.float64)
+    assert float(dlle_loss(lin, x, lambda t: t).detach()) == 0.0  # identical codes
+    assert float(dlle_loss(lin, x, lambda t: t + 1.0).detach()) > 0
+    # a linear (affine) discriminator maps straight lines to straight lines: DIsoMap is only the target noise
+    fake = torch.randn(8, 2, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    assert float(disomap_loss(lin, x, fake, generator=g, noise=0.0).detach()) == pytest.approx(0.0, abs=1e-20)
+    mlp = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    loss = disomap_loss(mlp, x, fake, generator=g)
+    loss.backward()
+    assert float(loss.detach()) > 0 and all(p.grad is not None for p in mlp.parameters())
+    with pytest.raises(ValueError, match="one shape"):
+        disomap_loss(lin, x, fake[:3])

@@ -12,7 +12,7 @@ from entrolab.regularizers.aem import ABMIL, aem_lambda, aem_loss
 from entrolab.regularizers.attention import EntropyBandRegularizer
 from entrolab.regularizers.centaur import TestTimeAdapter, tta_step
 from entrolab.regularizers.koopman import koopman_loss, ridge_koopman, temporal_info_nce
-from entrolab.regularizers.mee import CodeBuffer, mee_entropy_term, mee_lambda
+from entrolab.regularizers.mee import CodeBuffer, disomap_loss, dlle_loss, mee_entropy_term, mee_lambda
 from entrolab.regularizers.wpc import BilinearCritic, gradient_penalty, wpc_loss
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "TestTimeAdapter",
     "aem_lambda",
     "aem_loss",
+    "disomap_loss",
+    "dlle_loss",
     "gradient_penalty",
     "koopman_loss",
     "mee_entropy_term",

@@ -14,13 +14,14 @@ reproduces both); entrolab's default is the nearest neighbour among all stored c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from entrolab._validation import describe
 
-__all__ = ["CodeBuffer", "mee_entropy_term", "mee_lambda"]
+__all__ = ["CodeBuffer", "disomap_loss", "dlle_loss", "mee_entropy_term", "mee_lambda"]
 
 
 class CodeBuffer:
@@ -86,3 +87,28 @@ def mee_lambda(epoch: int, *, entropy_lr: float = 5e-4, ramp_epochs: int = 100) 
     if epoch < 0 or ramp_epochs < 1:
         raise ValueError(f"need epoch >= 0 and ramp_epochs >= 1, got {epoch!r}, {ramp_epochs!r}")
     return entropy_lr * min(epoch / ramp_epochs, 1.0)
+
+
+def dlle_loss(discriminator: Callable[[Tensor], Tensor], x: Tensor, augment: Callable[[Tensor], Tensor]) -> Tensor:
+    """MEE's DLLE consistency: ``MSE(D(x), sg D(augment(x)))`` (codes of an input and of its augmentation agree)."""
+    with torch.no_grad():
+        target = discriminator(augment(x))
+    return torch.nn.functional.mse_loss(discriminator(x), target)
+
+
+def disomap_loss(
+    discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, *, generator: torch.Generator | None = None,
+    noise: float = 0.05,
+) -> Tensor:  # fmt: skip
+    """MEE's DIsoMap: with ``a ~ N(0, 1)`` per sample, the code of ``a x + (1 - a) g`` should be ``a D(x) + (1 - a)
+    D(g)`` (plus ``N(0, noise^2)``, stop-gradient): the discriminator maps straight lines to straight lines."""
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake must have one shape, got {describe(real)}, {describe(fake)}")
+    a = torch.randn((real.shape[0],) + (1,) * (real.ndim - 1), generator=generator, dtype=real.dtype)
+    mixed = a * real + (1 - a) * fake
+    with torch.no_grad():
+        ac = a.reshape(real.shape[0], 1)
+        dr, df = discriminator(real), discriminator(fake)
+        target = ac * dr + (1 - ac) * df
+        target = target + noise * torch.randn(target.shape, generator=generator, dtype=target.dtype)
+    return torch.nn.functional.mse_loss(discriminator(mixed), target)
