@@ -106,7 +106,8 @@ def test_runner_page_resume_and_cli(tmp_path, monkeypatch):
                                            ("infopower", ("position_r2", "distractor_r2")),
                                            ("aem", ("auc", "attention_entropy")),
                                            ("centaur", ("cluster_accuracy", "class_accuracy")),
-                                           ("koopman", ("effective_rank", "rollout_mse"))])  # fmt: skip
+                                           ("koopman", ("effective_rank", "rollout_mse")),
+                                           ("attention_entropy", ("eval_loss", "overloaded_heads"))])  # fmt: skip
 def test_quick_runs_are_reproducible_and_finite(name, keys, tmp_path):
     from entrolab.gallery import get_entry
 

@@ -31,6 +31,7 @@ ENTRIES: dict[str, str] = {
     "koopman": "entrolab.gallery.koopman",
     "ads": "entrolab.gallery.ads",
     "kecor": "entrolab.gallery.kecor",
+    "attention_entropy": "entrolab.gallery.attention_entropy",
 }
 """Entry name -> module (imported on first use)."""
 

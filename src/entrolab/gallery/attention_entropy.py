@@ -1,0 +1,159 @@
+"""Gallery entry ``attention_entropy``: the entropy band on attention heads of a tiny LM without LayerNorm.
+
+The spec's demo (``shared/specs/beyond_llm.md`` section 15), at CPU size: a 4-layer, 4-head, width-128 causal LM
+without LayerNorm and without an FFN nonlinearity, trained on synthetic order-2 Markov text (64 tokens, sequences of
+64), Adam 3e-4, batch 16; with and without :class:`~entrolab.regularizers.EntropyBandRegularizer` (lambda 1e-5,
+the sum reduction).  Metrics: the share of heads whose mean normalised entropy ``H / ln T`` is above 0.9 (entropic
+overload) or below 0.1 (collapse), and the final evaluation loss.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from entrolab._stats import format_interval, mean_interval
+from entrolab.gallery._common import pyplot, run_variants, save_figure
+from entrolab.regularizers.attention import EntropyBandRegularizer
+
+TITLE = "Entropy-guided attention: an entropy band for heads of LayerNorm-free transformers"
+PAPER = "arXiv 2501.03489"
+CLAIM = (
+    "Without LayerNorm, early heads overload (near-uniform attention) and deep heads collapse; a per-head entropy "
+    "band with learnable thresholds keeps heads in a useful range at equal or lower loss."
+)
+VARIANTS = ("regularized", "plain")
+VOCAB, SEQ, LAYERS, HEADS, WIDTH, BATCH, STEPS, QUICK_STEPS = 64, 64, 4, 4, 128, 16, 1000, 5
+
+
+def setup(quick: bool) -> str:
+    steps = QUICK_STEPS if quick else STEPS
+    return (
+        f"a {LAYERS}-layer, {HEADS}-head, width-{WIDTH} causal LM without LayerNorm or FFN nonlinearity, order-2 "
+        f"Markov text ({VOCAB} tokens, length {SEQ}), {steps} Adam steps of batch {BATCH}; entropy band (lambda "
+        "1e-5) against none."
+    )
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(WIDTH, 3 * WIDTH)
+        self.proj = nn.Linear(WIDTH, WIDTH)
+        self.ffn = nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH), nn.Linear(4 * WIDTH, WIDTH))  # no nonlinearity
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(WIDTH // HEADS)
+        causal = torch.ones(t, t, dtype=torch.bool).tril()
+        attn = torch.softmax(scores.masked_fill(~causal, -math.inf), -1)  # (B, H, T, T)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, t, WIDTH))
+        return x + self.ffn(x), attn
+
+
+class _LM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.pos = nn.Parameter(torch.randn(SEQ, WIDTH) * 0.02)
+        self.blocks = nn.ModuleList(_Block() for _ in range(LAYERS))
+        self.head = nn.Linear(WIDTH, VOCAB)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.embed(ids) + self.pos[: ids.shape[1]]
+        attns = []
+        for block in self.blocks:
+            x, a = block(x)
+            attns.append(a)
+        return self.head(x), attns
+
+
+def _markov(gen: torch.Generator) -> torch.Tensor:
+    """A sparse order-2 transition table ``(V, V, V)``: each context continues with one of a few tokens."""
+    logits = torch.randn(VOCAB, VOCAB, VOCAB, generator=gen) * 3
+    return torch.softmax(logits, -1)
+
+
+def _sample(table: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    seq = [torch.randint(VOCAB, (n,), generator=gen), torch.randint(VOCAB, (n,), generator=gen)]
+    for _ in range(SEQ - 1):
+        seq.append(torch.multinomial(table[seq[-2], seq[-1]], 1, generator=gen).squeeze(1))
+    return torch.stack(seq, 1)  # (n, SEQ + 1)
+
+
+def train_variant(variant: str, *, seed: int, updates: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    table = _markov(gen)
+    model = _LM()
+    reg = EntropyBandRegularizer(layers=LAYERS, heads=HEADS, lam=1e-5) if variant == "regularized" else None
+    params = list(model.parameters()) + (list(reg.parameters()) if reg is not None else [])
+    opt = torch.optim.Adam(params, lr=3e-4)
+    for _ in range(updates):
+        data = _sample(table, BATCH, gen)
+        logits, attns = model(data[:, :-1])
+        loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), data[:, 1:].reshape(-1))
+        if reg is not None:
+            loss = loss + reg(attns).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    with torch.no_grad():
+        data = _sample(table, 64, gen)
+        logits, attns = model(data[:, :-1])
+        eval_loss = float(nn.functional.cross_entropy(logits.reshape(-1, VOCAB), data[:, 1:].reshape(-1)))
+        head_entropy = []
+        for a in attns:
+            e = -(a * torch.log(a + 1e-9)).sum(-1)  # (B, H, T)
+            head_entropy.append((e / math.log(SEQ)).mean(dim=(0, 2)).tolist())  # per head
+    flat = [h for layer in head_entropy for h in layer]
+    return {
+        "eval_loss": eval_loss,
+        "overloaded_heads": sum(h > 0.9 for h in flat) / len(flat),
+        "collapsed_heads": sum(h < 0.1 for h in flat) / len(flat),
+        "head_entropy": head_entropy,
+    }
+
+
+def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
+    return run_variants(train_variant, VARIANTS, seed=seed, updates=QUICK_STEPS if quick else STEPS)
+
+
+def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
+    def col(v: str, k: str) -> list[float]:
+        return [r[v][k] for r in results]
+
+    def f(v: str, k: str) -> str:
+        return format_interval(*mean_interval(col(v, k)))
+
+    pairs = [
+        ("share of overloaded heads (H / ln T > 0.9)", "overloaded_heads"),
+        ("share of collapsed heads (H / ln T < 0.1)", "collapsed_heads"),
+        ("final evaluation loss (nats)", "eval_loss"),
+    ]
+    rows = [(label, f("regularized", key), f("plain", key)) for label, key in pairs]
+    mean = {(v, k): sum(col(v, k)) / len(results) for v in VARIANTS for k in ("overloaded_heads", "eval_loss")}
+    verdict = (
+        f"Overloaded heads: {mean[('regularized', 'overloaded_heads')]:.2f} with the band against "
+        f"{mean[('plain', 'overloaded_heads')]:.2f} without; evaluation loss {mean[('regularized', 'eval_loss')]:.3f} "
+        f"against {mean[('plain', 'eval_loss')]:.3f}."
+    )
+    return rows, verdict
+
+
+def figure(results: list[dict[str, Any]], path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, v in zip(axes, VARIANTS):
+        for layer in range(LAYERS):
+            vals = [h for r in results for h in r[v]["head_entropy"][layer]]
+            ax.scatter([layer] * len(vals), vals, color=f"C{layer}", alpha=0.7)
+        ax.set(xlabel="layer", title=v, xticks=list(range(LAYERS)))
+    axes[0].set_ylabel("mean head entropy / ln T")
+    save_figure(fig, axes, path)
