@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["pyplot", "run_variants", "save_figure"]
+from entrolab._stats import format_interval, mean_interval
+
+__all__ = ["cell", "column", "pyplot", "run_variants", "save_figure"]
 
 
 def run_variants(
@@ -43,3 +45,13 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def column(results: Sequence[dict[str, Any]], variant: str, key: str) -> list[float]:
+    """``results[i][variant][key]`` over the seeds."""
+    return [r[variant][key] for r in results]
+
+
+def cell(results: Sequence[dict[str, Any]], variant: str, key: str, digits: int = 3) -> str:
+    """The mean and 95% interval over the seeds of ``results[i][variant][key]``, formatted for a table."""
+    return format_interval(*mean_interval(column(results, variant, key)), digits=digits)

@@ -19,13 +19,13 @@ steps spent in each room.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from entrolab._stats import format_interval, mean_interval
 from entrolab.exploration.surprise import (
     BOB,
     CategoricalDensity,
@@ -33,7 +33,7 @@ from entrolab.exploration.surprise import (
     adversarial_surprise_rewards,
     round_owner,
 )
-from entrolab.gallery._common import pyplot, run_variants, save_figure
+from entrolab.gallery._common import cell, column, pyplot, run_variants, save_figure
 
 TITLE = "Explore and Control with Adversarial Surprise"
 PAPER = "arXiv 2107.07394"
@@ -160,11 +160,9 @@ def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
-    def col(v: str, k: str) -> list[float]:
-        return [r[v][k] for r in results]
+    col = functools.partial(column, results)
 
-    def f(v: str, k: str, d: int = 2) -> str:
-        return format_interval(*mean_interval(col(v, k)), digits=d)
+    f = functools.partial(cell, results, digits=2)
 
     pairs = [
         ("distinct cells per episode: vs surprise minimiser", "coverage", "surprise_min"),

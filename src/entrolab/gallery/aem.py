@@ -10,6 +10,7 @@ paper's 0.1.  Metrics: test AUC and the mean normalised attention entropy ``H(a)
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from entrolab._stats import format_interval, mean_interval
-from entrolab.gallery._common import pyplot, run_variants, save_figure
+from entrolab.gallery._common import column, pyplot, run_variants, save_figure
 from entrolab.regularizers.aem import ABMIL, aem_loss
 
 TITLE = "AEM: attention-entropy maximisation for multiple-instance learning"
@@ -96,8 +97,7 @@ def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
-    def col(v: str, k: str) -> list[float]:
-        return [r[v][k] for r in results]
+    col = functools.partial(column, results)
 
     rows = [
         (

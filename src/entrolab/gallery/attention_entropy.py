@@ -9,6 +9,7 @@ overload) or below 0.1 (collapse), and the final evaluation loss.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from entrolab._stats import format_interval, mean_interval
-from entrolab.gallery._common import pyplot, run_variants, save_figure
+from entrolab.gallery._common import cell, column, pyplot, run_variants, save_figure
 from entrolab.regularizers.attention import EntropyBandRegularizer
 
 TITLE = "Entropy-guided attention: an entropy band for heads of LayerNorm-free transformers"
@@ -126,11 +126,9 @@ def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
-    def col(v: str, k: str) -> list[float]:
-        return [r[v][k] for r in results]
+    col = functools.partial(column, results)
 
-    def f(v: str, k: str) -> str:
-        return format_interval(*mean_interval(col(v, k)))
+    f = functools.partial(cell, results)
 
     pairs = [
         ("share of overloaded heads (H / ln T > 0.9)", "overloaded_heads"),

@@ -11,6 +11,7 @@ method (``shared/specs/beyond_llm.md`` section 13).
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from entrolab._stats import format_interval, mean_interval
-from entrolab.gallery._common import pyplot, run_variants, save_figure
+from entrolab._stats import mean_interval
+from entrolab.gallery._common import cell, column, pyplot, run_variants, save_figure
 from entrolab.regularizers.centaur import TestTimeAdapter
 
 TITLE = "Centaur: cluster-entropy test-time training"
@@ -85,11 +86,9 @@ def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
-    def col(v: str, k: str) -> list[float]:
-        return [r[v][k] for r in results]
+    col = functools.partial(column, results)
 
-    def f(v: str, k: str) -> str:
-        return format_interval(*mean_interval(col(v, k)))
+    f = functools.partial(cell, results)
 
     pairs = [
         ("cluster accuracy: vs no adaptation", "cluster_accuracy", "no_adaptation"),

@@ -14,6 +14,7 @@ official code); the paper's sparse-reward control experiment is not reproduced.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from torch import nn
 
 from entrolab._stats import format_interval, mean_interval
 from entrolab.exploration.empowerment import PointMassWithDistractors, info_nce, inverse_dynamics_bound
-from entrolab.gallery._common import pyplot, run_variants, save_figure
+from entrolab.gallery._common import column, pyplot, run_variants, save_figure
 
 TITLE = "InfoPower: empowerment puts controllable factors first in the latent"
 PAPER = "arXiv 2204.08585"
@@ -101,8 +102,7 @@ def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
-    def col(v: str, k: str) -> list[float]:
-        return [r[v][k] for r in results]
+    col = functools.partial(column, results)
 
     rows = [
         (

@@ -11,14 +11,14 @@ rounds (the area under the learning curve).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from entrolab._stats import format_interval, mean_interval
-from entrolab.gallery._common import pyplot, run_variants, save_figure
+from entrolab.gallery._common import cell, column, pyplot, run_variants, save_figure
 from entrolab.selection import kecor_select, ntk_features
 
 TITLE = "KECOR: batch active learning by the kernel coding rate"
@@ -106,11 +106,9 @@ def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
-    def col(v: str, k: str) -> list[float]:
-        return [r[v][k] for r in results]
+    col = functools.partial(column, results)
 
-    def f(v: str, k: str) -> str:
-        return format_interval(*mean_interval(col(v, k)))
+    f = functools.partial(cell, results)
 
     rows = [
         ("mean test accuracy over the rounds: vs entropy", f("kecor", "mean_accuracy"), f("entropy", "mean_accuracy")),

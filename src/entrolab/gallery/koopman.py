@@ -11,15 +11,15 @@ gradient clip 1.  Three variants of the VN term: ``beta = 0``, the paper's ``-0.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from entrolab._stats import format_interval, mean_interval
 from entrolab.estimators import von_neumann_entropy
-from entrolab.gallery._common import pyplot, run_variants, save_figure
+from entrolab.gallery._common import cell, column, pyplot, run_variants, save_figure
 from entrolab.regularizers.koopman import koopman_loss, ridge_koopman
 
 TITLE = "Information-shaped Koopman representations: the von Neumann entropy term"
@@ -92,11 +92,9 @@ def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
-    def col(v: str, k: str) -> list[float]:
-        return [r[v][k] for r in results]
+    col = functools.partial(column, results)
 
-    def f(v: str, k: str, d: int = 3) -> str:
-        return format_interval(*mean_interval(col(v, k)), digits=d)
+    f = functools.partial(cell, results)
 
     pairs = [
         (f"effective rank (of {LATENT}): paper sign vs no VN term", "effective_rank", "no_vn", 2),
