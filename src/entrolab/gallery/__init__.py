@@ -32,6 +32,7 @@ ENTRIES: dict[str, str] = {
     "ads": "entrolab.gallery.ads",
     "kecor": "entrolab.gallery.kecor",
     "attention_entropy": "entrolab.gallery.attention_entropy",
+    "mec": "entrolab.gallery.mec",
 }
 """Entry name -> module (imported on first use)."""
 
