@@ -177,3 +177,15 @@ def test_kecor_quick_run(tmp_path):
     rows, verdict = kecor.summarize([a])
     assert len(rows) == 3 and "KECOR" in verdict
     kecor.figure([a], tmp_path / "k.png")
+
+
+def test_mec_quick_run():
+    from entrolab.gallery import mec
+
+    a, b = mec.run(seed=0, quick=True), mec.run(seed=0, quick=True)
+    assert a == b
+    for v in mec.VARIANTS:
+        assert len(a[v]["curve"]) == mec.QUICK_RATES and a[v]["min_bound_slack"] >= 0.0
+        assert a[v]["curve"][0] == pytest.approx(0.0, abs=1e-9)  # rate 0: a constant encoder keeps nothing
+    rows, verdict = mec.summarize([a])
+    assert len(rows) == 2 and "holds everywhere" in verdict
