@@ -147,9 +147,6 @@ class SCALE(torch.optim.Optimizer):
             self.vector_opt.step()
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        super().zero_grad(set_to_none=set_to_none)
-
     def state_bytes(self) -> int:
         """Bytes of optimizer state: the head's momentum plus the 1-D parameters' AdamW moments."""
         total = sum(

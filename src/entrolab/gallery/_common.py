@@ -9,7 +9,7 @@ from typing import Any
 
 from entrolab._stats import format_interval, mean_interval
 
-__all__ = ["cell", "column", "pyplot", "run_variants", "save_figure"]
+__all__ = ["cell", "column", "plot_seed_curves", "pyplot", "run_variants", "save_figure"]
 
 
 def run_variants(
@@ -55,3 +55,14 @@ def column(results: Sequence[dict[str, Any]], variant: str, key: str) -> list[fl
 def cell(results: Sequence[dict[str, Any]], variant: str, key: str, digits: int = 3) -> str:
     """The mean and 95% interval over the seeds of ``results[i][variant][key]``, formatted for a table."""
     return format_interval(*mean_interval(column(results, variant, key)), digits=digits)
+
+
+def plot_seed_curves(
+    ax: Any, results: Sequence[dict[str, Any]], variants: Sequence[str], x: Callable[[dict[str, Any]], Any],
+    *, key: str = "curve", fmt: str = "-",
+) -> None:  # fmt: skip
+    """One line per seed and variant (``results[i][variant][key]`` against ``x(results[i])``), a colour per variant,
+    the variant named once in the legend."""
+    for k, v in enumerate(variants):
+        for r in results:
+            ax.plot(x(r), r[v][key], fmt, color=f"C{k}", alpha=0.8, label=v if r is results[0] else None)

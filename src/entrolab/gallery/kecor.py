@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from entrolab.gallery._common import cell, column, pyplot, run_variants, save_figure
+from entrolab.gallery._common import cell, column, plot_seed_curves, pyplot, run_variants, save_figure
 from entrolab.selection import kecor_select, ntk_features
 
 TITLE = "KECOR: batch active learning by the kernel coding rate"
@@ -126,9 +126,6 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for k, v in enumerate(VARIANTS):
-        for r in results:
-            ax.plot(range(len(r[v]["curve"])), r[v]["curve"], color=f"C{k}", alpha=0.8,
-                    label=v if r is results[0] else None)  # fmt: skip
+    plot_seed_curves(ax, results, VARIANTS, lambda r: range(len(r[VARIANTS[0]]["curve"])))
     ax.set(xlabel="round (20 labels each)", ylabel="test accuracy", title="one line per seed")
     save_figure(fig, [ax], path)

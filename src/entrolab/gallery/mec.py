@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from entrolab.coupling import ebim, entropy_bits, greedy_mec
-from entrolab.gallery._common import cell, pyplot, save_figure
+from entrolab.gallery._common import cell, plot_seed_curves, pyplot, save_figure
 
 TITLE = "Minimum-entropy coupling with a bottleneck: information kept at each rate"
 PAPER = "arXiv 2410.21666"
@@ -106,8 +106,6 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for k, v in enumerate(VARIANTS):
-        for r in results:
-            ax.plot(r["rates"], r[v]["curve"], "o-", color=f"C{k}", alpha=0.8, label=v if r is results[0] else None)
+    plot_seed_curves(ax, results, VARIANTS, lambda r: r["rates"], fmt="o-")
     ax.set(xlabel="rate R (bits)", ylabel="I(X; Y) (bits)", title="one line per seed")
     save_figure(fig, [ax], path)

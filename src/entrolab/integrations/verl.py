@@ -119,12 +119,12 @@ def _from_config(name: str, config: Any, params: Mapping[str, inspect.Parameter]
     """The hyperparameters verl's actor config carries for ``name``."""
     out: dict[str, Any] = {}
     clip = _get(config, "clip_ratio", 0.2)
-    if "eps_low" in params and name != "gspo":  # verl's GSPO clip ratios are configured the same way
-        out["eps_low"] = float(_get(config, "clip_ratio_low", clip))
-        out["eps_high"] = float(_get(config, "clip_ratio_high", clip))
-    elif name == "gspo" and config is not None:
-        out["eps_low"] = float(_get(config, "clip_ratio_low", params["eps_low"].default))
-        out["eps_high"] = float(_get(config, "clip_ratio_high", params["eps_high"].default))
+    if "eps_low" in params and (name != "gspo" or config is not None):
+        # verl configures GSPO's (tiny) clip ratios with the same fields; unset, GSPO keeps entrolab's defaults
+        low = params["eps_low"].default if name == "gspo" else clip
+        high = params["eps_high"].default if name == "gspo" else clip
+        out["eps_low"] = float(_get(config, "clip_ratio_low", low))
+        out["eps_high"] = float(_get(config, "clip_ratio_high", high))
     if name == "ppo":  # verl's vanilla loss always applies dual-clip with clip_ratio_c
         out["dual_clip"] = float(_get(config, "clip_ratio_c", 3.0))
     pl = _get(config, "policy_loss")
