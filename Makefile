@@ -26,7 +26,7 @@ demo: $(STAMP)
 # failure instead of a skip.
 ENGINES_STAMP := $(VENV)/.entrolab-engines-installed
 $(ENGINES_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,lab,hf,trl,verl,gallery]"
+	$(PY) -m pip install --quiet -e ".[dev,lab,hf,trl,verl,gallery,optim]"
 	@touch $(ENGINES_STAMP)
 
 test: $(ENGINES_STAMP) browser

@@ -189,3 +189,23 @@ def test_mec_quick_run():
         assert a[v]["curve"][0] == pytest.approx(0.0, abs=1e-9)  # rate 0: a constant encoder keeps nothing
     rows, verdict = mec.summarize([a])
     assert len(rows) == 2 and "holds everywhere" in verdict
+
+
+def test_mee_quick_run_and_mode_metric(tmp_path):
+    import torch
+
+    from entrolab.gallery import mee
+
+    # the metric: samples exactly on 3 of the 8 centres (and 1% elsewhere) -> 3 modes, quality 0.99
+    centres = mee._centres()
+    on = centres[torch.arange(990) % 3]
+    off = torch.full((10, 2), 5.0)
+    assert mee.mode_metrics(torch.cat([on, off])) == (3, pytest.approx(0.99))
+    a, b = mee.run(seed=0, quick=True), mee.run(seed=0, quick=True)
+    for v in mee.VARIANTS:
+        assert a[v]["modes"] == b[v]["modes"] and a[v]["quality"] == pytest.approx(b[v]["quality"])
+        assert 0 <= a[v]["modes"] <= 8 and 0.0 <= a[v]["quality"] <= 1.0 and len(a[v]["samples"]) == 1000
+    rows, verdict = mee.summarize([a, b])
+    assert len(rows) == 6 and "MEE" in verdict
+    mee.figure([a], tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 0

@@ -336,3 +336,47 @@ def test_spear_replays_and_resumes_with_its_buffers(tmp_path, monkeypatch):
     assert state["step"] == 4 and state["spear"]["group_means"]
     out = run_lab(cfg("killed"), resume=True, progress=False, log=lambda s: None)
     assert _strip(_rows(out / "runs" / "spear_small" / "seed0" / "metrics.jsonl")) == ref_rows
+
+
+def test_adam8bit_optimizer_trains_and_resumes(tmp_path, monkeypatch):
+    """``--optimizer adam8bit``: the RL updates use bitsandbytes' 8-bit states (uint8 in the checkpoint for the
+    tensors of 4,096+ elements), and a run killed after a checkpoint resumes to the uninterrupted run's metrics."""
+    import torch
+
+    from entrolab.lab import trainer
+    from tests.conftest import engine
+
+    engine("bitsandbytes", "optim")
+    settings = {**TINY, "steps": 4, "checkpoint_every": 2, "eval_every": 2, "d_model": 64}
+
+    def cfg(name: str) -> LabConfig:
+        # the entropy bonus has a gradient even when every reward of the barely warm-started model is 0
+        return LabConfig(methods=("entropy_bonus",), optimizer="adam8bit", out=str(tmp_path / name), **settings)
+
+    ref = run_lab(cfg("ref"), progress=False, log=lambda s: None)
+    ref_rows = _strip(_rows(ref / "runs" / "entropy_bonus" / "seed0" / "metrics.jsonl"))
+    state = torch.load(ref / "runs" / "entropy_bonus" / "seed0" / "checkpoint.pt", weights_only=True)
+    # bitsandbytes nests its states; the 2-D weights of 4,096+ elements hold uint8 codes, and they moved
+    quant = [s["__bnb_optimizer_quant_state__"] for s in state["optimizer"]["state"].values()]
+    codes = [q["state1"] for q in quant if q["state1"].dtype == torch.uint8]
+    assert codes and any(bool(c.any()) for c in codes)
+
+    real_sample, calls = trainer.sample_train, {"n": 0}
+
+    def dies_in_step_3(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] > settings["sft_batch"] * settings["sft_steps"] + 2 * settings["prompts_per_step"]:
+            raise KeyboardInterrupt  # killed in step 3, after the checkpoint of step 2
+        return real_sample(*args, **kw)
+
+    monkeypatch.setattr(trainer, "sample_train", dies_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_lab(cfg("killed"), progress=False, log=lambda s: None)
+    monkeypatch.setattr(trainer, "sample_train", real_sample)
+    out = run_lab(cfg("killed"), resume=True, progress=False, log=lambda s: None)
+    assert _strip(_rows(out / "runs" / "entropy_bonus" / "seed0" / "metrics.jsonl")) == ref_rows
+
+
+def test_unknown_lab_optimizer_is_refused():
+    with pytest.raises(ValueError, match="optimizer must be one of adam, adam8bit"):
+        LabConfig(methods=("grpo",), optimizer="lion")

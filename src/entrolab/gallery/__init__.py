@@ -33,6 +33,7 @@ ENTRIES: dict[str, str] = {
     "kecor": "entrolab.gallery.kecor",
     "attention_entropy": "entrolab.gallery.attention_entropy",
     "mec": "entrolab.gallery.mec",
+    "mee": "entrolab.gallery.mee",
 }
 """Entry name -> module (imported on first use)."""
 

@@ -81,6 +81,7 @@ from entrolab.losses import (
     spear_replay_weight,
     spear_tool_bonus,
 )
+from entrolab.optim import make_optimizer, require_bitsandbytes
 from entrolab.sampling import select_fork_points
 
 __all__ = ["LabConfig", "LabError", "pass_at_k", "run_lab", "train_one", "warm_start"]
@@ -88,6 +89,10 @@ __all__ = ["LabConfig", "LabError", "pass_at_k", "run_lab", "train_one", "warm_s
 
 class LabError(RuntimeError):
     """A lab run cannot continue (NaN loss, an existing run directory, a bad resume)."""
+
+
+LAB_OPTIMIZERS = ("adam", "adam8bit")
+"""Optimizers of the lab's RL updates (``--optimizer``)."""
 
 
 @dataclass
@@ -119,6 +124,10 @@ class LabConfig:
     """Completion budget in tokens; 0 means the task's longest answer plus 2."""
     lr: float = 3e-4
     """Adam learning rate of the RL updates."""
+    optimizer: str = "adam"
+    """Optimizer of the RL updates (betas (0.9, 0.99)): ``adam`` (PyTorch) or ``adam8bit`` (bitsandbytes' block-wise
+    8-bit states, block size 256, fp32 state for tensors under 4,096 elements; needs the ``optim`` extra).  See
+    :func:`entrolab.optim.make_optimizer`."""
     ppo_epochs: int = 2
     """Passes over each step's samples.  With ``ppo_epochs = minibatches = 1`` every update is on-policy (ratio 1),
     where PPO's clip, DAPO's clip-higher and KL-Cov's penalty are all inactive; the default 2 x 2 updates per step
@@ -206,6 +215,10 @@ class LabConfig:
             raise ValueError(
                 f"prompts_per_step ({self.prompts_per_step}) must be divisible by minibatches ({self.minibatches})"
             )
+        if self.optimizer not in LAB_OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(LAB_OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.optimizer.endswith("8bit"):
+            require_bitsandbytes()
         if self.verifier not in VERIFIERS:
             raise ValueError(f"verifier must be one of {', '.join(VERIFIERS)}; got {self.verifier!r}")
         task = resolve_task(self.task, verifier=self.verifier)
@@ -685,7 +698,7 @@ def train_one(
     ckpt_path = directory / "checkpoint.pt"
     model = copy.deepcopy(init_model)
     ref = copy.deepcopy(init_model).requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    opt = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     rng = random.Random(f"train-{cfg.seed}-{seed}")
     gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + cfg.seed)
     eval_gen_seed = 7_919 * (seed + 1) + cfg.seed
