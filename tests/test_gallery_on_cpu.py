@@ -192,8 +192,6 @@ def test_mec_quick_run():
 
 
 def test_mee_quick_run_and_mode_metric(tmp_path):
-    import torch
-
     from entrolab.gallery import mee
 
     # the metric: samples exactly on 3 of the 8 centres (and 1% elsewhere) -> 3 modes, quality 0.99
@@ -209,3 +207,38 @@ def test_mee_quick_run_and_mode_metric(tmp_path):
     assert len(rows) == 6 and "MEE" in verdict
     mee.figure([a], tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_optim8bit_quick_run(tmp_path):
+    engine("bitsandbytes", "optim")
+    from entrolab.gallery import optim8bit
+
+    a = optim8bit.run(seed=0, quick=True)
+    for v in optim8bit.VARIANTS:
+        assert len(a[v]["curve"]) == optim8bit.QUICK_STEPS and all(math.isfinite(x) for x in a[v]["curve"])
+        assert a[v]["params"] == a["adamw"]["params"]
+    # the first step starts from the same weights and batch: the same loss
+    assert a["adamw8bit"]["curve"][0] == pytest.approx(a["adamw"]["curve"][0], rel=1e-6)
+    assert 2.5 < a["adamw"]["state_bytes"] / a["adamw8bit"]["state_bytes"] < 4.0
+    rows, verdict = optim8bit.summarize([a])
+    assert len(rows) == 5 and "AdamW8bit" in verdict
+    optim8bit.figure([a], tmp_path / "o.png")
+
+
+def test_scale_quick_run_and_markov_floor(tmp_path):
+    from entrolab.gallery import scale
+    from entrolab.gallery._common import markov2_entropy, markov2_sample
+
+    # a deterministic source has entropy 0; a uniform one ln V
+    det = torch.zeros(3, 3, 3)
+    det[..., 0] = 1.0
+    data = markov2_sample(det, 4, 6, torch.Generator().manual_seed(0))
+    assert markov2_entropy(det, data) == pytest.approx(0.0, abs=1e-12)
+    assert markov2_entropy(torch.full((3, 3, 3), 1 / 3), data) == pytest.approx(math.log(3))
+    a, b = scale.run(seed=0, quick=True), scale.run(seed=0, quick=True)
+    for v in scale.VARIANTS:
+        assert a[v]["eval_ce"] == pytest.approx(b[v]["eval_ce"]) and a[v]["excess_ce"] > -0.05
+    assert a["sgd"]["state_bytes"] == 0 and 0 < a["scale"]["state_bytes"] < a["adam"]["state_bytes"] / 10
+    rows, verdict = scale.summarize([a, b])
+    assert len(rows) == 5 and "SCALE" in verdict
+    scale.figure([a], tmp_path / "s.png")

@@ -34,6 +34,8 @@ ENTRIES: dict[str, str] = {
     "attention_entropy": "entrolab.gallery.attention_entropy",
     "mec": "entrolab.gallery.mec",
     "mee": "entrolab.gallery.mee",
+    "optim8bit": "entrolab.gallery.optim8bit",
+    "scale": "entrolab.gallery.scale",
 }
 """Entry name -> module (imported on first use)."""
 

@@ -7,9 +7,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from entrolab._stats import format_interval, mean_interval
 
-__all__ = ["cell", "column", "plot_seed_curves", "pyplot", "run_variants", "save_figure"]
+__all__ = [
+    "cell",
+    "column",
+    "markov2_entropy",
+    "markov2_sample",
+    "markov2_table",
+    "plot_seed_curves",
+    "pyplot",
+    "run_variants",
+    "save_figure",
+]
 
 
 def run_variants(
@@ -66,3 +78,25 @@ def plot_seed_curves(
     for k, v in enumerate(variants):
         for r in results:
             ax.plot(x(r), r[v][key], fmt, color=f"C{k}", alpha=0.8, label=v if r is results[0] else None)
+
+
+def markov2_table(vocab: int, gen: torch.Generator, *, sharpness: float = 3.0) -> torch.Tensor:
+    """A random order-2 transition table ``(V, V, V)`` (``softmax`` of N(0, sharpness^2) logits: each context
+    continues with one of a few tokens), the synthetic text of the tiny-LM entries."""
+    return torch.softmax(torch.randn(vocab, vocab, vocab, generator=gen) * sharpness, -1)
+
+
+def markov2_sample(table: torch.Tensor, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` sequences ``(n, length + 1)`` from ``table``, started by two uniform tokens."""
+    vocab = table.shape[0]
+    seq = [torch.randint(vocab, (n,), generator=gen), torch.randint(vocab, (n,), generator=gen)]
+    for _ in range(length - 1):
+        seq.append(torch.multinomial(table[seq[-2], seq[-1]], 1, generator=gen).squeeze(1))
+    return torch.stack(seq, 1)
+
+
+def markov2_entropy(table: torch.Tensor, data: torch.Tensor) -> float:
+    """The source's conditional entropy (nats per token) averaged over the contexts of ``data``: the floor of a
+    model's cross-entropy on those positions."""
+    p = table[data[:, :-2], data[:, 1:-1]]  # (n, length - 1, V)
+    return float(-(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean())

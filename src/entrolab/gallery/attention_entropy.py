@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from entrolab.gallery._common import cell, column, pyplot, run_variants, save_figure
+from entrolab.gallery._common import cell, column, markov2_sample, markov2_table, pyplot, run_variants, save_figure
 from entrolab.regularizers.attention import EntropyBandRegularizer
 
 TITLE = "Entropy-guided attention: an entropy band for heads of LayerNorm-free transformers"
@@ -73,29 +73,16 @@ class _LM(nn.Module):
         return self.head(x), attns
 
 
-def _markov(gen: torch.Generator) -> torch.Tensor:
-    """A sparse order-2 transition table ``(V, V, V)``: each context continues with one of a few tokens."""
-    logits = torch.randn(VOCAB, VOCAB, VOCAB, generator=gen) * 3
-    return torch.softmax(logits, -1)
-
-
-def _sample(table: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    seq = [torch.randint(VOCAB, (n,), generator=gen), torch.randint(VOCAB, (n,), generator=gen)]
-    for _ in range(SEQ - 1):
-        seq.append(torch.multinomial(table[seq[-2], seq[-1]], 1, generator=gen).squeeze(1))
-    return torch.stack(seq, 1)  # (n, SEQ + 1)
-
-
 def train_variant(variant: str, *, seed: int, updates: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    table = _markov(gen)
+    table = markov2_table(VOCAB, gen)
     model = _LM()
     reg = EntropyBandRegularizer(layers=LAYERS, heads=HEADS, lam=1e-5) if variant == "regularized" else None
     params = list(model.parameters()) + (list(reg.parameters()) if reg is not None else [])
     opt = torch.optim.Adam(params, lr=3e-4)
     for _ in range(updates):
-        data = _sample(table, BATCH, gen)
+        data = markov2_sample(table, BATCH, SEQ, gen)
         logits, attns = model(data[:, :-1])
         loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), data[:, 1:].reshape(-1))
         if reg is not None:
@@ -105,7 +92,7 @@ def train_variant(variant: str, *, seed: int, updates: int) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
     with torch.no_grad():
-        data = _sample(table, 64, gen)
+        data = markov2_sample(table, 64, SEQ, gen)
         logits, attns = model(data[:, :-1])
         eval_loss = float(nn.functional.cross_entropy(logits.reshape(-1, VOCAB), data[:, 1:].reshape(-1)))
         head_entropy = []

@@ -312,6 +312,22 @@ def _sft_key(cfg: LabConfig, task: Task, model_cfg: dict) -> str:
     return hashlib.sha256(json.dumps({**keys, "model_cfg": model_cfg}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def sft_loss(model: Policy, task: Task, tok: Tokenizer, examples: list[Example], rng: random.Random) -> torch.Tensor:
+    """The warm start's loss: mean negative log-likelihood per completion token of ``task.solution`` completions (with
+    their end-of-sequence token) of ``examples``, teacher-forced after their prompts."""
+    prompts = [_prompt_ids(tok, ex) for ex in examples]
+    answers = [[*tok.encode(task.solution(ex, rng)), tok.eos_id] for ex in examples]
+    width = max(len(a) for a in answers)
+    comp = torch.full((len(answers), width), tok.pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(answers), width), dtype=torch.bool)
+    for i, a in enumerate(answers):
+        comp[i, : len(a)] = torch.tensor(a)
+        cmask[i, : len(a)] = True
+    pids, pmask = left_pad(prompts, tok.pad_id)
+    logp, _, _ = score_completions(model, Rollout(pids, pmask, comp, cmask, torch.zeros(comp.shape)))
+    return -(logp * cmask).sum() / cmask.sum()
+
+
 def warm_start(
     cfg: LabConfig, task: Task, tok: Tokenizer, exclude: set[str], max_new: int, directory: Path
 ) -> tuple[Policy, dict[str, Any]]:
@@ -337,18 +353,7 @@ def warm_start(
         for group in opt.param_groups:
             group["lr"] = lr
         examples = [sample_train(task, rng, exclude) for _ in range(cfg.sft_batch)]
-        prompts = [_prompt_ids(tok, ex) for ex in examples]
-        answers = [[*tok.encode(task.solution(ex, rng)), tok.eos_id] for ex in examples]
-        width = max(len(a) for a in answers)
-        comp = torch.full((len(answers), width), tok.pad_id, dtype=torch.long)
-        cmask = torch.zeros((len(answers), width), dtype=torch.bool)
-        for i, a in enumerate(answers):
-            comp[i, : len(a)] = torch.tensor(a)
-            cmask[i, : len(a)] = True
-        pids, pmask = left_pad(prompts, tok.pad_id)
-        r = Rollout(pids, pmask, comp, cmask, torch.zeros(comp.shape))
-        logp, _, _ = score_completions(model, r)
-        loss = -(logp * cmask).sum() / cmask.sum()
+        loss = sft_loss(model, task, tok, examples, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
