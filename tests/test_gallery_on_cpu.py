@@ -188,7 +188,27 @@ def test_mec_quick_run():
         assert len(a[v]["curve"]) == mec.QUICK_RATES and a[v]["min_bound_slack"] >= 0.0
         assert a[v]["curve"][0] == pytest.approx(0.0, abs=1e-9)  # rate 0: a constant encoder keeps nothing
     rows, verdict = mec.summarize([a])
-    assert len(rows) == 2 and "holds everywhere" in verdict
+    assert len(rows) == 2 + 2 * len(mec.GAME_TEMPERATURES) and "holds everywhere" in verdict
+    for tau in mec.GAME_TEMPERATURES:
+        games = a["game"][str(tau)]
+        assert games[0]["information"] == pytest.approx(0.0, abs=1e-9) and games[0]["accuracy"] == pytest.approx(1.0)
+        for g in games:  # the trajectory carries at most H(T) and at most its own entropy
+            cap = mec.GAME_STEPS * g["policy_entropy"]
+            assert -1e-9 <= g["information"] <= min(g["H_T"], cap) + 1e-9
+            assert g["return"] == pytest.approx(games[0]["return"])  # the coupling keeps the action marginal
+
+
+def test_coding_game_transmits_a_message_the_channel_can_carry():
+    """A uniform policy over 4 actions for 4 steps carries up to 8 bits: a uniform 16-symbol message (4 bits) gets
+    through, and at rate 2 bits the receiver recovers T exactly too."""
+    from entrolab.gallery import mec
+
+    px = torch.full((16,), 1 / 16, dtype=torch.float64)
+    full = mec.coding_game(px, 4.0, tau=1e15)
+    assert full["information"] == pytest.approx(4.0, abs=1e-9) and full["accuracy"] == pytest.approx(1.0)
+    half = mec.coding_game(px, 2.0, tau=1e15)
+    # EBIM's greedy merge reaches H(T) = 1.92 <= 2 here (not the balanced 4-cell split); all of it gets through
+    assert half["H_T"] <= 2.0 and half["information"] == pytest.approx(half["H_T"], abs=1e-9)
 
 
 def test_mee_quick_run_and_mode_metric(tmp_path):
@@ -242,3 +262,81 @@ def test_scale_quick_run_and_markov_floor(tmp_path):
     rows, verdict = scale.summarize([a, b])
     assert len(rows) == 5 and "SCALE" in verdict
     scale.figure([a], tmp_path / "s.png")
+
+
+def test_sse_quick_run(tmp_path):
+    from entrolab.gallery import sse
+
+    a, b = sse.run(seed=0, quick=True), sse.run(seed=0, quick=True)
+    for v in sse.VARIANTS:
+        assert a[v]["accuracy"] == b[v]["accuracy"] and set(a[v]["accuracy"]) == {str(p) for p in sse.PAIRS}
+    keys, values, queries, targets = sse._batch(4, 16, torch.Generator().manual_seed(0))
+    for i in range(4):  # distinct keys; every query's target is the value stored with its key
+        assert keys[i].unique().numel() == 16
+        for q, t in zip(queries[i], targets[i]):
+            assert values[i][keys[i] == q].item() == t.item()
+    rows, verdict = sse.summarize([a])
+    assert len(rows) == 2 * len(sse.PAIRS) and "pairs" in verdict
+    sse.figure([a], tmp_path / "s.png")
+
+
+def test_ssm_quick_run(tmp_path):
+    engine("sklearn", "gallery")
+    from entrolab.gallery import ssm
+
+    a = ssm.run(seed=0, quick=True)
+    for v in ssm.VARIANTS:
+        assert 0 <= a[v]["accuracy"] <= 1 and a[v]["epochs_to_90"] == 1
+    assert a["psd"]["mu_eig_min"] >= -1e-5 and a["nsd"]["mu_eig_max"] <= 1e-5
+    rows, verdict = ssm.summarize([a])
+    assert len(rows) == 5 and "PSD" in verdict
+    ssm.figure([a], tmp_path / "m.png")
+
+
+def test_spo_quick_run_and_bradley_terry_on_the_worked_example(tmp_path):
+    from entrolab.gallery import spo
+
+    a = spo.run(seed=0, quick=True)
+    # the spec's worked example: a Bradley-Terry reward on the cyclic M picks action 0, exploitability 0.1
+    assert a["bradley_terry"]["cyclic_policy"] == [1.0, 0.0, 0.0]
+    assert a["bradley_terry"]["cyclic_exploitability"] == pytest.approx(0.1, abs=1e-9)
+    assert a["bradley_terry"]["transitive_exploitability"] == pytest.approx(0.0, abs=1e-9)  # the Condorcet winner
+    assert sum(a["spo"]["cyclic_policy"]) == pytest.approx(1.0)
+    rows, verdict = spo.summarize([a])
+    assert len(rows) == 3 and "Condorcet" in verdict
+    spo.figure([a], tmp_path / "p.png")
+
+
+def test_cpl_quick_run_and_data(tmp_path):
+    from entrolab.gallery import cpl
+
+    data = cpl._collect(torch.Generator().manual_seed(0))
+    assert data["states"].shape == (cpl.SEGMENTS, cpl.LENGTH, 4) and data["actions"].abs().max() <= 1
+    # expert segments (even ids) earn more than random ones, and win most comparisons
+    assert data["returns"][0::2].mean() > data["returns"][1::2].mean()
+    assert float((data["preferred"] % 2 == 0).float().mean()) > 0.6
+    a, b = cpl.run(seed=0, quick=True), cpl.run(seed=0, quick=True)
+    for v in cpl.VARIANTS:
+        assert a[v]["return"] == pytest.approx(b[v]["return"]) and a[v]["return"] < 0
+    rows, verdict = cpl.summarize([a])
+    assert len(rows) == 2 and "CPL" in verdict
+    cpl.figure([a], tmp_path / "c.png")
+
+
+def test_sspo_degree_labels_and_quick_run(tmp_path):
+    from entrolab.gallery import sspo
+
+    gen = torch.Generator().manual_seed(0)
+    prompts = sspo._prompts(64, gen)
+    m = torch.randint(sspo.PROMPT_KEYS + 1, (64,), generator=gen)
+    answers = sspo._answers(prompts, m, gen)
+    assert torch.equal(sspo.quality(prompts, answers), m)
+    damaged, d = sspo._delete_keys(prompts, answers, m, gen)
+    # spec test 2: the degree label is the number of key tokens removed
+    assert torch.equal(sspo.quality(prompts, damaged), m - d) and bool((d <= m).all())
+    a = sspo.run(seed=0, quick=True)
+    for v in sspo.VARIANTS:
+        assert 0 <= a[v]["accuracy"] <= 1 and 0 <= a[v]["keys_per_answer"] <= sspo.PROMPT_KEYS
+    rows, verdict = sspo.summarize([a])
+    assert len(rows) == 3 and "degree task" in verdict
+    sspo.figure([a], tmp_path / "d.png")

@@ -36,6 +36,11 @@ ENTRIES: dict[str, str] = {
     "mee": "entrolab.gallery.mee",
     "optim8bit": "entrolab.gallery.optim8bit",
     "scale": "entrolab.gallery.scale",
+    "sse": "entrolab.gallery.sse",
+    "ssm": "entrolab.gallery.ssm",
+    "spo": "entrolab.gallery.spo",
+    "cpl": "entrolab.gallery.cpl",
+    "sspo": "entrolab.gallery.sspo",
 }
 """Entry name -> module (imported on first use)."""
 

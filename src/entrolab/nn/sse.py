@@ -42,6 +42,11 @@ __all__ = [
 ]
 
 
+FACTORED_DECAY_LIMIT = 20.0
+"""Within a chunk whose summed log-decay stays above ``-20`` (every factor within ``e^20``), the decay-weighted
+``q k^T`` is two matmuls; stronger decay falls back to exponentiating the pairwise differences."""
+
+
 def _check_gla(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor | None) -> None:
     if q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(
@@ -63,8 +68,9 @@ def gated_linear_attention(
     Shapes: ``q, k, log_alpha`` ``(B, H, T, c)``, ``v`` ``(B, H, T, d_v)``, ``initial_state`` ``(B, H, c, d_v)``
     (zeros by default).  Returns ``(o (B, H, T, d_v), final state (B, H, c, d_v))``.  ``log_alpha=None`` is plain
     linear attention (no decay).  ``chunk=None`` runs the recurrence token by token; an int runs the chunked form
-    (the last chunk may be shorter), where only decay differences ``b_t - b_s <= 0`` are exponentiated, so no term
-    overflows however long the sequence.
+    (the last chunk may be shorter): ``exp(b_t - b_s)`` factored into two matmul operands while a chunk's total
+    log-decay is above ``-FACTORED_DECAY_LIMIT``, else only the differences ``b_t - b_s <= 0`` are exponentiated, so
+    no term overflows however strong the decay.
     """
     _check_gla(q, k, v, log_alpha)
     b, h, t, c = q.shape
@@ -87,8 +93,12 @@ def gated_linear_attention(
         cum = la[:, :, s0 : s0 + chunk].cumsum(2)  # b_t: (B, H, C, c)
         n = qc.shape[2]
         causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        diff = (cum.unsqueeze(3) - cum.unsqueeze(2)).masked_fill(~causal[..., None], -math.inf)  # (B,H,t,s,c)
-        scores = torch.einsum("bhtc,bhsc,bhtsc->bhts", qc, kc, diff.exp())
+        if float(cum[:, :, -1].detach().min()) > -FACTORED_DECAY_LIMIT:
+            # exp(b_t - b_s) = exp(b_t) exp(-b_s): two matmul operands, safe while the chunk's total decay is mild
+            scores = ((qc * cum.exp()) @ (kc * (-cum).exp()).transpose(-1, -2)).masked_fill(~causal, 0.0)
+        else:
+            diff = (cum.unsqueeze(3) - cum.unsqueeze(2)).masked_fill(~causal[..., None], -math.inf)  # (B,H,t,s,c)
+            scores = torch.einsum("bhtc,bhsc,bhtsc->bhts", qc, kc, diff.exp())
         inter = torch.einsum("bhtc,bhcd->bhtd", qc * cum.exp(), state)
         outs.append(inter + scores @ vc)
         last = cum[:, :, -1:]  # b_C
