@@ -15,6 +15,7 @@ from entrolab.nn import (
     gated_linear_attention,
     load_balance_loss,
     row_topk_mask,
+    selective_scan,
     soft_sort,
     token_dynamics_mu,
 )
@@ -316,14 +317,42 @@ def test_ssm_input_checks():
         SignConstrainedProjection(1, 2, sign=0)
 
 
-@pytest.mark.parametrize("limit", [0.0, math.inf])
-def test_gla_factored_and_pairwise_chunk_paths_agree(monkeypatch, limit):
-    """Both chunk paths (factored matmuls for mild decay, pairwise differences for strong decay) against the naive
-    sum: forcing each one on the same inputs."""
+@pytest.mark.parametrize("limit", [0.0, 1.0, math.inf])
+def test_gla_whole_and_split_chunks_agree(monkeypatch, limit):
+    """Chunks factored whole (limit inf), split down to single steps (limit 0) or split where the decay is strong
+    (limit 1), against the naive sum on the same inputs."""
     from entrolab.nn import sse
 
     monkeypatch.setattr(sse, "FACTORED_DECAY_LIMIT", limit)
     q, k, v, la = _gla_inputs(2, 2, 21, 4, 3, seed=11)
-    la = la / 3  # mild: the factored path stays exact in float64 even when forced
+    la = la / 3  # mild: whole chunks stay exact in float64 even when forced
     out, _ = gated_linear_attention(q, k, v, la, chunk=8)
     torch.testing.assert_close(out, _naive(q, k, v, la), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("limit", [0.0, 20.0, math.inf])
+@pytest.mark.parametrize(("t", "chunk"), [(1, 3), (9, 4), (16, 16), (21, 8)])
+def test_selective_scan_is_gla_with_a_head_per_channel(monkeypatch, limit, t, chunk):
+    from entrolab.nn import sse
+
+    monkeypatch.setattr(sse, "FACTORED_DECAY_LIMIT", limit)
+    g = torch.Generator().manual_seed(t)
+    b, d, n = 2, 3, 4
+    inputs = torch.randn(b, t, d, n, generator=g, dtype=torch.float64)
+    log_decay = -torch.rand(b, t, d, n, generator=g, dtype=torch.float64) * (0.5 if limit == math.inf else 8)
+    readout = torch.randn(b, t, n, generator=g, dtype=torch.float64)
+    # as gated linear attention: q = C_t per channel head, k = inputs (already Delta B u), v = 1
+    q = readout.unsqueeze(1).expand(b, d, t, n)
+    ref, _ = gated_linear_attention(q, inputs.transpose(1, 2), torch.ones(b, d, t, 1, dtype=torch.float64),
+                                    log_decay.transpose(1, 2))  # fmt: skip
+    ref = ref.squeeze(-1).transpose(1, 2)
+    torch.testing.assert_close(selective_scan(inputs, log_decay, readout, chunk=None), ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(selective_scan(inputs, log_decay, readout, chunk=chunk), ref, atol=1e-10, rtol=1e-10)
+
+
+def test_selective_scan_input_checks():
+    x = torch.zeros(1, 4, 2, 3)
+    with pytest.raises(ValueError, match="readout"):
+        selective_scan(x, x, torch.zeros(1, 4, 2))
+    with pytest.raises(ValueError, match="chunk"):
+        selective_scan(x, x, torch.zeros(1, 4, 3), chunk=0)

@@ -6,7 +6,7 @@ For random marginals ``p_X`` and ``p_Y`` over 32 symbols (Dirichlet(1)), each ra
 against a random merge encoder at the same rate (random partitions coarsened until ``H(T) <= R``), both decoded by the
 greedy MEC, and check the bound ``I(X; Y) >= I(X; T) + I(T; Y) - H(T)``.  Bits.
 
-The Markov coding game (the paper's section 5, at small scale): a sender acts for ``H = 4`` steps in a bandit chain
+The Markov coding game (the paper's application, at small scale): a sender acts for ``H = 4`` steps in a bandit chain
 with 4 actions (rewards 1, 0.8, 0.5, 0) by the maximum-entropy policy ``pi = softmax(r / tau)`` and must also convey
 the message ``X ~ p_X`` to a receiver who sees only the actions.  The message is compressed to ``T = g(X)`` at rate
 ``R`` (EBIM), and at each step the sender draws its action from the greedy MEC of the receiver's current belief over
@@ -43,7 +43,8 @@ def setup(quick: bool) -> str:
     n = QUICK_RATES if quick else RATES
     return (
         f"random p_X, p_Y over {SIZE} symbols; {n} rates from 0 to H(X); EBIM's greedy merge encoder against a "
-        "random merge encoder at the same rate, both decoded by the greedy minimum-entropy coupling."
+        "random merge encoder at the same rate, both decoded by the greedy minimum-entropy coupling; the Markov "
+        f"coding game ({GAME_STEPS} steps, 4 actions, policy temperatures {list(GAME_TEMPERATURES)}) at every rate."
     )
 
 
@@ -138,24 +139,30 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
     ok = all(r[v]["min_bound_slack"] >= -1e-9 for r in results for v in VARIANTS)
     game = []
     for tau in GAME_TEMPERATURES:
-        best = [max(r["game"][str(tau)], key=lambda g: g["information"]) for r in results]
+        # the highest rate whose message the receiver decodes with >= 90% MAP accuracy (rate 0 always qualifies)
+        reliable = [max((g for g in r["game"][str(tau)] if g["accuracy"] >= 0.9), key=lambda g: g["H_T"])
+                    for r in results]  # fmt: skip
         full = [r["game"][str(tau)][-1] for r in results]
-        rows.append((f"coding game, tau {tau}: most I(X; actions) over the rates | at R = H(X) (bits)",
-                     format_interval(*mean_interval([g["information"] for g in best])),
+        rows.append((f"coding game, tau {tau}: I(X; actions) in bits, highest rate decoded >= 90% vs R = H(X)",
+                     format_interval(*mean_interval([g["information"] for g in reliable])),
                      format_interval(*mean_interval([g["information"] for g in full]))))  # fmt: skip
-        rows.append(("... receiver's MAP accuracy on T at that rate | at R = H(X)",
-                     format_interval(*mean_interval([g["accuracy"] for g in best])),
+        rows.append(("... the receiver's MAP accuracy on T at those rates",
+                     format_interval(*mean_interval([g["accuracy"] for g in reliable])),
                      format_interval(*mean_interval([g["accuracy"] for g in full]))))  # fmt: skip
         game.append(
-            f"tau {tau} (return {best[0]['return']:.2f}, policy entropy {best[0]['policy_entropy']:.2f} bits): "
-            f"{sum(g['information'] for g in best) / len(best):.2f} bits at best, "
-            f"{sum(g['information'] for g in full) / len(full):.2f} uncompressed"
+            f"tau {tau} (return {full[0]['return']:.2f}, policy entropy {full[0]['policy_entropy']:.2f} bits/step): "
+            f"{sum(g['information'] for g in full) / len(full):.2f} bits uncompressed, decoded "
+            f"{sum(g['accuracy'] for g in full) / len(full):.0%}; compressed to "
+            f"{sum(g['H_T'] for g in reliable) / len(reliable):.2f} bits, decoded "
+            f"{sum(g['accuracy'] for g in reliable) / len(reliable):.0%}"
         )
     verdict = (
         f"EBIM + MEC keeps {a:.3f} bits of I(X; Y) on average over the rates against {b:.3f} for random merges "
         f"({a - b:+.3f} bits; with {SIZE} symbols both encoders reach H(T) close to the rate, and "
         f"the coupling decoder keeps I(X; Y) = I(T; Y)); the chain bound holds "
-        f"{'everywhere' if ok else 'NOT everywhere'}. Markov coding game, I(X; actions): " + "; ".join(game) + "."
+        f"{'everywhere' if ok else 'NOT everywhere'}. Markov coding game (the return is set by tau alone): "
+        + "; ".join(game)
+        + "."
     )
     return rows, verdict
 

@@ -8,7 +8,7 @@
 """
 
 from entrolab.nn.sse import SparseStateExpansion, SSEOutput, gated_linear_attention, load_balance_loss, row_topk_mask
-from entrolab.nn.ssm import SelectiveSSM, SignConstrainedProjection, soft_sort, token_dynamics_mu
+from entrolab.nn.ssm import SelectiveSSM, SignConstrainedProjection, selective_scan, soft_sort, token_dynamics_mu
 
 __all__ = [
     "SSEOutput",
@@ -18,6 +18,7 @@ __all__ = [
     "gated_linear_attention",
     "load_balance_loss",
     "row_topk_mask",
+    "selective_scan",
     "soft_sort",
     "token_dynamics_mu",
 ]

@@ -25,7 +25,6 @@ the spec writes ``k1 + delta``); the gate is GLA's (``log alpha = logsigmoid(W_a
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -43,8 +42,8 @@ __all__ = [
 
 
 FACTORED_DECAY_LIMIT = 20.0
-"""Within a chunk whose summed log-decay stays above ``-20`` (every factor within ``e^20``), the decay-weighted
-``q k^T`` is two matmuls; stronger decay falls back to exponentiating the pairwise differences."""
+"""A chunk's decay-weighted ``q k^T`` is two matmuls while its summed log-decay stays above ``-20`` (every factor
+within ``e^20``); a chunk with stronger decay is split in halves until it qualifies."""
 
 
 def _check_gla(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor | None) -> None:
@@ -68,9 +67,9 @@ def gated_linear_attention(
     Shapes: ``q, k, log_alpha`` ``(B, H, T, c)``, ``v`` ``(B, H, T, d_v)``, ``initial_state`` ``(B, H, c, d_v)``
     (zeros by default).  Returns ``(o (B, H, T, d_v), final state (B, H, c, d_v))``.  ``log_alpha=None`` is plain
     linear attention (no decay).  ``chunk=None`` runs the recurrence token by token; an int runs the chunked form
-    (the last chunk may be shorter): ``exp(b_t - b_s)`` factored into two matmul operands while a chunk's total
-    log-decay is above ``-FACTORED_DECAY_LIMIT``, else only the differences ``b_t - b_s <= 0`` are exponentiated, so
-    no term overflows however strong the decay.
+    (the last chunk may be shorter): ``exp(b_t - b_s)`` factored into two matmul operands, a chunk whose total
+    log-decay is below ``-FACTORED_DECAY_LIMIT`` split in halves until it is not, so no factor overflows however
+    strong the decay.
     """
     _check_gla(q, k, v, log_alpha)
     b, h, t, c = q.shape
@@ -89,24 +88,32 @@ def gated_linear_attention(
         raise ValueError(f"chunk must be None or an int >= 1, got {chunk!r}")
     outs = []
     for s0 in range(0, t, chunk):
-        qc, kc, vc = q[:, :, s0 : s0 + chunk], k[:, :, s0 : s0 + chunk], v[:, :, s0 : s0 + chunk]
-        cum = la[:, :, s0 : s0 + chunk].cumsum(2)  # b_t: (B, H, C, c)
-        n = qc.shape[2]
-        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        if float(cum[:, :, -1].detach().min()) > -FACTORED_DECAY_LIMIT:
-            # exp(b_t - b_s) = exp(b_t) exp(-b_s): two matmul operands, safe while the chunk's total decay is mild
-            scores = ((qc * cum.exp()) @ (kc * (-cum).exp()).transpose(-1, -2)).masked_fill(~causal, 0.0)
-        else:
-            diff = (cum.unsqueeze(3) - cum.unsqueeze(2)).masked_fill(~causal[..., None], -math.inf)  # (B,H,t,s,c)
-            scores = torch.einsum("bhtc,bhsc,bhtsc->bhts", qc, kc, diff.exp())
-        inter = torch.einsum("bhtc,bhcd->bhtd", qc * cum.exp(), state)
-        outs.append(inter + scores @ vc)
-        last = cum[:, :, -1:]  # b_C
-        state = state * last.squeeze(2).exp().unsqueeze(-1) + torch.einsum(
-            "bhsc,bhsd->bhcd", kc * (last - cum).exp(), vc
-        )
+        sl = slice(s0, s0 + chunk)
+        out, state = _gla_chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], la[:, :, sl], state)
+        outs.append(out)
     o = torch.cat(outs, 2) if outs else v.new_zeros(b, h, 0, v.shape[-1])
     return o, state
+
+
+def _gla_chunk(q: Tensor, k: Tensor, v: Tensor, la: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    """One chunk of :func:`gated_linear_attention` from ``state``.  Within the chunk ``exp(b_t - b_s)`` is factored
+    into ``exp(b'_t) exp(-b'_s)``, with ``b'`` the log-decay summed from the chunk's second step, so both factors stay
+    within ``e^FACTORED_DECAY_LIMIT``; a chunk whose decay is stronger is split in halves (a single step always
+    qualifies: ``b' = 0``)."""
+    n = q.shape[2]
+    cum = la.cumsum(2)  # b_t, from the state before the chunk: (B, H, n, c)
+    inner = cum - la[:, :, :1]  # b'_t = b_t - b_first
+    if n > 1 and float(inner[:, :, -1].detach().min()) <= -FACTORED_DECAY_LIMIT:
+        half = n // 2
+        first, state = _gla_chunk(q[:, :, :half], k[:, :, :half], v[:, :, :half], la[:, :, :half], state)
+        second, state = _gla_chunk(q[:, :, half:], k[:, :, half:], v[:, :, half:], la[:, :, half:], state)
+        return torch.cat([first, second], 2), state
+    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    scores = ((q * inner.exp()) @ (k * (-inner).exp()).transpose(-1, -2)).masked_fill(~causal, 0.0)
+    out = torch.einsum("bhtc,bhcd->bhtd", q * cum.exp(), state) + scores @ v
+    last = cum[:, :, -1:]
+    state = state * last.squeeze(2).exp().unsqueeze(-1) + torch.einsum("bhsc,bhsd->bhcd", k * (last - cum).exp(), v)
+    return out, state
 
 
 def row_topk_mask(scores: Tensor, top_k: int) -> Tensor:

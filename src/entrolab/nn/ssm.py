@@ -5,9 +5,10 @@ step-size rank, ``B_t`` and ``C_t``; ``Delta_t = softplus(dt_proj(.))``; per cha
 
     h_t = exp(Delta_t A) * h_{t-1} + Delta_t B_t u_t          y_t = C_t . h_t + D u_t
 
-then ``y * SiLU(z)`` and ``out_proj``.  The selective scan is gated linear attention with one head per channel
-(query ``C_t``, key ``Delta_t B_t``, value ``u_t``, log-decay ``Delta_t A``), so it runs token by token
-(``chunk=None``) or chunked-parallel through :func:`entrolab.nn.gated_linear_attention`, and the two agree.
+then ``y * SiLU(z)`` and ``out_proj``.  The selective scan (:func:`selective_scan`) runs token by token
+(``chunk=None``) or chunk-parallel by cumulative sums, and the two agree; it is gated linear attention with one head
+per channel (query ``C_t``, key ``Delta_t B_t``, value ``u_t``, log-decay ``Delta_t A``), and the tests check it
+against :func:`entrolab.nn.gated_linear_attention` too.
 
 Refinements (arXiv 2410.03292):
 
@@ -37,9 +38,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from entrolab._validation import describe
-from entrolab.nn.sse import gated_linear_attention
+from entrolab.nn import sse as _sse
 
-__all__ = ["SelectiveSSM", "SignConstrainedProjection", "soft_sort", "token_dynamics_mu"]
+__all__ = ["SelectiveSSM", "SignConstrainedProjection", "selective_scan", "soft_sort", "token_dynamics_mu"]
 
 CONSTRAINT_OFFSET = 0.7
 """The code's lower bound on the diagonal of ``D`` (``softplus(d) + 0.7``)."""
@@ -81,6 +82,53 @@ def soft_sort(scores: Tensor, *, tau: float = 1.0) -> Tensor:
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
     ordered = torch.sort(scores, dim=-1, descending=True).values
     return torch.softmax(-(ordered.unsqueeze(-1) - scores.unsqueeze(-2)).abs() / tau, -1)
+
+
+def selective_scan(inputs: Tensor, log_decay: Tensor, readout: Tensor, *, chunk: int | None = 16) -> Tensor:
+    """``y_t = C_t . h_t`` with ``h_t = exp(log_decay_t) * h_{t-1} + inputs_t`` (elementwise per channel and state).
+
+    Shapes: ``inputs`` and ``log_decay`` (``<= 0``) ``(B, T, D, N)``, ``readout`` ``C`` ``(B, T, N)``; returns
+    ``(B, T, D)``.  ``chunk=None`` loops over the tokens; an int scans each chunk in parallel as
+    ``h_t = exp(L_t) h_0 + exp(L'_t) cumsum_s(exp(-L'_s) inputs_s)`` (``L'``: the log-decay summed from the chunk's
+    second step), splitting a chunk in halves while its decay is below ``-FACTORED_DECAY_LIMIT``.  This is
+    :func:`entrolab.nn.gated_linear_attention` with one head per channel and a 1-wide value, without its
+    ``T x T`` scores.
+    """
+    if inputs.ndim != 4 or log_decay.shape != inputs.shape or readout.shape != (*inputs.shape[:2], inputs.shape[3]):
+        raise ValueError(
+            f"need inputs, log_decay (B, T, D, N) and readout (B, T, N); got {describe(inputs)}, "
+            f"{describe(log_decay)}, {describe(readout)}"
+        )
+    b, t, d, n = inputs.shape
+    h = inputs.new_zeros(b, d, n)
+    if chunk is None:
+        ys = []
+        for i in range(t):
+            h = log_decay[:, i].exp() * h + inputs[:, i]
+            ys.append(torch.einsum("bdn,bn->bd", h, readout[:, i]))
+        return torch.stack(ys, 1) if ys else inputs.new_zeros(b, 0, d)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be None or an int >= 1, got {chunk!r}")
+    states = []
+    for s0 in range(0, t, chunk):
+        hs, h = _scan_chunk(inputs[:, s0 : s0 + chunk], log_decay[:, s0 : s0 + chunk], h)
+        states.append(hs)
+    if not states:
+        return inputs.new_zeros(b, 0, d)
+    return torch.einsum("btdn,btn->btd", torch.cat(states, 1), readout)
+
+
+def _scan_chunk(inputs: Tensor, log_decay: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """The states ``(B, n, D, N)`` of one chunk from ``h`` ``(B, D, N)``, and the last one."""
+    cum = log_decay.cumsum(1)
+    inner = cum - log_decay[:, :1]
+    n = inputs.shape[1]
+    if n > 1 and float(inner[:, -1].detach().min()) <= -_sse.FACTORED_DECAY_LIMIT:
+        first, h = _scan_chunk(inputs[:, : n // 2], log_decay[:, : n // 2], h)
+        second, h = _scan_chunk(inputs[:, n // 2 :], log_decay[:, n // 2 :], h)
+        return torch.cat([first, second], 1), h
+    states = cum.exp() * h.unsqueeze(1) + inner.exp() * ((-inner).exp() * inputs).cumsum(1)
+    return states, states[:, -1]
 
 
 class SelectiveSSM(nn.Module):
@@ -147,17 +195,13 @@ class SelectiveSSM(nn.Module):
             raise ValueError(f"x must be (B, T, {self.d_model}), got {describe(x)}")
         if self.score is not None:
             x = soft_sort(self.score(x).squeeze(-1), tau=self.tau) @ x
-        b, t, _ = x.shape
+        t = x.shape[1]
         u, z = self.in_proj(x).chunk(2, -1)
         u = nn.functional.silu(self.conv(u.transpose(1, 2))[..., :t].transpose(1, 2))  # causal: trim the right pad
         proj = self.x_proj(u)
         dt_in, b_t, c_t = proj.split([self.dt_rank, self.d_state, self.d_state], -1)
         delta = nn.functional.softplus(self.dt_proj(dt_in))  # (B, T, d_inner)
         a = -torch.exp(self.A_log)  # (d_inner, N)
-        # one head per channel: q = C_t, k = Delta_t B_t, v = u_t, log decay = Delta_t A
-        q = c_t.unsqueeze(1).expand(b, self.d_inner, t, self.d_state)
-        k = delta.transpose(1, 2).unsqueeze(-1) * b_t.unsqueeze(1)
-        la = delta.transpose(1, 2).unsqueeze(-1) * a.unsqueeze(1)
-        y, _ = gated_linear_attention(q, k, u.transpose(1, 2).unsqueeze(-1), la, chunk=chunk)
-        y = y.squeeze(-1).transpose(1, 2) + self.D * u
+        inputs = (delta * u).unsqueeze(-1) * b_t.unsqueeze(2)  # Delta_t B_t u_t: (B, T, d_inner, N)
+        y = selective_scan(inputs, delta.unsqueeze(-1) * a, c_t, chunk=chunk) + self.D * u
         return self.out_proj(y * nn.functional.silu(z))
