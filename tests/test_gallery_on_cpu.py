@@ -273,9 +273,11 @@ def test_scale_quick_run_and_markov_floor(tmp_path):
     for v in scale.VARIANTS:
         assert a[v]["eval_ce"] == pytest.approx(b[v]["eval_ce"]) and a[v]["excess_ce"] > -0.05
     assert a["sgd"]["state_bytes"] == 0 and 0 < a["scale"]["state_bytes"] < a["adam"]["state_bytes"] / 10
+    snapshot = json.dumps(a, sort_keys=True)
     rows, verdict = scale.summarize([a, b])
     assert len(rows) == 5 and "SCALE" in verdict
     scale.figure([a], tmp_path / "s.png")
+    assert json.dumps(a, sort_keys=True) == snapshot  # summarize and figure leave results alone
 
 
 def test_sse_quick_run(tmp_path):
@@ -289,9 +291,11 @@ def test_sse_quick_run(tmp_path):
         assert keys[i].unique().numel() == 16
         for q, t in zip(queries[i], targets[i]):
             assert values[i][keys[i] == q].item() == t.item()
+    snapshot = json.dumps(a, sort_keys=True)
     rows, verdict = sse.summarize([a])
     assert len(rows) == 2 * len(sse.PAIRS) and "pairs" in verdict
     sse.figure([a], tmp_path / "s.png")
+    assert json.dumps(a, sort_keys=True) == snapshot  # summarize and figure leave results alone
 
 
 def test_ssm_quick_run(tmp_path):
@@ -334,9 +338,11 @@ def test_cpl_quick_run_and_data(tmp_path):
     a, b = cpl.run(seed=0, quick=True), cpl.run(seed=0, quick=True)
     for v in cpl.VARIANTS:
         assert a[v]["return"] == pytest.approx(b[v]["return"]) and a[v]["return"] < 0
+    snapshot = json.dumps(a, sort_keys=True)
     rows, verdict = cpl.summarize([a])
     assert len(rows) == 4 and "CPL" in verdict
     cpl.figure([a], tmp_path / "c.png")
+    assert json.dumps(a, sort_keys=True) == snapshot  # summarize and figure leave results alone
 
 
 def test_sspo_degree_labels_and_quick_run(tmp_path):

@@ -18,6 +18,7 @@ __all__ = [
     "markov2_sample",
     "markov2_table",
     "plot_seed_curves",
+    "plot_seed_points",
     "pyplot",
     "run_variants",
     "save_figure",
@@ -100,3 +101,16 @@ def markov2_entropy(table: torch.Tensor, data: torch.Tensor) -> float:
     model's cross-entropy on those positions."""
     p = table[data[:, :-2], data[:, 1:-1]]  # (n, length - 1, V)
     return float(-(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean())
+
+
+def plot_seed_points(
+    ax: Any, results: Sequence[dict[str, Any]], variants: Sequence[str], *, key: str = "curve", fmt: str = "-",
+    y: Callable[[float], float] = float,
+) -> None:  # fmt: skip
+    """Like :func:`plot_seed_curves` for curves stored as ``[(x, y), ...]`` pairs (``y`` maps the plotted value);
+    ``results`` is not modified."""
+    for k, v in enumerate(variants):
+        for r in results:
+            points = r[v][key]
+            ax.plot([p[0] for p in points], [y(p[1]) for p in points], fmt, color=f"C{k}", alpha=0.8,
+                    label=v if r is results[0] else None)  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from entrolab.gallery._common import cell, column, plot_seed_curves, pyplot, run_variants, save_figure
+from entrolab.gallery._common import cell, column, plot_seed_points, pyplot, run_variants, save_figure
 from entrolab.preference import cpl_loss, segment_score
 
 TITLE = "Contrastive Preference Learning: fitting preferences with the policy itself, no reward model, no RL"
@@ -172,9 +172,6 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for r in results:
-        for v in VARIANTS:
-            r[v]["_x"], r[v]["_y"] = [c[0] for c in r[v]["curve"]], [c[1] for c in r[v]["curve"]]
-    plot_seed_curves(ax, results, VARIANTS, lambda r: r["cpl"]["_x"], key="_y", fmt="o-")
+    plot_seed_points(ax, results, VARIANTS, fmt="o-")
     ax.set(xlabel="step", ylabel="mean return", title="point-mass reaching from offline preferences")
     save_figure(fig, [ax], path)

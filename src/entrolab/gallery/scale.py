@@ -25,7 +25,7 @@ from entrolab.gallery._common import (
     markov2_entropy,
     markov2_sample,
     markov2_table,
-    plot_seed_curves,
+    plot_seed_points,
     pyplot,
     run_variants,
     save_figure,
@@ -159,9 +159,6 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for r in results:
-        for v in VARIANTS:
-            r[v]["_y"] = [max(c[1], 1e-3) for c in r[v]["curve"]]
-    plot_seed_curves(ax, results, VARIANTS, lambda r: [c[0] for c in r["adam"]["curve"]], key="_y")
+    plot_seed_points(ax, results, VARIANTS, y=lambda v: max(v, 1e-3))
     ax.set(xlabel="step", ylabel="eval CE - source entropy (nats)", yscale="log", title="tiny LM, order-2 Markov")
     save_figure(fig, [ax], path)

@@ -104,19 +104,16 @@ def run(seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], str]:
-    for r in results:
-        for v in VARIANTS:
-            for p in PAIRS:
-                r[v][f"acc{p}"] = r[v]["accuracy"][str(p)]
+    flat = [{v: {f"acc{p}": r[v]["accuracy"][str(p)] for p in PAIRS} for v in VARIANTS} for r in results]
     rows = []
     for p in PAIRS:
-        rows.append((f"recall accuracy, {p} pairs: SSE vs dense", cell(results, "sse", f"acc{p}"),
-                     cell(results, "dense", f"acc{p}")))  # fmt: skip
-        rows.append((f"... row-sparse vs dense, {p} pairs", cell(results, "row_sparse", f"acc{p}"),
-                     cell(results, "dense", f"acc{p}")))  # fmt: skip
+        rows.append((f"recall accuracy, {p} pairs: SSE vs dense", cell(flat, "sse", f"acc{p}"),
+                     cell(flat, "dense", f"acc{p}")))  # fmt: skip
+        rows.append((f"... row-sparse vs dense, {p} pairs", cell(flat, "row_sparse", f"acc{p}"),
+                     cell(flat, "dense", f"acc{p}")))  # fmt: skip
 
     def mean(v: str, p: int) -> float:
-        return sum(column(results, v, f"acc{p}")) / len(results)
+        return sum(column(flat, v, f"acc{p}")) / len(flat)
 
     top = PAIRS[-1]
     order = mean("sse", top) >= mean("row_sparse", top) >= mean("dense", top)

@@ -84,7 +84,7 @@ from entrolab.losses import (
 from entrolab.optim import make_optimizer, require_bitsandbytes
 from entrolab.sampling import select_fork_points
 
-__all__ = ["LabConfig", "LabError", "pass_at_k", "run_lab", "train_one", "warm_start"]
+__all__ = ["LAB_OPTIMIZERS", "LabConfig", "LabError", "pass_at_k", "run_lab", "sft_loss", "train_one", "warm_start"]
 
 
 class LabError(RuntimeError):
