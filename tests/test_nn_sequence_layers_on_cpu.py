@@ -233,7 +233,7 @@ def test_psd_and_nsd_constraints_hold_for_random_weights(seed):
         else:
             assert float(eig.max()) <= 1e-6
     free = SelectiveSSM(8, d_state=6).double()
-    eig = torch.linalg.eigvals(free.mu())
+    eig = torch.linalg.eigvals(free.mu().detach())
     assert float(eig.real.min()) < 0 < float(eig.real.max())  # unconstrained: indefinite
 
 

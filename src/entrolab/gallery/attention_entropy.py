@@ -145,11 +145,17 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]]
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for ax, v in zip(axes, VARIANTS):
         for layer in range(LAYERS):
             vals = [h for r in results for h in r[v]["head_entropy"][layer]]
             ax.scatter([layer] * len(vals), vals, color=f"C{layer}", alpha=0.7)
-        ax.set(xlabel="layer", title=v, xticks=list(range(LAYERS)))
-    axes[0].set_ylabel("mean head entropy / ln T")
+        ax.set(xlabel="layer", ylabel="mean head entropy / ln T", title=v, xticks=list(range(LAYERS)), ylim=(0, 1))
+    bins = [i / 20 for i in range(21)]
+    for k, v in enumerate(VARIANTS):
+        vals = [h for r in results for layer in r[v]["head_entropy"] for h in layer]
+        axes[2].hist(vals, bins=bins, alpha=0.5, color=f"C{k}", label=v)
+    for edge in (0.1, 0.9):  # the collapse and overload thresholds of the table
+        axes[2].axvline(edge, color="grey", ls=":")
+    axes[2].set(xlabel="mean head entropy / ln T", ylabel="heads (all seeds)", title="histogram of head entropies")
     save_figure(fig, axes, path)
