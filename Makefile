@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(PY) -m entrolab lab --out lab-runs/demo --overwrite
 
 # The engines the integration suites run inside (TRL and verl share one environment: transformers 5.10.x satisfies
-# both) and the gallery's (gymnasium, stable-baselines3); ENTROLAB_REQUIRE_ENGINES=1 turns a missing engine into a
-# failure instead of a skip.
+# both), the gallery's (gymnasium, stable-baselines3) and bitsandbytes (8-bit optimizers);
+# ENTROLAB_REQUIRE_ENGINES=1 turns a missing engine into a failure instead of a skip.
 ENGINES_STAMP := $(VENV)/.entrolab-engines-installed
 $(ENGINES_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,lab,hf,trl,verl,gallery,optim]"
