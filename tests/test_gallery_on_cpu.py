@@ -254,8 +254,10 @@ def test_optim8bit_quick_run(tmp_path):
     # the first step starts from the same weights and batch: the same loss
     assert a["adamw8bit"]["curve"][0] == pytest.approx(a["adamw"]["curve"][0], rel=1e-6)
     assert 2.5 < a["adamw"]["state_bytes"] / a["adamw8bit"]["state_bytes"] < 4.0
+    assert len(a["adamw8bit"]["rl_reward"]) == optim8bit.QUICK_RL_STEPS
+    assert 2.5 < a["adamw"]["rl_state_bytes"] / a["adamw8bit"]["rl_state_bytes"] < 4.0  # the lab's Adam vs Adam8bit
     rows, verdict = optim8bit.summarize([a])
-    assert len(rows) == 5 and "AdamW8bit" in verdict
+    assert len(rows) == 7 and "AdamW8bit" in verdict
     optim8bit.figure([a], tmp_path / "o.png")
 
 
