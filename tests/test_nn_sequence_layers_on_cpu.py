@@ -119,6 +119,10 @@ def test_load_balance_loss_closed_forms():
     sel = probs.clone()
     assert float(load_balance_loss(probs, sel)) == pytest.approx(4.0)  # all tokens on one of N = 4 partitions
     assert float(load_balance_loss(torch.zeros(0, 4), torch.zeros(0, 4))) == 0.0
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        load_balance_loss(torch.full((2, 3), 1 / 3), torch.full((2, 3), 0.5))
+    with pytest.raises(ValueError, match="same number"):
+        load_balance_loss(torch.full((2, 3), 1 / 3), torch.tensor([[1.0, 0, 0], [1, 1, 0]]))
 
 
 def test_row_sparse_with_all_rows_equals_dense():

@@ -136,7 +136,14 @@ def load_balance_loss(router_probs: Tensor, selected: Tensor) -> Tensor:
     sel = selected.reshape(-1, n)
     if sel.shape[0] == 0:
         return router_probs.new_zeros(())
-    k = sel[0].sum()
+    if bool(((sel != 0) & (sel != 1)).any()):
+        raise ValueError("selected must hold only 0 and 1")
+    counts = sel.sum(-1)
+    if bool((counts != counts[0]).any()) or float(counts[0]) < 1:
+        raise ValueError(
+            f"selected must route every token to the same number k >= 1 of partitions, got {counts.unique().tolist()}"
+        )
+    k = counts[0]
     f = sel.mean(0)
     return (n / k) * (p * f).sum()
 
