@@ -94,7 +94,8 @@ def train_variant(variant: str, *, seed: int, updates: int, train_size: int = TR
             curve.append(float((model(x_test).argmax(-1) == y_test).float().mean()))
     final = curve[-1]
     reach = next(i + 1 for i, acc in enumerate(curve) if acc >= 0.9 * final)
-    mu_eig = torch.cat([torch.linalg.eigvals(b.mu().detach()).real for b in model.blocks])
+    blocks: list[SelectiveSSM] = list(model.blocks)  # type: ignore[arg-type]
+    mu_eig = torch.cat([torch.linalg.eigvals(b.mu().detach()).real for b in blocks])
     return {"accuracy": final, "epochs_to_90": reach, "curve": curve,
             "mu_eig_min": float(mu_eig.min()), "mu_eig_max": float(mu_eig.max())}  # fmt: skip
 
