@@ -10,7 +10,8 @@ lists them.  Each entry is a module ``entrolab.gallery.<name>`` with
   95% interval over seeds) and one sentence saying whether the claimed effect appeared at this scale;
 - ``figure(results, path)``: a PNG.
 
-Entries need the ``gallery`` extra (gymnasium, stable-baselines3 for the SAC baseline, matplotlib).
+Entries need the ``gallery`` extra (gymnasium, stable-baselines3 for the SAC baseline, matplotlib, scikit-learn,
+bitsandbytes for ``optim8bit``).
 """
 
 from __future__ import annotations
