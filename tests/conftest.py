@@ -119,4 +119,7 @@ def engine(module: str, extra: str | None = None):
             raise AssertionError(
                 f"{module} is required under ENTROLAB_REQUIRE_ENGINES=1 but cannot be imported"
             ) from exc
-        pytest.skip(f"{module} is not installed (pip install 'entrolab[{extra or module}]'; make test installs it)")
+        pytest.skip(
+            f"{module} is not installed (pip install 'entrolab[{extra or module}]'; make test installs it)",
+            allow_module_level=True,
+        )

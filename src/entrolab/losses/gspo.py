@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -23,6 +25,37 @@ from entrolab.losses.registry import register_policy_loss
 __all__ = ["cispo", "gspo"]
 
 _GSPO_LOG_RATIO_MAX = 10.0  # verl clamps the sequence log-ratio at 10
+
+
+class _GSPOSurrogate(torch.autograd.Function):
+    """GSPO's per-token clipped surrogate with its analytic gradient (one saved coefficient, one multiply backward).
+
+    The token ratio is ``exp(min(s, 10))`` with ``s`` the row's mean log-ratio, and its gradient with respect to
+    ``logp_t`` is the ratio itself (``s + logp_t - sg(logp_t)``); so ``dl/dlogp_t = -A r`` on the unclipped branch
+    (ties included, as autograd's ``maximum``/``clamp`` give) where ``s <= 10``, and 0 elsewhere.  This is what plain
+    autograd computes through the seven ops it replaces (``tests/test_losses_gspo_cispo_on_cpu.py`` checks it).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, lp_s: Tensor, seq_log_ratio: Tensor, a: Tensor, mf: Tensor, eps_low: float, eps_high: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        s = seq_log_ratio.clamp(max=_GSPO_LOG_RATIO_MAX)
+        ratio = torch.exp(s).unsqueeze(1)  # (B, 1): one ratio per sequence
+        neg_a = -a  # 0 at padding
+        unclipped = neg_a * ratio
+        clipped = neg_a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+        per_token = torch.maximum(unclipped, clipped)
+        keep = 1.0 - torch.sign(per_token - unclipped)  # the clipped branch is strictly larger -> 0
+        inside = 1.0 - positive(seq_log_ratio - _GSPO_LOG_RATIO_MAX).unsqueeze(1)  # clamp(max): 0 beyond 10
+        ctx.save_for_backward(unclipped * keep * inside * mf)
+        ctx.mark_non_differentiable(unclipped, clipped)
+        return per_token, unclipped, clipped
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+        (coef,) = ctx.saved_tensors
+        return grad * coef, None, None, None, None, None
 
 
 @register_policy_loss("gspo")
@@ -88,11 +121,7 @@ def gspo(
         diff_rows = diff.sum(-1)  # (B,)
         counts = mf.sum(-1)  # (B,)
         seq_log_ratio = diff_rows / counts.clamp_min(1)  # (B,)
-    token_log_ratio = (seq_log_ratio.unsqueeze(1) + lp_s - lp_s.detach()).clamp(max=_GSPO_LOG_RATIO_MAX)
-    ratio = torch.exp(token_log_ratio)
-    unclipped = -a * ratio
-    clipped = -a * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-    per_token = torch.maximum(unclipped, clipped)  # 0 at padding (a is)
+    per_token, unclipped, clipped = _GSPOSurrogate.apply(lp_s, seq_log_ratio, a.detach(), mf, eps_low, eps_high)
     with torch.no_grad():
         has = (counts > 0).to(logp.dtype)  # (B,)
         n_seq = has.sum().clamp_min(1)
