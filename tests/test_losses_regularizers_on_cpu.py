@@ -248,3 +248,28 @@ def test_epo_phase_weights_and_history():
     ref = hist.reference()[torch.tensor([[0, 2, 3]])]  # per-token reference from each token's turn: 1.5, 0.5, 2.5
     out = epo(torch.tensor([[1.5, 0.5, 1.0]], dtype=F64), torch.ones(1, 3), reference_entropy=ref)
     assert float(out.metrics["epo_outside_band_frac"]) == pytest.approx(1 / 3)  # only 1.0 is outside [2.0, 3.0]
+
+
+def test_epo_per_token_reference_ignores_padding_garbage():
+    """A per-token reference entropy may hold NaN or inf at padding: the loss, its gradient and the metrics stay
+    finite and equal those with a clean reference."""
+    from entrolab.losses import epo
+
+    g = torch.Generator().manual_seed(0)
+    ent = torch.rand(3, 5, generator=g, dtype=torch.float64) * 2
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    ref = torch.rand(3, 5, generator=g, dtype=torch.float64) + 0.5
+    dirty = ref.clone()
+    dirty[0, 3], dirty[0, 4], dirty[2, 0] = float("nan"), float("inf"), -1.0
+    clean = torch.where(mask, ref, 1.0)
+    outs = []
+    for r in (dirty, clean):
+        e = ent.clone().requires_grad_()
+        out = epo(e, mask, reference_entropy=r, coef=1.0)
+        out.loss.backward()
+        outs.append((out, e.grad))
+    assert torch.isfinite(outs[0][0].loss) and bool(torch.isfinite(outs[0][1]).all())
+    torch.testing.assert_close(outs[0][0].loss, outs[1][0].loss)
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    for k in outs[1][0].metrics:
+        torch.testing.assert_close(outs[0][0].metrics[k], outs[1][0].metrics[k])
