@@ -182,7 +182,9 @@ def zero_masked_means(m: Tensor, *values: Tensor) -> list[Tensor]:
 def masked_mean(x: Tensor, m: Tensor) -> Tensor:
     """Detached mean of ``x`` over valid positions (0 when there are none): a metric."""
     x = x.detach()
-    total = torch.where(m, x.to(torch.float32) if x.dtype == torch.bool else x, 0.0).sum()
+    if x.dtype == torch.bool:  # a count: no float copy, no where
+        return ((x & m).sum() / m.sum().clamp_min(1)).to(torch.float32)
+    total = torch.where(m, x, 0.0).sum()
     return (total / m.sum().clamp_min(1)).to(torch.float32)
 
 
