@@ -319,6 +319,10 @@ def test_ssm_input_checks():
         SelectiveSSM(8)(torch.randn(3, 8))
     with pytest.raises(ValueError, match="sign"):
         SignConstrainedProjection(1, 2, sign=0)
+    with pytest.raises(ValueError, match="rows"):
+        token_dynamics_mu(torch.zeros(5, 3), dt_rank=1, d_state=3)
+    with pytest.raises(ValueError, match="x_proj_weight must be a 2-D"):
+        token_dynamics_mu(torch.zeros(5), dt_rank=1, d_state=2)
 
 
 @pytest.mark.parametrize("limit", [0.0, 1.0, math.inf])

@@ -232,6 +232,11 @@ def test_stable_embedding_normalises_each_token():
     torch.testing.assert_close(out.var(-1, unbiased=False), torch.ones(10), atol=1e-3, rtol=0)
 
 
+def test_state_bytes_rejects_what_is_not_an_optimizer():
+    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer"):
+        optimizer_state_bytes({"state": {}})
+
+
 def test_state_bytes_counts_scale_through_its_own_method():
     model = torch.nn.Linear(8, 4)
     opt = SCALE(model.parameters(), lr=1e-3)

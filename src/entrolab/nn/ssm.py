@@ -69,6 +69,13 @@ class SignConstrainedProjection(nn.Module):
 def token_dynamics_mu(x_proj_weight: Tensor, *, dt_rank: int, d_state: int) -> Tensor:
     """``mu = S_C^T S_B`` ``(d_inner, d_inner)`` of an (effective) ``x_proj`` weight: the input-output matrix whose
     definiteness decides whether tokens converge (negative) or diverge (positive) in the continuous-time limit."""
+    if not isinstance(x_proj_weight, Tensor) or x_proj_weight.ndim != 2:
+        raise ValueError(f"x_proj_weight must be a 2-D tensor, got {describe(x_proj_weight)}")
+    if dt_rank < 0 or d_state < 1 or x_proj_weight.shape[0] != dt_rank + 2 * d_state:
+        raise ValueError(
+            f"x_proj_weight must have dt_rank + 2 d_state = {dt_rank + 2 * d_state} rows (dt_rank={dt_rank}, "
+            f"d_state={d_state}), got {tuple(x_proj_weight.shape)}"
+        )
     s_b = x_proj_weight[dt_rank : dt_rank + d_state]
     s_c = x_proj_weight[dt_rank + d_state : dt_rank + 2 * d_state]
     return s_c.T @ s_b

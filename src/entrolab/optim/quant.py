@@ -201,6 +201,8 @@ def make_optimizer(
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in ``optimizer.state``: every tensor of every parameter's state (moments, 8-bit codes, absmax,
     codebooks), except the step counters.  :class:`entrolab.optim.SCALE` also counts its inner AdamW."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     own = getattr(optimizer, "state_bytes", None)
     if callable(own):
         return int(own())
