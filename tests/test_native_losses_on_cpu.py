@@ -30,6 +30,16 @@ CASES = [
     ("hapo", {"clip_alpha": 0.5, "adv_beta": 2.0, "eps_high": 0.28}),
     ("entropy_balanced", {}),
     ("entropy_balanced", {"entropy_adv_coef": 0.7, "dual_clip": 3.0}),
+    ("kl_cov", {}),
+    ("kl_cov", {"ratio": 0.3, "kl_coef": 0.5}),
+    ("kl_cov", {"ratio": 1.0}),
+    ("kl_cov", {"ratio": 0.2, "cov_center": (0.1, -1.5)}),
+    ("clip_cov", {"ratio": 0.1, "cov_lb": 0.0, "cov_ub": 2.0}),
+    ("clip_cov", {"ratio": 0.5, "cov_lb": -1.0, "cov_ub": 5.0, "dual_clip": 3.0, "eps_high": 0.28}),
+    ("clip_cov", {"cov_center": (0.0, -2.0), "cov_lb": -5.0}),
+    ("high_entropy_tokens", {}),
+    ("high_entropy_tokens", {"rho": 0.5, "base": "kl_cov", "ratio": 0.1}),
+    ("high_entropy_tokens", {"rho": 1.0, "base": "clip_cov", "ratio": 0.2, "cov_lb": -1.0}),
 ]
 
 
@@ -45,6 +55,11 @@ def _batch(b: int, t: int, *, seed: int, per_token_adv: bool, kind: str):
         old = old + torch.where(torch.rand(b, t, generator=g) < 0.1, 30.0, 0.0)
         entropy = torch.where(torch.rand(b, t, generator=g) < 0.2, 0.0, entropy * 1e-3)
         adv = torch.where(torch.rand(adv.shape, generator=g) < 0.3, 0.0, adv * 1e3)
+    elif kind == "ties":  # few distinct values: many exactly tied covariances and entropies (ties by position)
+        logp = -torch.randint(1, 4, (b, t), generator=g).float()
+        old = logp - torch.randint(0, 3, (b, t), generator=g).float() * 0.25  # the chosen tokens matter
+        entropy = torch.randint(0, 3, (b, t), generator=g).float()
+        adv = torch.randint(0, 2, adv.shape, generator=g).float() * 2 - 1
     elif kind == "all_masked":
         mask = torch.zeros(b, t, dtype=torch.bool)
     elif kind == "full":
@@ -65,7 +80,7 @@ def _run(name, kwargs, batch, *, native: bool, monkeypatch):
         if not native:
             mp.setattr(_fast, "native_for", lambda *tensors: None)
         x = logp.clone().requires_grad_(True)
-        extra = {"generator": torch.Generator().manual_seed(5)} if name == "clip_cov" else {}
+        extra = {"generator": torch.Generator().manual_seed(5)}  # Clip-Cov, alone or as the 80/20 base
         out = get_policy_loss(name)(x, old, adv, mask, entropy=entropy, **kwargs, **extra)
         out.loss.backward()
     return out, x.grad
@@ -73,7 +88,7 @@ def _run(name, kwargs, batch, *, native: bool, monkeypatch):
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("kind", ["random", "extreme", "all_masked", "full"])
+@pytest.mark.parametrize("kind", ["random", "extreme", "ties", "all_masked", "full"])
 @pytest.mark.parametrize("per_token_adv", [False, True], ids=["seq_adv", "token_adv"])
 def test_native_statistics_match_the_pytorch_path(name, kwargs, shape, kind, per_token_adv, monkeypatch):
     batch = _batch(

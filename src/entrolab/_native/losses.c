@@ -306,3 +306,179 @@ void entrolab_sq_dev_f32(const float *x, const uint8_t *mask, int64_t B, int64_t
     stats[1] = mx;
     stats[2] = mn;
 }
+
+/* ------------------------------------------------------------------------------------------------------------------
+ * Clip-Cov and KL-Cov (arXiv 2505.22617, eqs. 11-13): the per-token centred product Cov_t = (A_t - mean A)(lp_t - mean
+ * lp) over valid tokens.  Nothing here writes a dense (B, T) tensor: the selections are a few hundred tokens of 64k, so
+ * the kernels return the valid covariances packed (for the order statistic) or the chosen flat indices, and the
+ * losses act on those indices only.  The centre is the float32 cast of the double mean, and Cov_t is
+ * (a - ma) * (l - ml) in float32, the PyTorch path's arithmetic.
+ */
+
+/* Sums over valid tokens: stats = [count, sum A, sum lp]. */
+void entrolab_cov_sums_f32(const float *lp, const float *adv, int64_t ars, int64_t ats, float *abuf, const uint8_t *mask,
+                           int64_t B, int64_t T, double *stats) {
+    double sa = 0.0, sl = 0.0, count = 0.0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *l = lp + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        double ra = 0.0, rl = 0.0;
+        float rc = 0.0f;
+#pragma omp simd reduction(+ : ra, rl, rc)
+        for (int64_t t = 0; t < T; t++) {
+            ra += mk[t] ? (double)a[t] : 0.0;
+            rl += mk[t] ? (double)l[t] : 0.0;
+            rc += mk[t] ? 1.0f : 0.0f;
+        }
+        sa += ra;
+        sl += rl;
+        count += rc;
+    }
+    stats[0] = count;
+    stats[1] = sa;
+    stats[2] = sl;
+}
+
+/* The valid Cov_t, row-major, into packed (valid count entries); stats = [sum Cov]. */
+void entrolab_cov_pack_f32(const float *lp, const float *adv, int64_t ars, int64_t ats, float *abuf,
+                           const uint8_t *mask, int64_t B, int64_t T, float ma, float ml, float *row, float *packed,
+                           double *stats) {
+    double s = 0.0;
+    int64_t n = 0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *l = lp + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float rs = 0.0f;
+#pragma omp simd reduction(+ : rs)
+        for (int64_t t = 0; t < T; t++) {
+            float c = mk[t] ? (a[t] - ma) * (l[t] - ml) : 0.0f;
+            row[t] = c;
+            rs += c;
+        }
+        for (int64_t t = 0; t < T; t++) { /* compaction */
+            packed[n] = row[t];
+            n += mk[t] ? 1 : 0;
+        }
+        s += rs;
+    }
+    stats[0] = s;
+}
+
+/* KL-Cov's selection: the flat indices of the k valid tokens with the largest Cov_t, ties at the k-th value kth broken
+ * by row-major position: every token with Cov > kth (in order), then tokens with Cov == kth (in order) up to k.
+ * Returns the number written (k, or fewer when fewer tokens are valid). */
+int64_t entrolab_cov_top_f32(const float *lp, const float *adv, int64_t ars, int64_t ats, float *abuf,
+                             const uint8_t *mask, int64_t B, int64_t T, float ma, float ml, float kth, int64_t k,
+                             float *row, int64_t *idx) {
+    int64_t n = 0;
+    for (int64_t pass = 0; pass < 2 && n < k; pass++) {
+        for (int64_t i = 0; i < B && n < k; i++) {
+            const float *l = lp + i * T;
+            const float *a = adv_row(adv, i, ars, ats, T, abuf);
+            const uint8_t *mk = mask + i * T;
+            float rt = 0.0f;
+#pragma omp simd reduction(+ : rt)
+            for (int64_t t = 0; t < T; t++) {
+                float c = (a[t] - ma) * (l[t] - ml);
+                float hit = pass == 0 ? (c > kth ? 1.0f : 0.0f) : (c == kth ? 1.0f : 0.0f);
+                row[t] = mk[t] ? hit : 0.0f;
+                rt += mk[t] ? hit : 0.0f;
+            }
+            if (rt == 0.0f) continue;
+            for (int64_t t = 0; t < T && n < k; t++) {
+                idx[n] = i * T + t;
+                n += row[t] != 0.0f ? 1 : 0;
+            }
+        }
+    }
+    return n;
+}
+
+/* Clip-Cov's candidates: the flat indices, row-major, of the valid tokens that PPO's clip leaves unclipped (the clipped
+ * branch is not strictly larger; the arithmetic of entrolab.losses.ppo's surrogate) and whose Cov_t lies in the open
+ * window (lb, ub).  stats = [sum Cov over valid tokens]; returns the candidate count. */
+int64_t entrolab_cov_candidates_f32(const float *lp, const float *old, const float *adv, int64_t ars, int64_t ats,
+                                    float *abuf, const uint8_t *mask, int64_t B, int64_t T, float ma, float ml,
+                                    float eps_low, float eps_high, float lb, float ub, float *row, int64_t *idx,
+                                    double *stats) {
+    double s = 0.0;
+    int64_t n = 0;
+    const float lo_b = 1.0f - eps_low, hi_b = 1.0f + eps_high;
+    for (int64_t i = 0; i < B; i++) {
+        const float *l = lp + i * T, *o = old + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float rs = 0.0f, rn = 0.0f;
+#pragma omp simd reduction(+ : rs, rn)
+        for (int64_t t = 0; t < T; t++) {
+            float lv = mk[t] ? l[t] : 0.0f, av = mk[t] ? a[t] : 0.0f;
+            float d = mk[t] ? lv - o[t] : 0.0f;
+            float r = vexp(fmin_(fmax_(d, -20.0f), 20.0f));
+            float na = -av;
+            float unc = na * r;
+            float clipped = na * fmin_(fmax_(r, lo_b), hi_b) > unc ? 1.0f : 0.0f;
+            float c = mk[t] ? (av - ma) * (lv - ml) : 0.0f;
+            float cand = (mk[t] ? 1.0f : 0.0f) * (1.0f - clipped) * (c > lb ? 1.0f : 0.0f) * (c < ub ? 1.0f : 0.0f);
+            row[t] = cand;
+            rs += c;
+            rn += cand;
+        }
+        s += rs;
+        if (rn == 0.0f) continue;
+        for (int64_t t = 0; t < T; t++) {
+            idx[n] = i * T + t;
+            n += row[t] != 0.0f ? 1 : 0;
+        }
+    }
+    stats[0] = s;
+    return n;
+}
+
+/* ------------------------------------------------------------------------------------------------------------------
+ * The 80/20 forking-token mask (arXiv 2506.01939, eq. 6).
+ */
+
+/* The valid x, row-major, into packed; stats = [valid count, count of non-finite valid x]. */
+void entrolab_pack_valid_f32(const float *x, const uint8_t *mask, int64_t B, int64_t T, float *packed, double *stats) {
+    int64_t n = 0;
+    double bad = 0.0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *xr = x + i * T;
+        const uint8_t *mk = mask + i * T;
+        float rb = 0.0f;
+#pragma omp simd reduction(+ : rb)
+        for (int64_t t = 0; t < T; t++) {
+            uint32_t u;
+            memcpy(&u, &xr[t], 4);
+            rb += ((mk[t] != 0) & ((u & 0x7f800000u) == 0x7f800000u)) ? 1.0f : 0.0f;
+        }
+        for (int64_t t = 0; t < T; t++) {
+            packed[n] = xr[t];
+            n += mk[t] ? 1 : 0;
+        }
+        bad += rb;
+    }
+    stats[0] = (double)n;
+    stats[1] = bad;
+}
+
+/* keep = valid and x >= tau, one byte per token (a torch.bool tensor); returns the kept count. */
+int64_t entrolab_ge_mask_f32(const float *x, const uint8_t *mask, int64_t B, int64_t T, float tau, uint8_t *keep) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *xr = x + i * T;
+        const uint8_t *mk = mask + i * T;
+        uint8_t *kr = keep + i * T;
+        float rn = 0.0f;
+#pragma omp simd reduction(+ : rn)
+        for (int64_t t = 0; t < T; t++) {
+            int v = (mk[t] != 0) & (xr[t] >= tau);
+            kr[t] = (uint8_t)v;
+            rn += v ? 1.0f : 0.0f;
+        }
+        n += (int64_t)rn;
+    }
+    return n;
+}

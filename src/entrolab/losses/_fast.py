@@ -29,7 +29,14 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_hapo_apply_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 8, _P, _P, _P, _P, _P],
     "entrolab_masked_sums_f32": [_P, _P, _I, _I, _P],
     "entrolab_balanced_adv_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _P, _P],
+    "entrolab_cov_sums_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _P],
+    "entrolab_cov_pack_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _P, _P, _P],
+    "entrolab_cov_top_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _I, _P, _P],
+    "entrolab_cov_candidates_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 6, _P, _P, _P],
+    "entrolab_pack_valid_f32": [_P, _P, _I, _I, _P, _P],
+    "entrolab_ge_mask_f32": [_P, _P, _I, _I, _F, _P],
 }
+_RETURNS_COUNT = {"entrolab_cov_top_f32", "entrolab_cov_candidates_f32", "entrolab_ge_mask_f32"}
 
 
 class LossKernels:
@@ -39,7 +46,7 @@ class LossKernels:
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(lib, name)
             fn.argtypes = argtypes
-            fn.restype = None
+            fn.restype = _I if name in _RETURNS_COUNT else None
             setattr(self, name.removeprefix("entrolab_").removesuffix("_f32"), fn)
 
 
@@ -182,3 +189,100 @@ def balanced_adv(
         ent.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean, std, coef, out.data_ptr(), st
     )
     return out, st[0]
+
+
+def _mask_bytes(m: Tensor) -> Tensor:
+    """The bool mask as contiguous bytes (a view of a contiguous bool tensor)."""
+    return _c(m)
+
+
+def cov_center(k: LossKernels, logp: Tensor, advantages: Tensor, m: Tensor) -> tuple[float, float, float]:
+    """``(count, mean A, mean logp)`` over valid tokens, the means cast to float32 as the PyTorch path's are."""
+    b, t = logp.shape
+    lp, mask = _c(logp), _mask_bytes(m)
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    st = _stats(3)
+    k.cov_sums(lp.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, st)  # type: ignore[attr-defined]
+    n = max(st[0], 1.0)
+    return st[0], _f32(st[1] / n), _f32(st[2] / n)
+
+
+def _f32(x: float) -> float:
+    return float(ctypes.c_float(x).value)
+
+
+def cov_pack(
+    k: LossKernels, logp: Tensor, advantages: Tensor, m: Tensor, *, mean_a: float, mean_lp: float, n: int
+) -> tuple[Tensor, float]:
+    """The valid ``Cov_t`` packed row-major ``(n,)`` and their sum."""
+    b, t = logp.shape
+    lp, mask = _c(logp), _mask_bytes(m)
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    packed, row = torch.empty(n + 1), torch.empty(max(t, 1))  # the compaction stores one past the last valid entry
+    st = _stats(1)
+    k.cov_pack(  # type: ignore[attr-defined]
+        lp.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean_a, mean_lp, row.data_ptr(),
+        packed.data_ptr(), st,
+    )  # fmt: skip
+    return packed[:n], st[0]
+
+
+def cov_top(
+    k: LossKernels, logp: Tensor, advantages: Tensor, m: Tensor, *, mean_a: float, mean_lp: float, kth: float, count: int
+) -> Tensor:
+    """Flat indices ``(<= count,)`` of the valid tokens with ``Cov_t > kth``, then ``== kth``, row-major, up to count."""
+    b, t = logp.shape
+    lp, mask = _c(logp), _mask_bytes(m)
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    idx, row = torch.empty(max(count, 1), dtype=torch.int64), torch.empty(max(t, 1))
+    got = k.cov_top(  # type: ignore[attr-defined]
+        lp.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean_a, mean_lp, kth, count,
+        row.data_ptr(), idx.data_ptr(),
+    )  # fmt: skip
+    return idx[:got]
+
+
+def cov_candidates(
+    k: LossKernels,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    *,
+    mean_a: float,
+    mean_lp: float,
+    eps_low: float,
+    eps_high: float,
+    cov_lb: float,
+    cov_ub: float,
+) -> tuple[Tensor, float]:
+    """Clip-Cov's candidate flat indices, row-major, and the sum of ``Cov_t`` over valid tokens."""
+    b, t = logp.shape
+    lp, old, mask = _c(logp), _c(old_logp), _mask_bytes(m)
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    idx, row = torch.empty(b * t + 1, dtype=torch.int64), torch.empty(max(t, 1))
+    st = _stats(1)
+    got = k.cov_candidates(  # type: ignore[attr-defined]
+        lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean_a, mean_lp,
+        eps_low, eps_high, cov_lb, cov_ub, row.data_ptr(), idx.data_ptr(), st,
+    )  # fmt: skip
+    return idx[:got], st[0]
+
+
+def pack_valid(k: LossKernels, x: Tensor, m: Tensor) -> tuple[Tensor, int]:
+    """The valid entries of ``x`` packed row-major ``(n,)`` and the number of them that are not finite."""
+    b, t = x.shape
+    xc, mask = _c(x), _mask_bytes(m)
+    packed = torch.empty(b * t + 1)  # the compaction stores one past the last valid entry
+    st = _stats(2)
+    k.pack_valid(xc.data_ptr(), mask.data_ptr(), b, t, packed.data_ptr(), st)  # type: ignore[attr-defined]
+    return packed[: int(st[0])], int(st[1])
+
+
+def ge_mask(k: LossKernels, x: Tensor, m: Tensor, tau: float) -> tuple[Tensor, int]:
+    """``m & (x >= tau)`` as a bool tensor, and its count."""
+    b, t = x.shape
+    xc, mask = _c(x), _mask_bytes(m)
+    keep = torch.empty(b, t, dtype=torch.bool)
+    got = k.ge_mask(xc.data_ptr(), mask.data_ptr(), b, t, tau, keep.data_ptr())  # type: ignore[attr-defined]
+    return keep, int(got)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
-from entrolab.losses import _dist
+from entrolab.losses import _dist, _fast
 from entrolab.losses._common import (
     check_clip,
     check_local_stat,
@@ -283,6 +283,26 @@ def clip_cov(
     a = zero_masked(adv, mf)
     per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
     metrics = ppo_metrics(m, mf, terms)
+    k = _fast.native_for(logp, old_logp, advantages) if group is None else None
+    if k is not None:  # candidates as flat indices from one fused pass; only the chosen few are touched
+        n, mean_a, mean_lp = _native_center(k, logp, advantages, m, cov_center)
+        cand_idx, cov_sum = _fast.cov_candidates(
+            k, logp, old_logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, eps_low=eps_low, eps_high=eps_high,
+            cov_lb=cov_lb, cov_ub=cov_ub,
+        )  # fmt: skip
+        total = cand_idx.numel()
+        n_chosen = min(_select_count(ratio, n), total) if n else 0
+        if n_chosen:
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            picks = torch.randperm(total, generator=generator, device=gen_device)[:n_chosen]
+            per_token = per_token.reshape(-1).index_fill(0, cand_idx[picks], 0.0).view_as(per_token)
+        count = max(n, 1)
+        metrics.update(
+            covclip_frac=torch.tensor(n_chosen / count, dtype=torch.float32),
+            cov_candidate_frac=torch.tensor(total / count, dtype=torch.float32),
+            cov_mean=torch.tensor(cov_sum / count, dtype=torch.float32),
+        )
+        return finish_loss(per_token, m, agg, metrics, entropy, weights)
     cov = _covariance_clean(zero_masked(logp.detach(), mf), a.detach(), mf, cov_center, group)
     # candidates as 0/1 floats (mf * not clipped * cov in the open window): no bool passes on the hot path
     cand = (mf - terms.clipped) * positive(cov - cov_lb) * positive(cov_ub - cov)
@@ -363,6 +383,11 @@ def kl_cov(
     a = zero_masked(adv, mf)
     # no PPO clip: eps_low = 1 and eps_high = inf make the clip inactive (l = -A r, gradient -A r everywhere)
     per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=1.0, eps_high=math.inf, dual_clip=None)
+    k = _fast.native_for(logp, old_logp, advantages) if group is None else None
+    if k is not None:
+        return _kl_cov_native(
+            k, logp, old_logp, advantages, m, mf, per_token, terms, entropy, agg, weights, ratio, kl_coef, cov_center
+        )
     lp_s = zero_masked(logp.detach(), mf)
     olp_s = zero_masked(old_logp.detach(), mf)
     cov = _covariance_clean(lp_s, a.detach(), mf, cov_center, group)
@@ -378,6 +403,59 @@ def kl_cov(
         "klcov_frac": frac,
         "klcov_abs_log_ratio": kl_sel / frac.clamp_min(1e-30),  # mean over the penalised tokens (0 if none)
         "cov_mean": cov_mean,
+        "approx_kl": -approx_kl,
+        "ratio_mean": ratio_mean,
+    }
+    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+
+
+def _native_center(k: Any, logp: Tensor, advantages: Tensor, m: Tensor, cov_center: Any) -> tuple[int, float, float]:
+    """Valid count and the float32 covariance centre (local means, or the given ``cov_center``) for the kernels."""
+    n, mean_a, mean_lp = _fast.cov_center(k, logp, advantages, m)
+    if cov_center is not None:
+        given_a, given_lp = _center(logp, logp, logp, cov_center, None)  # validates; float32 as the PyTorch path
+        mean_a, mean_lp = float(given_a), float(given_lp)
+    return int(n), mean_a, mean_lp
+
+
+def _kl_cov_native(
+    k: Any,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    mf: Tensor,
+    per_token: Tensor,
+    terms: Any,
+    entropy: Tensor | None,
+    agg: Any,
+    weights: Tensor | None,
+    ratio: float,
+    kl_coef: float,
+    cov_center: Any,
+) -> LossOutput:
+    """:func:`kl_cov` on float32 CPU tensors, per-call statistics: the valid covariances packed by one fused pass, the
+    k-th largest by selection, the chosen tokens' flat indices by a second pass, and the penalty on those only (a
+    gather and an ``index_add``: no dense selection mask)."""
+    n, mean_a, mean_lp = _native_center(k, logp, advantages, m, cov_center)
+    n_select = min(_select_count(ratio, n), n) if n else 0
+    cov_sum = 0.0
+    idx = torch.zeros(0, dtype=torch.int64)
+    if n:
+        packed, cov_sum = _fast.cov_pack(k, logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, n=n)
+        kth = -math.inf if n_select >= n else float(order_statistics(packed, [n - n_select])[0])
+        idx = _fast.cov_top(k, logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, kth=kth, count=n_select)
+    penalty = (logp.reshape(-1)[idx] - old_logp.detach().reshape(-1)[idx]).abs()
+    if idx.numel():
+        per_token = per_token.reshape(-1).index_add(0, idx, kl_coef * penalty).view_as(per_token)
+    count = max(n, 1)
+    approx_kl, ratio_mean = zero_masked_means(m, terms.log_ratio, terms.ratio)
+    frac = torch.tensor(idx.numel() / count, dtype=torch.float32)
+    kl_sel = penalty.detach().sum().to(torch.float32) / count
+    metrics = {
+        "klcov_frac": frac,
+        "klcov_abs_log_ratio": kl_sel / frac.clamp_min(1e-30),
+        "cov_mean": torch.tensor(cov_sum / count, dtype=torch.float32),
         "approx_kl": -approx_kl,
         "ratio_mean": ratio_mean,
     }

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from entrolab._typing import LossOutput
 from entrolab._validation import describe
-from entrolab.losses import _dist
+from entrolab.losses import _dist, _fast
 from entrolab.losses._common import (
     check_local_stat,
     check_number,
@@ -94,16 +94,41 @@ def high_entropy_mask(
     >>> round(float(tau), 4), keep.nonzero()[:, 1].tolist()
     (0.82, [1, 4])
     """
+    keep, tau, _ = _high_entropy_mask(
+        entropy, mask, rho=rho, entropy_threshold=entropy_threshold, global_stats=global_stats,
+        process_group=process_group,
+    )  # fmt: skip
+    return keep, tau
+
+
+def _high_entropy_mask(
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    rho: float,
+    entropy_threshold: float | Tensor | None,
+    global_stats: bool,
+    process_group: Any,
+) -> tuple[Tensor, Tensor, float | None]:
+    """:func:`high_entropy_mask`, plus the kept fraction of valid tokens when the native kernels computed it."""
     if not isinstance(entropy, Tensor) or not entropy.dtype.is_floating_point:
         raise TypeError(f"entropy must be a floating tensor, got {describe(entropy)}")
     m = as_mask(mask, entropy.shape)
+    rho = check_number("rho", rho, low=0.0, low_open=True, high=1.0)
+    group = _dist.resolve_group(global_stats, process_group)
+    k = _fast.native_for(entropy) if group is None and entropy_threshold is None and entropy.ndim == 2 else None
+    if k is not None:  # one pass packs the valid entropies (and finds any non-finite one), one writes the mask
+        packed, bad = _fast.pack_valid(k, entropy, m)
+        if bad:
+            raise ValueError("entropy is not finite at a valid position")
+        tau = linear_quantile(packed, 1.0 - rho, num_valid=packed.numel())
+        keep, kept = _fast.ge_mask(k, entropy, m, float(tau))
+        return keep, tau, kept / max(packed.numel(), 1)
     big = torch.finfo(entropy.dtype).max
     if entropy.numel() and not bool(
         (torch.nan_to_num(entropy.detach(), nan=big, posinf=big, neginf=big).abs() * m).amax() < big
     ):
         raise ValueError("entropy is not finite at a valid position")
-    rho = check_number("rho", rho, low=0.0, low_open=True, high=1.0)
-    group = _dist.resolve_group(global_stats, process_group)
     h = entropy.detach()
     if entropy_threshold is not None:
         tau = check_local_stat("entropy_threshold", entropy_threshold)
@@ -114,7 +139,7 @@ def high_entropy_mask(
             tau = linear_quantile(valid_values(h, m), 1.0 - rho)
         else:
             tau = linear_quantile(_dist.gather_concat(h[m], group), 1.0 - rho)
-    return m & (h >= tau), tau  # NaN garbage at padding compares False anyway
+    return m & (h >= tau), tau, None  # NaN garbage at padding compares False anyway
 
 
 @functools.lru_cache(maxsize=64)
@@ -186,7 +211,7 @@ def high_entropy_tokens(
     if not isinstance(entropy, Tensor) or entropy.shape != logp.shape:
         raise ValueError(f"entropy must be a tensor of shape {tuple(logp.shape)}, got {describe(entropy)}")
     m = as_mask(mask, logp.shape)  # the base loss checks everything else
-    keep, tau = high_entropy_mask(
+    keep, tau, kept = _high_entropy_mask(
         entropy,
         m,
         rho=rho,
@@ -214,6 +239,7 @@ def high_entropy_tokens(
         token_weights=weights,
         **extra,
     )
-    out.metrics["high_entropy_frac"] = masked_mean(keep, m)
+    kept_frac = masked_mean(keep, m) if kept is None else torch.tensor(kept, dtype=torch.float32)
+    out.metrics["high_entropy_frac"] = kept_frac
     out.metrics["entropy_threshold"] = tau.detach().float()
     return out
