@@ -52,6 +52,9 @@ static inline float vlog(float x) { /* log(x) for finite x > 0 (normal numbers):
     return 2.0f * s * p + (float)e * 0.693147180559945309f;
 }
 
+/* HAPO's ell = log(max(H, 1e-8)) of a valid token; 0 at padding (the one expression every HAPO pass recomputes) */
+static inline float hapo_ell(float h, uint8_t valid) { return valid ? vlog(fmax_(valid ? h : 1.0f, 1e-8f)) : 0.0f; }
+
 static inline float finite_or_zero(float x) { /* NaN and +-inf -> 0, branch-free */
     uint32_t u;
     memcpy(&u, &x, 4);
@@ -144,11 +147,12 @@ void entrolab_steer_f32(const float *lp, const float *old, const float *adv, int
     stats[4] = count;
 }
 
-/* HAPO, first pass (arXiv 2509.16591, sec. 3.1): ell = log(max(H, 1e-8)) at valid tokens (0 at padding) into ell;
+/* HAPO, first pass (arXiv 2509.16591, sec. 3.1): ell = log(max(H, 1e-8)) at valid tokens (0 at padding) into row i of
+ * ell at ell + i * ell_stride (ell_stride 0: a scratch row, when only the packed values are wanted);
  * the valid values, row-major, into packed (the pivot quantile is taken over them); stats = [valid count, sum ell,
  * sum ell^2, max ell, min ell, count of H < 0]. */
 void entrolab_hapo_log_entropy_f32(const float *ent, const uint8_t *mask, int64_t B, int64_t T, float *ell,
-                                   float *packed, double *stats) {
+                                   int64_t ell_stride, float *packed, double *stats) {
     double s1 = 0.0, s2 = 0.0;
     float mx = -INFINITY, mn = INFINITY;
     int64_t count = 0;
@@ -156,13 +160,13 @@ void entrolab_hapo_log_entropy_f32(const float *ent, const uint8_t *mask, int64_
     for (int64_t i = 0; i < B; i++) {
         const float *h = ent + i * T;
         const uint8_t *mk = mask + i * T;
-        float *out = ell + i * T;
+        float *out = ell + i * ell_stride; /* ell_stride 0: one scratch row, only the packed values are kept */
         float r1 = 0.0f, r2 = 0.0f, rmx = -INFINITY, rmn = INFINITY;
         float rneg = 0.0f;
 #pragma omp simd reduction(+ : r1, r2, rneg) reduction(max : rmx) reduction(min : rmn)
         for (int64_t t = 0; t < T; t++) {
             float hv = mk[t] ? h[t] : 1.0f;
-            float e = mk[t] ? vlog(fmax_(hv, 1e-8f)) : 0.0f;
+            float e = hapo_ell(h[t], mk[t]);
             out[t] = e;
             r1 += e;
             r2 += e * e;
@@ -191,17 +195,17 @@ void entrolab_hapo_log_entropy_f32(const float *ent, const uint8_t *mask, int64_
 /* HAPO, second pass (eqs. 6-9): with h = (ell - pivot) / scale and h_hat = clamp(h+ / pos_max + h- / neg_scale,
  * -1, 1): eps_low' = eps_low (1 - alpha min(h_hat, 0)), eps_high' = eps_high (1 + alpha max(h_hat, 0)); with the ratio
  * r = exp(clamp(lp - old, -20, 20)), in_zone = (1 - eps_low'/2 < r < 1 + eps_high'/2), use_ent = (h_hat > 0) xor
- * in_zone, a' = A (1 + beta h_hat use_ent).  Outputs (B, T): h_hat and a' (0 at padding), el and eh (the base eps
- * there, as in the PyTorch path); stats = [sum h_hat,
+ * in_zone, a' = A (1 + beta h_hat use_ent).  ell is recomputed from the entropy.  Outputs (B, T): a' (0 at padding) and
+ * PPO's clip bounds 1 - eps_low' and 1 + eps_high' (from the base eps at padding, as in the PyTorch path); stats = [sum h_hat,
  * count h_hat > 0, count use_ent and h_hat != 0]. */
-void entrolab_hapo_apply_f32(const float *ell, const float *lp, const float *old, const float *adv, int64_t ars,
+void entrolab_hapo_apply_f32(const float *ent, const float *lp, const float *old, const float *adv, int64_t ars,
                              int64_t ats, float *abuf, const uint8_t *mask, int64_t B, int64_t T, float pivot, float scale,
                              float pos_max, float neg_scale, float eps_low, float eps_high, float alpha, float beta,
-                             float *h_hat, float *el, float *eh, float *a_out, double *stats) {
+                             float *lo_b, float *hi_b, float *a_out, double *stats) {
     double hs = 0.0;
     double pos = 0.0, changed = 0.0;
     for (int64_t i = 0; i < B; i++) {
-        const float *e = ell + i * T, *l = lp + i * T, *o = old + i * T;
+        const float *e = ent + i * T, *l = lp + i * T, *o = old + i * T;
         const float *a = adv_row(adv, i, ars, ats, T, abuf);
         const uint8_t *mk = mask + i * T;
         float rs = 0.0f;
@@ -209,7 +213,7 @@ void entrolab_hapo_apply_f32(const float *ell, const float *lp, const float *old
 #pragma omp simd reduction(+ : rs, rp, rc)
         for (int64_t t = 0; t < T; t++) {
             float v = mk[t] ? 1.0f : 0.0f;
-            float h = (e[t] - pivot) / scale * v;
+            float h = (hapo_ell(e[t], mk[t]) - pivot) / scale * v;
             float hh = fmin_(fmax_(fmax_(h, 0.0f) / pos_max + fmin_(h, 0.0f) / neg_scale, -1.0f), 1.0f) * v;
             float lo_eps = eps_low * (1.0f - alpha * fmin_(hh, 0.0f));
             float hi_eps = eps_high * (1.0f + alpha * fmax_(hh, 0.0f));
@@ -219,9 +223,8 @@ void entrolab_hapo_apply_f32(const float *ell, const float *lp, const float *old
             float high = hh > 0.0f ? 1.0f : 0.0f;
             float use = high + zone - 2.0f * high * zone; /* xor of two 0/1 values */
             float av = mk[t] ? a[t] : 0.0f;
-            h_hat[i * T + t] = hh;
-            el[i * T + t] = lo_eps;
-            eh[i * T + t] = hi_eps;
+            lo_b[i * T + t] = 1.0f - lo_eps;
+            hi_b[i * T + t] = 1.0f + hi_eps;
             a_out[i * T + t] = av * (1.0f + beta * hh * use);
             rs += hh;
             rp += v * high; /* hh is 0 at padding, so high is too; v for clarity */
@@ -281,19 +284,20 @@ void entrolab_balanced_adv_f32(const float *ent, const float *adv, int64_t ars, 
     stats[0] = s;
 }
 
-/* Spread of valid x around a centre c: stats = [sum (x - c)^2, max (x - c), min (x - c)] (HAPO's scale and the
- * extremes of its normalised entropy, after the pivot is known; -inf / +inf without valid tokens). */
-void entrolab_sq_dev_f32(const float *x, const uint8_t *mask, int64_t B, int64_t T, float c, double *stats) {
+/* Spread of HAPO's ell = log(max(H, 1e-8)) (recomputed from the entropy) around a centre c: stats = [sum (ell - c)^2,
+ * max (ell - c), min (ell - c)] over valid tokens (its scale and the extremes of the normalised entropy, once the pivot
+ * is known; -inf / +inf without valid tokens). */
+void entrolab_sq_dev_f32(const float *ent, const uint8_t *mask, int64_t B, int64_t T, float c, double *stats) {
     double sq = 0.0;
     float mx = -INFINITY, mn = INFINITY;
     for (int64_t i = 0; i < B; i++) {
-        const float *xr = x + i * T;
+        const float *xr = ent + i * T;
         const uint8_t *mk = mask + i * T;
         double rs = 0.0;
         float rmx = -INFINITY, rmn = INFINITY;
 #pragma omp simd reduction(+ : rs) reduction(max : rmx) reduction(min : rmn)
         for (int64_t t = 0; t < T; t++) {
-            float d = mk[t] ? xr[t] - c : 0.0f;
+            float d = mk[t] ? hapo_ell(xr[t], mk[t]) - c : 0.0f;
             rs += (double)d * (double)d;
             rmx = fmax_(rmx, mk[t] ? d : -INFINITY);
             rmn = fmin_(rmn, mk[t] ? d : INFINITY);

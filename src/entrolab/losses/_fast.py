@@ -24,9 +24,9 @@ _S = ctypes.c_int32
 
 _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_steer_f32": [_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _S, _F, _F, _S, _F, _F, _P, _P, _P],
-    "entrolab_hapo_log_entropy_f32": [_P, _P, _I, _I, _P, _P, _P],
+    "entrolab_hapo_log_entropy_f32": [_P, _P, _I, _I, _P, _I, _P, _P],
     "entrolab_sq_dev_f32": [_P, _P, _I, _I, _F, _P],
-    "entrolab_hapo_apply_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 8, _P, _P, _P, _P, _P],
+    "entrolab_hapo_apply_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 8, _P, _P, _P, _P],
     "entrolab_masked_sums_f32": [_P, _P, _I, _I, _P],
     "entrolab_balanced_adv_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _P, _P],
     "entrolab_cov_sums_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _P],
@@ -119,26 +119,27 @@ def steer(
     return w, aw, list(st)
 
 
-def hapo_log_entropy(k: LossKernels, entropy: Tensor, m: Tensor) -> tuple[Tensor, Tensor, list[float]]:
-    """``ell = log(max(H, 1e-8))`` (0 at padding), its valid values packed, and ``[n, sum, sum^2, max, min, #H<0]``."""
+def hapo_log_entropy(k: LossKernels, entropy: Tensor, m: Tensor) -> tuple[Tensor, list[float]]:
+    """The valid ``ell = log(max(H, 1e-8))`` packed row-major, and ``[n, sum, sum^2, max, min, #H<0]``."""
     b, t = entropy.shape
     ent, mask = _c(entropy), _c(m)
-    ell, packed = torch.empty(b, t), torch.empty(b * t)
+    row, packed = torch.empty(max(t, 1)), torch.empty(b * t + 1)
     st = _stats(6)
-    k.hapo_log_entropy(ent.data_ptr(), mask.data_ptr(), b, t, ell.data_ptr(), packed.data_ptr(), st)  # type: ignore[attr-defined]
-    return ell, packed[: int(st[0])], list(st)
+    k.hapo_log_entropy(ent.data_ptr(), mask.data_ptr(), b, t, row.data_ptr(), 0, packed.data_ptr(), st)  # type: ignore[attr-defined]
+    return packed[: int(st[0])], list(st)
 
 
-def sq_dev(k: LossKernels, x: Tensor, m: Tensor, center: float) -> list[float]:
-    """``[sum (x - c)^2, max (x - c), min (x - c)]`` over valid tokens of a contiguous ``x``."""
+def sq_dev(k: LossKernels, entropy: Tensor, m: Tensor, center: float) -> list[float]:
+    """``[sum (ell - c)^2, max (ell - c), min (ell - c)]`` over valid tokens, ``ell = log(max(H, 1e-8))``."""
     st = _stats(3)
-    k.sq_dev(x.data_ptr(), _c(m).data_ptr(), x.shape[0], x.shape[1], center, st)  # type: ignore[attr-defined]
+    ent = _c(entropy)
+    k.sq_dev(ent.data_ptr(), _c(m).data_ptr(), ent.shape[0], ent.shape[1], center, st)  # type: ignore[attr-defined]
     return list(st)
 
 
 def hapo_apply(
     k: LossKernels,
-    ell: Tensor,
+    entropy: Tensor,
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
@@ -152,19 +153,19 @@ def hapo_apply(
     eps_high: float,
     clip_alpha: float,
     adv_beta: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, list[float]]:
-    """HAPO's ``h_hat``, per-token ``eps_low``/``eps_high`` and redistributed advantages, and the metric sums."""
+) -> tuple[Tensor, Tensor, Tensor, list[float]]:
+    """HAPO's per-token clip bounds ``1 - eps_low'``, ``1 + eps_high'``, redistributed advantages, and metric sums."""
     b, t = logp.shape
-    lp, old, mask = _c(logp), _c(old_logp), _c(m)
+    ent, lp, old, mask = _c(entropy), _c(logp), _c(old_logp), _c(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    h, el, eh, a_out = (torch.empty(b, t) for _ in range(4))
+    lo, hi, a_out = (torch.empty(b, t) for _ in range(3))
     st = _stats(3)
     k.hapo_apply(  # type: ignore[attr-defined]
-        ell.data_ptr(), lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, pivot,
-        scale, pos_max, neg_scale, eps_low, eps_high, clip_alpha, adv_beta, h.data_ptr(), el.data_ptr(), eh.data_ptr(),
+        ent.data_ptr(), lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, pivot,
+        scale, pos_max, neg_scale, eps_low, eps_high, clip_alpha, adv_beta, lo.data_ptr(), hi.data_ptr(),
         a_out.data_ptr(), st,
     )  # fmt: skip
-    return h, el, eh, a_out, list(st)
+    return lo, hi, a_out, list(st)
 
 
 def masked_sums(k: LossKernels, x: Tensor, m: Tensor) -> list[float]:
@@ -228,9 +229,17 @@ def cov_pack(
 
 
 def cov_top(
-    k: LossKernels, logp: Tensor, advantages: Tensor, m: Tensor, *, mean_a: float, mean_lp: float, kth: float, count: int
+    k: LossKernels,
+    logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    *,
+    mean_a: float,
+    mean_lp: float,
+    kth: float,
+    count: int,
 ) -> Tensor:
-    """Flat indices ``(<= count,)`` of the valid tokens with ``Cov_t > kth``, then ``== kth``, row-major, up to count."""
+    """Flat indices ``(<= count,)`` of the valid tokens with ``Cov_t > kth``, then ``== kth`` (row-major each)."""
     b, t = logp.shape
     lp, mask = _c(logp), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)

@@ -19,7 +19,6 @@ from entrolab.losses._common import (
     check_policy_inputs,
     check_token_weights,
     finish_loss,
-    positive,
     zero_masked,
     zero_masked_means,
 )
@@ -214,9 +213,7 @@ def entropy_balanced(
     per_token, terms = ppo_core(
         logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, top_gradient=True
     )
-    metrics = ppo_metrics(m, mf, terms)
-    (high,) = zero_masked_means(m, terms.clipped * positive(terms.ratio - (1 + eps_high)))
-    metrics["clipfrac_high"] = high
+    metrics = ppo_metrics(m, mf, terms)  # clipfrac_high: the top-clipped tokens, counted by the surrogate
     if adv_mean is not None:
         metrics["entropy_adv_mean"] = adv_mean
     elif adv_metric is not None:

@@ -267,22 +267,22 @@ def _hapo_native(
     and the redistributed advantages from three fused passes (``_native/losses.c``) around the pivot selection."""
     q = check_number("entropy_pivot", entropy_pivot, low=0.0, high=1.0)
     compat = check_compat(compat)
-    ell, packed, st = _fast.hapo_log_entropy(k, entropy, m)
+    packed, st = _fast.hapo_log_entropy(k, entropy, m)
     if st[5] > 0:
         raise ValueError("entropy must be >= 0 at valid positions")
     n = int(st[0])
     pivot = float(_nearest_quantile(packed, q)) if n else 0.0
-    sq, dmax, dmin = _fast.sq_dev(k, ell, m, pivot)
+    sq, dmax, dmin = _fast.sq_dev(k, entropy, m, pivot)
     scale = max(math.sqrt(sq / max(n, 1)), 1e-8)
     # h = (ell - pivot) / scale; the PyTorch path's extremes include padding's h = 0, hence the 0 in max/min
     pos_max = max(dmax / scale if n else 0.0, 1e-8)
     neg_min = min(dmin / scale if n else 0.0, -1e-8)
     neg_scale = neg_min if compat == "code" else -neg_min
-    _, el, eh, a, hs = _fast.hapo_apply(
-        k, ell, logp, old_logp, advantages, m, pivot=pivot, scale=scale, pos_max=pos_max, neg_scale=neg_scale,
+    lo, hi, a, hs = _fast.hapo_apply(
+        k, entropy, logp, old_logp, advantages, m, pivot=pivot, scale=scale, pos_max=pos_max, neg_scale=neg_scale,
         eps_low=eps_low, eps_high=eps_high, clip_alpha=clip_alpha, adv_beta=adv_beta,
     )  # fmt: skip
-    per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=el, eps_high=eh, dual_clip=dual_clip)
+    per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=lo, eps_high=hi, dual_clip=dual_clip, bounds=True)
     metrics = ppo_metrics(m, mf, terms)
     count = max(n, 1)
     metrics.update(

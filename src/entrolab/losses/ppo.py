@@ -33,6 +33,8 @@ class PPOTerms(NamedTuple):
     """Float 0/1: the clipped branch is strictly larger (PPO's ``clipfrac``; Clip-Cov's ``clip_by_origin``)."""
     lower: Tensor | None
     """Float 0/1: dual-clip active (``None`` without dual-clip)."""
+    top: Tensor | None = None
+    """Float 0/1: top-clipped tokens that keep AEPO-EB's stop-gradient gradient (``None`` without it)."""
 
 
 class _PPOSurrogate(torch.autograd.Function):
@@ -53,7 +55,8 @@ class _PPOSurrogate(torch.autograd.Function):
         eps_high: float | Tensor,
         dual_clip: float | None,
         top_gradient: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        bounds: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         raw = torch.nan_to_num(logp, nan=0.0, posinf=0.0, neginf=0.0) - torch.nan_to_num(
             old_logp, nan=0.0, posinf=0.0, neginf=0.0
         )
@@ -62,12 +65,13 @@ class _PPOSurrogate(torch.autograd.Function):
         ratio = torch.exp(log_ratio) * mf
         neg_a = -a  # a is 0 at padding, so every product below is too
         unclipped = neg_a * ratio
-        high = 1.0 + eps_high
-        clipped = neg_a * torch.clamp(ratio, 1.0 - eps_low, high)  # type: ignore[arg-type]
+        low, high = (eps_low, eps_high) if bounds else (1.0 - eps_low, 1.0 + eps_high)
+        clipped = neg_a * torch.clamp(ratio, low, high)  # type: ignore[arg-type]
         per_token = torch.maximum(unclipped, clipped)
         sel = torch.sign(per_token - unclipped)  # clipped > unclipped, strictly (the difference is >= 0)
         # d l / d logp: -A r on the unclipped branch (ties included, as autograd's max/clamp give), 0 when clipped
         keep = 1.0 - sel
+        top = None
         if top_gradient:  # AEPO-EB's stop-gradient high clip: (1 + eps_high)(-A) on top-clipped tokens
             top = sel * positive(ratio - high)
         lower = None
@@ -77,22 +81,22 @@ class _PPOSurrogate(torch.autograd.Function):
             lower = positive(per_token - floor)
             per_token = torch.minimum(per_token, floor)
             keep = keep * (1.0 - lower)
-            if top_gradient:
+            if top is not None:  # a no-op in fact: dual-clip binds only for A < 0, top clips only for A > 0
                 top = top * (1.0 - lower)
         # the clamp zeroes the gradient beyond +-20 (log_ratio == raw inside, so |raw - log_ratio| = 0 there)
         inside = 1.0 - torch.sign((raw - log_ratio).abs_())
         coef = unclipped * keep
-        if top_gradient:
+        if top is not None:
             coef = coef + (neg_a * high) * top
         coef = coef * inside
         ctx.save_for_backward(coef)
         ctx.mark_non_differentiable(log_ratio, ratio, sel)
-        return per_token, log_ratio, ratio, sel, lower
+        return per_token, log_ratio, ratio, sel, lower, top
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
         (coef,) = ctx.saved_tensors
-        return grad * coef, None, None, None, None, None, None, None
+        return grad * coef, None, None, None, None, None, None, None, None
 
 
 def ppo_core(
@@ -105,29 +109,30 @@ def ppo_core(
     eps_high: float | Tensor,
     dual_clip: float | None,
     top_gradient: bool = False,
+    bounds: bool = False,
 ) -> tuple[Tensor, PPOTerms]:
     """Per-token PPO losses ``(B, T)``, exactly 0 at masked positions, and the detached terms behind them.
 
     ``a`` must already be 0 at masked positions and ``mf`` is the float mask.  ``eps_low``/``eps_high`` may be
-    per-token tensors (HAPO).  The gradient flows to ``logp`` only (``old_logp`` and ``a`` are constants of the
-    surrogate); it is the analytic ``-A r`` on the unclipped branch and 0 elsewhere, in one multiply, which
-    ``tests/test_losses_fastpath_on_cpu.py`` checks against plain autograd in float64.
+    per-token tensors (HAPO); with ``bounds=True`` they are the clip bounds ``1 - eps_low`` and ``1 + eps_high``
+    themselves (HAPO's kernel writes those directly).  The gradient flows to ``logp`` only (``old_logp`` and ``a``
+    are constants of the surrogate); it is the analytic ``-A r`` on the unclipped branch and 0 elsewhere, in one
+    multiply, which ``tests/test_losses_fastpath_on_cpu.py`` checks against plain autograd in float64.
     """
-    per_token, log_ratio, ratio, sel, lower = _PPOSurrogate.apply(
-        logp, old_logp.detach(), a.detach(), mf, eps_low, eps_high, dual_clip, top_gradient
+    per_token, log_ratio, ratio, sel, lower, top = _PPOSurrogate.apply(
+        logp, old_logp.detach(), a.detach(), mf, eps_low, eps_high, dual_clip, top_gradient, bounds
     )
-    return per_token, PPOTerms(log_ratio, ratio, sel, lower)
+    return per_token, PPOTerms(log_ratio, ratio, sel, lower, top)
 
 
 def ppo_metrics(m: Tensor, mf: Tensor, terms: PPOTerms) -> dict[str, Tensor]:
-    """``clipfrac``, ``approx_kl``, ``ratio_mean`` (and ``clipfrac_lower``) in one stacked reduction."""
+    """``clipfrac``, ``approx_kl``, ``ratio_mean`` (and ``clipfrac_lower`` with dual-clip, ``clipfrac_high`` with the
+    stop-gradient high clip) in one stacked reduction."""
     values = [terms.clipped, terms.log_ratio, terms.ratio]
-    if terms.lower is not None:
-        values.append(terms.lower)
-    means = zero_masked_means(m, *values)
+    extra = [(name, t) for name, t in (("clipfrac_lower", terms.lower), ("clipfrac_high", terms.top)) if t is not None]
+    means = zero_masked_means(m, *values, *(t for _, t in extra))
     metrics = {"clipfrac": means[0], "approx_kl": -means[1], "ratio_mean": means[2]}
-    if terms.lower is not None:
-        metrics["clipfrac_lower"] = means[3]
+    metrics.update((name, mean) for (name, _), mean in zip(extra, means[3:], strict=True))
     return metrics
 
 
