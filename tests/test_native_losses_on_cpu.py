@@ -30,6 +30,8 @@ CASES = [
     ("hapo", {"clip_alpha": 0.5, "adv_beta": 2.0, "eps_high": 0.28}),
     ("entropy_balanced", {}),
     ("entropy_balanced", {"entropy_adv_coef": 0.7, "dual_clip": 3.0}),
+    ("entropy_balanced", {"entropy_advantage": False, "dual_clip": None, "eps_high": 0.28}),
+    ("entropy_balanced", {"compat": "code"}),
     ("kl_cov", {}),
     ("kl_cov", {"ratio": 0.3, "kl_coef": 0.5}),
     ("kl_cov", {"ratio": 1.0}),

@@ -192,53 +192,6 @@ void entrolab_hapo_log_entropy_f32(const float *ent, const uint8_t *mask, int64_
     stats[5] = negative;
 }
 
-/* HAPO, second pass (eqs. 6-9): with h = (ell - pivot) / scale and h_hat = clamp(h+ / pos_max + h- / neg_scale,
- * -1, 1): eps_low' = eps_low (1 - alpha min(h_hat, 0)), eps_high' = eps_high (1 + alpha max(h_hat, 0)); with the ratio
- * r = exp(clamp(lp - old, -20, 20)), in_zone = (1 - eps_low'/2 < r < 1 + eps_high'/2), use_ent = (h_hat > 0) xor
- * in_zone, a' = A (1 + beta h_hat use_ent).  ell is recomputed from the entropy.  Outputs (B, T): a' (0 at padding) and
- * PPO's clip bounds 1 - eps_low' and 1 + eps_high' (from the base eps at padding, as in the PyTorch path); stats = [sum h_hat,
- * count h_hat > 0, count use_ent and h_hat != 0]. */
-void entrolab_hapo_apply_f32(const float *ent, const float *lp, const float *old, const float *adv, int64_t ars,
-                             int64_t ats, float *abuf, const uint8_t *mask, int64_t B, int64_t T, float pivot, float scale,
-                             float pos_max, float neg_scale, float eps_low, float eps_high, float alpha, float beta,
-                             float *lo_b, float *hi_b, float *a_out, double *stats) {
-    double hs = 0.0;
-    double pos = 0.0, changed = 0.0;
-    for (int64_t i = 0; i < B; i++) {
-        const float *e = ent + i * T, *l = lp + i * T, *o = old + i * T;
-        const float *a = adv_row(adv, i, ars, ats, T, abuf);
-        const uint8_t *mk = mask + i * T;
-        float rs = 0.0f;
-        float rp = 0.0f, rc = 0.0f;
-#pragma omp simd reduction(+ : rs, rp, rc)
-        for (int64_t t = 0; t < T; t++) {
-            float v = mk[t] ? 1.0f : 0.0f;
-            float h = (hapo_ell(e[t], mk[t]) - pivot) / scale * v;
-            float hh = fmin_(fmax_(fmax_(h, 0.0f) / pos_max + fmin_(h, 0.0f) / neg_scale, -1.0f), 1.0f) * v;
-            float lo_eps = eps_low * (1.0f - alpha * fmin_(hh, 0.0f));
-            float hi_eps = eps_high * (1.0f + alpha * fmax_(hh, 0.0f));
-            float d = mk[t] ? l[t] - o[t] : 0.0f;
-            float r = vexp(fmin_(fmax_(d, -20.0f), 20.0f));
-            float zone = (r > 1.0f - 0.5f * lo_eps) && (r < 1.0f + 0.5f * hi_eps) ? 1.0f : 0.0f;
-            float high = hh > 0.0f ? 1.0f : 0.0f;
-            float use = high + zone - 2.0f * high * zone; /* xor of two 0/1 values */
-            float av = mk[t] ? a[t] : 0.0f;
-            lo_b[i * T + t] = 1.0f - lo_eps;
-            hi_b[i * T + t] = 1.0f + hi_eps;
-            a_out[i * T + t] = av * (1.0f + beta * hh * use);
-            rs += hh;
-            rp += v * high; /* hh is 0 at padding, so high is too; v for clarity */
-            rc += v * use * (hh != 0.0f ? 1.0f : 0.0f);
-        }
-        hs += rs;
-        pos += rp;
-        changed += rc;
-    }
-    stats[0] = hs;
-    stats[1] = pos;
-    stats[2] = changed;
-}
-
 /* Moments of valid x: stats = [count, sum x, sum x^2] (double accumulation; AEPO-EB's entropy mean and std). */
 void entrolab_masked_sums_f32(const float *x, const uint8_t *mask, int64_t B, int64_t T, double *stats) {
     double s1 = 0.0, s2 = 0.0, count = 0.0;
@@ -485,4 +438,153 @@ int64_t entrolab_ge_mask_f32(const float *x, const uint8_t *mask, int64_t B, int
         n += (int64_t)rn;
     }
     return n;
+}
+
+/* ------------------------------------------------------------------------------------------------------------------
+ * Fused surrogates of the two interventions that change PPO's clip itself: HAPO's per-token clip range with its
+ * ratio-zone advantage, and AEPO-EB's stop-gradient high clip on entropy-aware advantages.  Each computes its
+ * per-token knobs and PPO's clipped surrogate (dual-clip included) in one pass, writing only the loss and the gradient
+ * coefficient d loss / d logp; the arithmetic is entrolab.losses.ppo._PPOSurrogate's, token by token.
+ */
+
+typedef struct {
+    float loss, coef, log_ratio, ratio, clipped, lower, top;
+} ppo_tok;
+
+/* d = lp - old (0 at padding), v = 1 valid / 0 padding, av = advantage (0 at padding), bounds lo_b <= hi_b; dual > 0
+ * enables dual-clip with constant c; topg keeps (1 + eps_high)(-A) as the gradient of top-clipped tokens. */
+static inline ppo_tok ppo_token(float d, float v, float av, float lo_b, float hi_b, int dual, float c, int topg) {
+    ppo_tok o;
+    float lr = fmin_(fmax_(d, -20.0f), 20.0f);
+    float r = vexp(lr) * v;
+    float na = -av;
+    float unc = na * r;
+    float clp = na * fmin_(fmax_(r, lo_b), hi_b);
+    float pt = fmax_(unc, clp);
+    float sel = pt > unc ? 1.0f : 0.0f;
+    float keep = 1.0f - sel;
+    float top = topg ? sel * (r > hi_b ? 1.0f : 0.0f) : 0.0f;
+    float lower = 0.0f;
+    if (dual) {
+        float fl = fabsf(av) * c;
+        lower = pt > fl ? 1.0f : 0.0f;
+        pt = fmin_(pt, fl);
+        keep *= 1.0f - lower;
+        top *= 1.0f - lower;
+    }
+    float inside = d == lr ? 1.0f : 0.0f;
+    float coef = unc * keep + (topg ? (na * hi_b) * top : 0.0f);
+    o.loss = pt;
+    o.coef = coef * inside;
+    o.log_ratio = lr * v;
+    o.ratio = r;
+    o.clipped = sel;
+    o.lower = lower;
+    o.top = top;
+    return o;
+}
+
+/* HAPO (arXiv 2509.16591, eqs. 6-9) and its dual-clip PPO surrogate.  With h = (ell - pivot) / scale and h_hat =
+ * clamp(h+ / pos_max + h- / neg_scale, -1, 1): eps_low' = eps_low (1 - alpha min(h_hat, 0)), eps_high' = eps_high
+ * (1 + alpha max(h_hat, 0)); with r = exp(clamp(lp - old, -20, 20)), in_zone = (1 - eps_low'/2 < r < 1 + eps_high'/2),
+ * use_ent = (h_hat > 0) xor in_zone, a' = A (1 + beta h_hat use_ent); then PPO with the bounds 1 - eps_low',
+ * 1 + eps_high' on a'.
+ * stats = [sum clipped, sum log-ratio, sum ratio, sum lower, sum h_hat, count h_hat > 0, count changed]. */
+static inline void hapo_ppo_rows(const float *ent, const float *lp, const float *old, const float *adv, int64_t ars,
+                                 int64_t ats, float *abuf, const uint8_t *mask, int64_t B, int64_t T, float pivot,
+                                 float scale, float pos_max, float neg_scale, float eps_low, float eps_high, float alpha,
+                                 float beta, const int dual, float c, float *loss, float *coef, double *stats) {
+    double s[7] = {0, 0, 0, 0, 0, 0, 0};
+    for (int64_t i = 0; i < B; i++) {
+        const float *e = ent + i * T, *l = lp + i * T, *o = old + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float r0 = 0, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0, r6 = 0;
+#pragma omp simd reduction(+ : r0, r1, r2, r3, r4, r5, r6)
+        for (int64_t t = 0; t < T; t++) {
+            float v = mk[t] ? 1.0f : 0.0f;
+            float h = (hapo_ell(e[t], mk[t]) - pivot) / scale * v;
+            float hh = fmin_(fmax_(fmax_(h, 0.0f) / pos_max + fmin_(h, 0.0f) / neg_scale, -1.0f), 1.0f) * v;
+            float lo_eps = eps_low * (1.0f - alpha * fmin_(hh, 0.0f));
+            float hi_eps = eps_high * (1.0f + alpha * fmax_(hh, 0.0f));
+            float d = mk[t] ? l[t] - o[t] : 0.0f;
+            float r = vexp(fmin_(fmax_(d, -20.0f), 20.0f));
+            float zone = (r > 1.0f - 0.5f * lo_eps) && (r < 1.0f + 0.5f * hi_eps) ? 1.0f : 0.0f;
+            float high = hh > 0.0f ? 1.0f : 0.0f;
+            float use = high + zone - 2.0f * high * zone;
+            float av = mk[t] ? a[t] : 0.0f;
+            float a2 = av * (1.0f + beta * hh * use);
+            ppo_tok p = ppo_token(d, v, a2, 1.0f - lo_eps, 1.0f + hi_eps, dual, c, 0);
+            loss[i * T + t] = p.loss;
+            coef[i * T + t] = p.coef;
+            r0 += p.clipped;
+            r1 += p.log_ratio;
+            r2 += p.ratio;
+            r3 += p.lower;
+            r4 += hh;
+            r5 += v * high;
+            r6 += v * use * (hh != 0.0f ? 1.0f : 0.0f);
+        }
+        s[0] += r0, s[1] += r1, s[2] += r2, s[3] += r3, s[4] += r4, s[5] += r5, s[6] += r6;
+    }
+    for (int k = 0; k < 7; k++) stats[k] = s[k];
+}
+
+void entrolab_hapo_ppo_f32(const float *ent, const float *lp, const float *old, const float *adv, int64_t ars,
+                           int64_t ats, float *abuf, const uint8_t *mask, int64_t B, int64_t T, float pivot, float scale,
+                           float pos_max, float neg_scale, float eps_low, float eps_high, float alpha, float beta,
+                           float dual_clip, float *loss, float *coef, double *stats) {
+    if (dual_clip > 0.0f) /* two instantiations: a knob tested inside the loop would keep it scalar */
+        hapo_ppo_rows(ent, lp, old, adv, ars, ats, abuf, mask, B, T, pivot, scale, pos_max, neg_scale, eps_low,
+                      eps_high, alpha, beta, 1, dual_clip, loss, coef, stats);
+    else
+        hapo_ppo_rows(ent, lp, old, adv, ars, ats, abuf, mask, B, T, pivot, scale, pos_max, neg_scale, eps_low,
+                      eps_high, alpha, beta, 0, 0.0f, loss, coef, stats);
+}
+
+/* AEPO-EB (arXiv 2510.14545, eqs. 10-12): a' = A (1 + coef (H - mean) / std) (coef 0: A itself; ent may then be any
+ * finite-at-valid array), PPO's surrogate with the stop-gradient high clip and optional dual-clip.
+ * stats = [sum clipped, sum log-ratio, sum ratio, sum lower, sum top, sum a']. */
+static inline void balanced_ppo_rows(const float *ent, const float *lp, const float *old, const float *adv,
+                                     int64_t ars, int64_t ats, float *abuf, const uint8_t *mask, int64_t B, int64_t T,
+                                     float mean, float std, float ecoef, float lo_b, float hi_b, const int dual,
+                                     float c, float *loss, float *coef, double *stats) {
+    double s[6] = {0, 0, 0, 0, 0, 0};
+    for (int64_t i = 0; i < B; i++) {
+        const float *e = ent + i * T, *l = lp + i * T, *o = old + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float r0 = 0, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0;
+#pragma omp simd reduction(+ : r0, r1, r2, r3, r4, r5)
+        for (int64_t t = 0; t < T; t++) {
+            float v = mk[t] ? 1.0f : 0.0f;
+            float z = mk[t] ? (e[t] - mean) / std : 0.0f;
+            float a2 = mk[t] ? a[t] * (1.0f + ecoef * z) : 0.0f;
+            float d = mk[t] ? l[t] - o[t] : 0.0f;
+            ppo_tok p = ppo_token(d, v, a2, lo_b, hi_b, dual, c, 1);
+            loss[i * T + t] = p.loss;
+            coef[i * T + t] = p.coef;
+            r0 += p.clipped;
+            r1 += p.log_ratio;
+            r2 += p.ratio;
+            r3 += p.lower;
+            r4 += p.top;
+            r5 += a2;
+        }
+        s[0] += r0, s[1] += r1, s[2] += r2, s[3] += r3, s[4] += r4, s[5] += r5;
+    }
+    for (int k = 0; k < 6; k++) stats[k] = s[k];
+}
+
+void entrolab_balanced_ppo_f32(const float *ent, const float *lp, const float *old, const float *adv, int64_t ars,
+                               int64_t ats, float *abuf, const uint8_t *mask, int64_t B, int64_t T, float mean,
+                               float std, float ecoef, float eps_low, float eps_high, float dual_clip, float *loss,
+                               float *coef, double *stats) {
+    const float lo_b = 1.0f - eps_low, hi_b = 1.0f + eps_high;
+    if (dual_clip > 0.0f)
+        balanced_ppo_rows(ent, lp, old, adv, ars, ats, abuf, mask, B, T, mean, std, ecoef, lo_b, hi_b, 1, dual_clip,
+                          loss, coef, stats);
+    else
+        balanced_ppo_rows(ent, lp, old, adv, ars, ats, abuf, mask, B, T, mean, std, ecoef, lo_b, hi_b, 0, 0.0f, loss,
+                          coef, stats);
 }

@@ -26,7 +26,6 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_steer_f32": [_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _S, _F, _F, _S, _F, _F, _P, _P, _P],
     "entrolab_hapo_log_entropy_f32": [_P, _P, _I, _I, _P, _I, _P, _P],
     "entrolab_sq_dev_f32": [_P, _P, _I, _I, _F, _P],
-    "entrolab_hapo_apply_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 8, _P, _P, _P, _P],
     "entrolab_masked_sums_f32": [_P, _P, _I, _I, _P],
     "entrolab_balanced_adv_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _P, _P],
     "entrolab_cov_sums_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _P],
@@ -35,6 +34,8 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_cov_candidates_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 6, _P, _P, _P],
     "entrolab_pack_valid_f32": [_P, _P, _I, _I, _P, _P],
     "entrolab_ge_mask_f32": [_P, _P, _I, _I, _F, _P],
+    "entrolab_hapo_ppo_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 9, _P, _P, _P],
+    "entrolab_balanced_ppo_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 6, _P, _P, _P],
 }
 _RETURNS_COUNT = {"entrolab_cov_top_f32", "entrolab_cov_candidates_f32", "entrolab_ge_mask_f32"}
 
@@ -135,37 +136,6 @@ def sq_dev(k: LossKernels, entropy: Tensor, m: Tensor, center: float) -> list[fl
     ent = _c(entropy)
     k.sq_dev(ent.data_ptr(), _c(m).data_ptr(), ent.shape[0], ent.shape[1], center, st)  # type: ignore[attr-defined]
     return list(st)
-
-
-def hapo_apply(
-    k: LossKernels,
-    entropy: Tensor,
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    m: Tensor,
-    *,
-    pivot: float,
-    scale: float,
-    pos_max: float,
-    neg_scale: float,
-    eps_low: float,
-    eps_high: float,
-    clip_alpha: float,
-    adv_beta: float,
-) -> tuple[Tensor, Tensor, Tensor, list[float]]:
-    """HAPO's per-token clip bounds ``1 - eps_low'``, ``1 + eps_high'``, redistributed advantages, and metric sums."""
-    b, t = logp.shape
-    ent, lp, old, mask = _c(entropy), _c(logp), _c(old_logp), _c(m)
-    a, ars, ats, abuf = _adv(advantages, logp.shape)
-    lo, hi, a_out = (torch.empty(b, t) for _ in range(3))
-    st = _stats(3)
-    k.hapo_apply(  # type: ignore[attr-defined]
-        ent.data_ptr(), lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, pivot,
-        scale, pos_max, neg_scale, eps_low, eps_high, clip_alpha, adv_beta, lo.data_ptr(), hi.data_ptr(),
-        a_out.data_ptr(), st,
-    )  # fmt: skip
-    return lo, hi, a_out, list(st)
 
 
 def masked_sums(k: LossKernels, x: Tensor, m: Tensor) -> list[float]:
@@ -295,3 +265,67 @@ def ge_mask(k: LossKernels, x: Tensor, m: Tensor, tau: float) -> tuple[Tensor, i
     keep = torch.empty(b, t, dtype=torch.bool)
     got = k.ge_mask(xc.data_ptr(), mask.data_ptr(), b, t, tau, keep.data_ptr())  # type: ignore[attr-defined]
     return keep, int(got)
+
+
+def hapo_ppo(
+    k: LossKernels,
+    entropy: Tensor,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    *,
+    pivot: float,
+    scale: float,
+    pos_max: float,
+    neg_scale: float,
+    eps_low: float,
+    eps_high: float,
+    clip_alpha: float,
+    adv_beta: float,
+    dual_clip: float | None,
+) -> tuple[Tensor, Tensor, list[float]]:
+    """HAPO's fused surrogate: per-token losses and ``d loss / d logp`` ``(B, T)``, and ``[clipped, log-ratio, ratio,
+    lower, h_hat, h_hat > 0, changed]`` sums over valid tokens."""
+    b, t = logp.shape
+    ent, lp, old, mask = _c(entropy), _c(logp), _c(old_logp), _c(m)
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    loss, coef = torch.empty(b, t), torch.empty(b, t)
+    st = _stats(7)
+    k.hapo_ppo(  # type: ignore[attr-defined]
+        ent.data_ptr(), lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, pivot,
+        scale, pos_max, neg_scale, eps_low, eps_high, clip_alpha, adv_beta, dual_clip or 0.0, loss.data_ptr(),
+        coef.data_ptr(), st,
+    )  # fmt: skip
+    return loss, coef, list(st)
+
+
+def balanced_ppo(
+    k: LossKernels,
+    entropy: Tensor | None,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    *,
+    mean: float,
+    std: float,
+    coef: float,
+    eps_low: float,
+    eps_high: float,
+    dual_clip: float | None,
+) -> tuple[Tensor, Tensor, list[float]]:
+    """AEPO-EB's fused surrogate (``coef = 0`` or no entropy: the advantages as given): per-token losses and
+    ``d loss / d logp``, and ``[clipped, log-ratio, ratio, lower, top, A']`` sums over valid tokens."""
+    b, t = logp.shape
+    lp, old, mask = _c(logp), _c(old_logp), _c(m)
+    ent = lp if entropy is None else _c(entropy)
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    loss, grad = torch.empty(b, t), torch.empty(b, t)
+    st = _stats(6)
+    k.balanced_ppo(  # type: ignore[attr-defined]
+        ent.data_ptr(), lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean,
+        std, coef if entropy is not None else 0.0, eps_low, eps_high, dual_clip or 0.0, loss.data_ptr(),
+        grad.data_ptr(), st,
+    )  # fmt: skip
+    return loss, grad, list(st)

@@ -23,7 +23,7 @@ from entrolab.losses._common import (
     zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
-from entrolab.losses.ppo import ppo_core, ppo_metrics
+from entrolab.losses.ppo import fused_surrogate, ppo_core, ppo_metrics
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["entropy_aware_advantages", "entropy_balanced"]
@@ -185,37 +185,76 @@ def entropy_balanced(
     compat = check_compat(compat)
     weights = check_token_weights(token_weights, m)
     group = _dist.resolve_group(global_stats, process_group)
+    reshape = entropy_advantage and compat == "paper"
+    if reshape and entropy is None:
+        raise ValueError(
+            "entropy_balanced needs entropy= for its entropy-aware advantage (the authors' configs silently "
+            "skip it); pass entropy_advantage=False to turn it off"
+        )
+    k = _fast.native_for(logp, old_logp, advantages, entropy if reshape else None)
+    if k is not None and (not reshape or (group is None and entropy_stats is None)):
+        return _balanced_native(
+            k, logp, old_logp, advantages, m, entropy, agg, weights, eps_low, eps_high, dual_clip, reshape,
+            entropy_adv_coef,
+        )  # fmt: skip
     mf = m.to(logp.dtype)
     a = zero_masked(adv, mf)
     adv_metric = None
-    adv_mean: Tensor | None = None
-    if entropy_advantage and compat == "paper":
-        if entropy is None:
-            raise ValueError(
-                "entropy_balanced needs entropy= for its entropy-aware advantage (the authors' configs silently "
-                "skip it); pass entropy_advantage=False to turn it off"
-            )
-        k = _fast.native_for(logp, advantages, entropy) if group is None and entropy_stats is None else None
-        if k is not None:  # the z-score's moments, then A (1 + coef z), in two fused passes
-            n, s1, s2 = _fast.masked_sums(k, entropy, m)
-            mean64 = s1 / max(n, 1.0)
-            var = max((s2 - n * mean64 * mean64) / max(n - 1.0, 1.0), 0.0)
-            std = float(torch.tensor(math.sqrt(var) if n > 1 else 0.0, dtype=torch.float32))
-            mean = float(torch.tensor(mean64, dtype=torch.float32))
-            a, a_sum = _fast.balanced_adv(
-                k, entropy, advantages, m, mean=mean, std=std if std > 0 else 1.0, coef=entropy_adv_coef
-            )
-            adv_mean = torch.tensor(a_sum / max(n, 1.0), dtype=torch.float32)
-        else:
-            z, _, _ = _entropy_z(entropy, m, entropy_stats, group, mf=mf)
-            a = a * (1 + entropy_adv_coef * z.to(a.dtype))
+    if reshape:
+        z, _, _ = _entropy_z(entropy, m, entropy_stats, group, mf=mf)
+        a = a * (1 + entropy_adv_coef * z.to(a.dtype))
         adv_metric = a
     per_token, terms = ppo_core(
         logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, top_gradient=True
     )
     metrics = ppo_metrics(m, mf, terms)  # clipfrac_high: the top-clipped tokens, counted by the surrogate
-    if adv_mean is not None:
-        metrics["entropy_adv_mean"] = adv_mean
-    elif adv_metric is not None:
+    if adv_metric is not None:
         metrics["entropy_adv_mean"] = zero_masked_means(m, adv_metric)[0]
+    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+
+
+def _balanced_native(
+    k: Any,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    entropy: Tensor | None,
+    agg: Any,
+    weights: Tensor | None,
+    eps_low: float,
+    eps_high: float,
+    dual_clip: float | None,
+    reshape: bool,
+    coef: float,
+) -> LossOutput:
+    """:func:`entropy_balanced` on float32 CPU tensors with per-call statistics: the entropy's moments in one pass, then
+    the entropy-aware advantage and the stop-gradient-clip surrogate with its gradient in one fused pass."""
+    mean = std = 0.0
+    if reshape:
+        assert entropy is not None
+        n, s1, s2 = _fast.masked_sums(k, entropy, m)
+        mean64 = s1 / max(n, 1.0)
+        var = max((s2 - n * mean64 * mean64) / max(n - 1.0, 1.0), 0.0)
+        std = float(torch.tensor(math.sqrt(var) if n > 1 else 0.0, dtype=torch.float32))
+        mean = float(torch.tensor(mean64, dtype=torch.float32))
+    else:
+        n = float(m.sum())
+    stats: list[float] = []
+
+    def run() -> tuple[Tensor, Tensor]:
+        loss, grad, st = _fast.balanced_ppo(
+            k, entropy if reshape else None, logp, old_logp, advantages, m, mean=mean,
+            std=std if std > 0 else 1.0, coef=coef, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
+        )  # fmt: skip
+        stats.extend(st)
+        return loss, grad
+
+    per_token = fused_surrogate(logp, run)
+    means = [torch.tensor(v / max(n, 1.0), dtype=torch.float32) for v in stats]
+    metrics = {"clipfrac": means[0], "approx_kl": -means[1], "ratio_mean": means[2], "clipfrac_high": means[4]}
+    if dual_clip is not None:
+        metrics["clipfrac_lower"] = means[3]
+    if reshape:
+        metrics["entropy_adv_mean"] = means[5]
     return finish_loss(per_token, m, agg, metrics, entropy, weights)

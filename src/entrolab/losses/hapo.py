@@ -25,7 +25,7 @@ from entrolab.losses._common import (
 )
 from entrolab.losses.advantages import _groups, grpo_advantages
 from entrolab.losses.aggregation import Aggregation, as_mask
-from entrolab.losses.ppo import ppo_core, ppo_metrics
+from entrolab.losses.ppo import fused_surrogate, ppo_core, ppo_metrics
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["HapoEntropyStats", "hapo", "hapo_normalized_entropy", "hapo_token_level_advantages"]
@@ -263,8 +263,9 @@ def _hapo_native(
     entropy_pivot: object,
     compat: str,
 ) -> LossOutput:
-    """:func:`hapo` on float32 CPU tensors with per-call statistics: the normalised entropy, the per-token clip range
-    and the redistributed advantages from three fused passes (``_native/losses.c``) around the pivot selection."""
+    """:func:`hapo` on float32 CPU tensors with per-call statistics, three fused passes (``_native/losses.c``) around
+    the pivot selection: the packed log-entropies, their spread around the pivot, and one pass for the normalised
+    entropy, the per-token clip range, the redistributed advantage and the dual-clip surrogate with its gradient."""
     q = check_number("entropy_pivot", entropy_pivot, low=0.0, high=1.0)
     compat = check_compat(compat)
     packed, st = _fast.hapo_log_entropy(k, entropy, m)
@@ -278,18 +279,24 @@ def _hapo_native(
     pos_max = max(dmax / scale if n else 0.0, 1e-8)
     neg_min = min(dmin / scale if n else 0.0, -1e-8)
     neg_scale = neg_min if compat == "code" else -neg_min
-    lo, hi, a, hs = _fast.hapo_apply(
-        k, entropy, logp, old_logp, advantages, m, pivot=pivot, scale=scale, pos_max=pos_max, neg_scale=neg_scale,
-        eps_low=eps_low, eps_high=eps_high, clip_alpha=clip_alpha, adv_beta=adv_beta,
-    )  # fmt: skip
-    per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=lo, eps_high=hi, dual_clip=dual_clip, bounds=True)
-    metrics = ppo_metrics(m, mf, terms)
+    stats: list[float] = []
+
+    def run() -> tuple[Tensor, Tensor]:
+        loss, coef, st = _fast.hapo_ppo(
+            k, entropy, logp, old_logp, advantages, m, pivot=pivot, scale=scale, pos_max=pos_max,
+            neg_scale=neg_scale, eps_low=eps_low, eps_high=eps_high, clip_alpha=clip_alpha, adv_beta=adv_beta,
+            dual_clip=dual_clip,
+        )  # fmt: skip
+        stats.extend(st)
+        return loss, coef
+
+    per_token = fused_surrogate(logp, run)
     count = max(n, 1)
-    metrics.update(
-        hapo_h_mean=torch.tensor(hs[0] / count, dtype=torch.float32),
-        hapo_high_frac=torch.tensor(hs[1] / count, dtype=torch.float32),
-        hapo_adv_changed_frac=torch.tensor(hs[2] / count, dtype=torch.float32),
-    )
+    means = [torch.tensor(v / count, dtype=torch.float32) for v in stats]
+    metrics = {"clipfrac": means[0], "approx_kl": -means[1], "ratio_mean": means[2]}
+    if dual_clip is not None:
+        metrics["clipfrac_lower"] = means[3]
+    metrics.update(hapo_h_mean=means[4], hapo_high_frac=means[5], hapo_adv_changed_frac=means[6])
     return finish_loss(per_token, m, agg, metrics, entropy, weights)
 
 

@@ -21,7 +21,7 @@ from entrolab.losses._common import (
 from entrolab.losses.aggregation import Aggregation
 from entrolab.losses.registry import register_policy_loss
 
-__all__ = ["PPOTerms", "ppo", "ppo_core", "ppo_metrics", "ppo_token_losses"]
+__all__ = ["PPOTerms", "fused_surrogate", "ppo", "ppo_core", "ppo_metrics", "ppo_token_losses"]
 
 
 class PPOTerms(NamedTuple):
@@ -97,6 +97,27 @@ class _PPOSurrogate(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
         (coef,) = ctx.saved_tensors
         return grad * coef, None, None, None, None, None, None, None, None
+
+
+class _FusedSurrogate(torch.autograd.Function):
+    """Per-token losses computed by a fused native kernel together with their gradient coefficient."""
+
+    @staticmethod
+    def forward(ctx: Any, logp: Tensor, run: Any) -> Tensor:  # type: ignore[override]
+        loss, coef = run()
+        ctx.save_for_backward(coef)
+        return loss  # type: ignore[no-any-return]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (coef,) = ctx.saved_tensors
+        return grad * coef, None
+
+
+def fused_surrogate(logp: Tensor, run: Any) -> Tensor:
+    """Per-token losses ``(B, T)`` from ``run() -> (loss, coef)``, a kernel that also wrote ``coef = d loss / d logp``;
+    the gradient reaches ``logp`` as ``grad * coef`` (HAPO's and AEPO-EB's fused surrogates, ``_native/losses.c``)."""
+    return _FusedSurrogate.apply(logp, run)  # type: ignore[no-any-return]
 
 
 def ppo_core(
