@@ -588,3 +588,92 @@ void entrolab_balanced_ppo_f32(const float *ent, const float *lp, const float *o
         balanced_ppo_rows(ent, lp, old, adv, ars, ats, abuf, mask, B, T, mean, std, ecoef, lo_b, hi_b, 0, 0.0f, loss,
                           coef, stats);
 }
+
+/* ------------------------------------------------------------------------------------------------------------------
+ * KL-Cov's top-k for the usual small k (k = 0.2% of the tokens): centre and selection in one call, no packed copy.
+ */
+
+/* Sift-down of a min-heap of (value, index) with the smallest value at the root (ties: the larger index nearer it). */
+static void heap_down(float *hv, int64_t *hi, int64_t n, int64_t j) {
+    float v = hv[j];
+    int64_t x = hi[j];
+    for (;;) {
+        int64_t c = 2 * j + 1;
+        if (c >= n) break;
+        if (c + 1 < n && (hv[c + 1] < hv[c] || (hv[c + 1] == hv[c] && hi[c + 1] > hi[c]))) c++;
+        if (!(hv[c] < v || (hv[c] == v && hi[c] > x))) break;
+        hv[j] = hv[c];
+        hi[j] = hi[c];
+        j = c;
+    }
+    hv[j] = v;
+    hi[j] = x;
+}
+
+/* The flat indices (into idx, in heap order) of the k valid tokens with the largest Cov_t, ties broken by row-major
+ * position (a later token never displaces an equal earlier one), with the centre computed here (have_center 0) or given,
+ * and k = max(1, floor(ratio N (1 + 1e-9))) of the N valid tokens (entrolab.losses.cov._select_count), at most N and
+ * at most kmax (the caller's buffers: row of T floats, hv of kmax floats, idx of kmax indices).  stats = [N, sum Cov,
+ * mean A, mean lp]; returns the number selected. */
+int64_t entrolab_cov_topk_f32(const float *lp, const float *adv, int64_t ars, int64_t ats, float *abuf,
+                              const uint8_t *mask, int64_t B, int64_t T, int32_t have_center, float ma_in, float ml_in,
+                              double ratio, int64_t kmax, float *row, float *hv, int64_t *idx, double *stats) {
+    double sa = 0.0, sl = 0.0, count = 0.0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *l = lp + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        double ra = 0.0, rl = 0.0;
+        float rc = 0.0f;
+#pragma omp simd reduction(+ : ra, rl, rc)
+        for (int64_t t = 0; t < T; t++) {
+            ra += mk[t] ? (double)a[t] : 0.0;
+            rl += mk[t] ? (double)l[t] : 0.0;
+            rc += mk[t] ? 1.0f : 0.0f;
+        }
+        sa += ra;
+        sl += rl;
+        count += rc;
+    }
+    const double nn = count > 1.0 ? count : 1.0;
+    int64_t k = (int64_t)floor(ratio * count + 1e-9 * ratio * count);
+    k = k < 1 ? 1 : k;
+    k = k > (int64_t)count ? (int64_t)count : k;
+    k = k > kmax ? kmax : k;
+    const float ma = have_center ? ma_in : (float)(sa / nn), ml = have_center ? ml_in : (float)(sl / nn);
+    double s = 0.0;
+    int64_t n = 0;
+    for (int64_t i = 0; i < B; i++) {
+        const float *l = lp + i * T;
+        const float *a = adv_row(adv, i, ars, ats, T, abuf);
+        const uint8_t *mk = mask + i * T;
+        float rs = 0.0f;
+#pragma omp simd reduction(+ : rs)
+        for (int64_t t = 0; t < T; t++) {
+            float c = mk[t] ? (a[t] - ma) * (l[t] - ml) : 0.0f;
+            row[t] = mk[t] ? c : -INFINITY;
+            rs += c;
+        }
+        s += rs;
+        for (int64_t t = 0; t < T; t++) {
+            float c = row[t];
+            if (n < k) {
+                if (!mk[t]) continue; /* k <= N, so the heap fills before the valid tokens run out */
+                hv[n] = c;
+                idx[n] = i * T + t;
+                n++;
+                if (n == k)
+                    for (int64_t j = k / 2 - 1; j >= 0; j--) heap_down(hv, idx, k, j);
+            } else if (c > hv[0]) { /* strictly: an equal later token loses the tie */
+                hv[0] = c;
+                idx[0] = i * T + t;
+                heap_down(hv, idx, k, 0);
+            }
+        }
+    }
+    stats[0] = count;
+    stats[1] = s;
+    stats[2] = ma;
+    stats[3] = ml;
+    return n;
+}

@@ -34,10 +34,16 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_cov_candidates_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 6, _P, _P, _P],
     "entrolab_pack_valid_f32": [_P, _P, _I, _I, _P, _P],
     "entrolab_ge_mask_f32": [_P, _P, _I, _I, _F, _P],
+    "entrolab_cov_topk_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _S, _F, _F, ctypes.c_double, _I, _P, _P, _P, _P],
     "entrolab_hapo_ppo_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 9, _P, _P, _P],
     "entrolab_balanced_ppo_f32": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 6, _P, _P, _P],
 }
-_RETURNS_COUNT = {"entrolab_cov_top_f32", "entrolab_cov_candidates_f32", "entrolab_ge_mask_f32"}
+_RETURNS_COUNT = {
+    "entrolab_cov_topk_f32",
+    "entrolab_cov_top_f32",
+    "entrolab_cov_candidates_f32",
+    "entrolab_ge_mask_f32",
+}
 
 
 class LossKernels:
@@ -329,3 +335,29 @@ def balanced_ppo(
         grad.data_ptr(), st,
     )  # fmt: skip
     return loss, grad, list(st)
+
+
+def cov_topk(
+    k: LossKernels,
+    logp: Tensor,
+    advantages: Tensor,
+    m: Tensor,
+    *,
+    center: tuple[float, float] | None,
+    ratio: float,
+    kmax: int,
+) -> tuple[Tensor, int, float]:
+    """KL-Cov's selection in one call (centre, ``k`` from ``ratio`` and the valid count, a size-``k`` heap): the
+    chosen flat indices, the valid count and the sum of ``Cov_t`` over valid tokens.  ``kmax`` bounds ``k``."""
+    b, t = logp.shape
+    lp, mask = _c(logp), _mask_bytes(m)
+    a, ars, ats, abuf = _adv(advantages, logp.shape)
+    row, hv = torch.empty(max(t, 1)), torch.empty(max(kmax, 1))
+    idx = torch.empty(max(kmax, 1), dtype=torch.int64)
+    st = _stats(4)
+    ma, ml = center if center is not None else (0.0, 0.0)
+    got = k.cov_topk(  # type: ignore[attr-defined]
+        lp.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, int(center is not None), ma, ml,
+        ratio, kmax, row.data_ptr(), hv.data_ptr(), idx.data_ptr(), st,
+    )  # fmt: skip
+    return idx[:got], int(st[0]), st[1]

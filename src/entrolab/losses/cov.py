@@ -37,6 +37,8 @@ from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["clip_cov", "kl_cov", "token_covariance"]
 
+_HEAP_MAX_K = 4096  # KL-Cov's native selection keeps a heap of the k best up to this k, else packs and selects
+
 
 def _center(
     lp_s: Tensor, a_s: Tensor, mf: Tensor, cov_center: tuple[Any, Any] | None, group: Any
@@ -437,6 +439,11 @@ def _kl_cov_native(
     """:func:`kl_cov` on float32 CPU tensors, per-call statistics: the valid covariances packed by one fused pass, the
     k-th largest by selection, the chosen tokens' flat indices by a second pass, and the penalty on those only (a
     gather and an ``index_add``: no dense selection mask)."""
+    kmax = _select_count(ratio, logp.numel())  # k for every token valid: a bound on k
+    if kmax <= _HEAP_MAX_K:  # the usual case (k = 0.2% of the tokens): centre and a size-k heap in one call
+        center = None if cov_center is None else tuple(float(c) for c in _center(logp, logp, logp, cov_center, None))
+        idx, n, cov_sum = _fast.cov_topk(k, logp, advantages, m, center=center, ratio=ratio, kmax=kmax)  # type: ignore[arg-type]
+        return _kl_cov_finish(logp, old_logp, m, per_token, terms, entropy, agg, weights, kl_coef, idx, n, cov_sum)
     n, mean_a, mean_lp = _native_center(k, logp, advantages, m, cov_center)
     n_select = min(_select_count(ratio, n), n) if n else 0
     cov_sum = 0.0
@@ -445,6 +452,24 @@ def _kl_cov_native(
         packed, cov_sum = _fast.cov_pack(k, logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, n=n)
         kth = -math.inf if n_select >= n else float(order_statistics(packed, [n - n_select])[0])
         idx = _fast.cov_top(k, logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, kth=kth, count=n_select)
+    return _kl_cov_finish(logp, old_logp, m, per_token, terms, entropy, agg, weights, kl_coef, idx, n, cov_sum)
+
+
+def _kl_cov_finish(
+    logp: Tensor,
+    old_logp: Tensor,
+    m: Tensor,
+    per_token: Tensor,
+    terms: Any,
+    entropy: Tensor | None,
+    agg: Any,
+    weights: Tensor | None,
+    kl_coef: float,
+    idx: Tensor,
+    n: int,
+    cov_sum: float,
+) -> LossOutput:
+    """KL-Cov's penalty on the chosen flat indices ``idx`` (a gather and an ``index_add``), and its metrics."""
     penalty = (logp.reshape(-1)[idx] - old_logp.detach().reshape(-1)[idx]).abs()
     if idx.numel():
         per_token = per_token.reshape(-1).index_add(0, idx, kl_coef * penalty).view_as(per_token)
