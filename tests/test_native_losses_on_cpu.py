@@ -62,6 +62,9 @@ def _batch(b: int, t: int, *, seed: int, per_token_adv: bool, kind: str):
         old = logp - torch.randint(0, 3, (b, t), generator=g).float() * 0.25  # the chosen tokens matter
         entropy = torch.randint(0, 3, (b, t), generator=g).float()
         adv = torch.randint(0, 2, adv.shape, generator=g).float() * 2 - 1
+    elif kind == "holes":  # valid tokens that are not a prefix of their row: the kernels' compaction, not memcpy
+        mask = torch.rand(b, t, generator=g) < 0.6  # gaps
+        mask[0] = torch.arange(t) >= t // 2  # a left-padded row
     elif kind == "all_masked":
         mask = torch.zeros(b, t, dtype=torch.bool)
     elif kind == "full":
@@ -90,7 +93,7 @@ def _run(name, kwargs, batch, *, native: bool, monkeypatch):
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("kind", ["random", "extreme", "ties", "all_masked", "full"])
+@pytest.mark.parametrize("kind", ["random", "extreme", "ties", "holes", "all_masked", "full"])
 @pytest.mark.parametrize("per_token_adv", [False, True], ids=["seq_adv", "token_adv"])
 def test_native_statistics_match_the_pytorch_path(name, kwargs, shape, kind, per_token_adv, monkeypatch):
     batch = _batch(

@@ -70,6 +70,22 @@ static inline const float *adv_row(const float *adv, int64_t i, int64_t ars, int
     return buf;
 }
 
+/* Append the valid entries of a row to packed + n; returns the new n.  rc is the row's valid count and last its last
+ * valid position (-1 for none), both from the row's vectorised loop: when the valid entries are exactly a prefix (the
+ * usual right-padded batch) this is one memcpy, else a scalar compaction (which stores one past the last entry). */
+static inline int64_t pack_row(float *packed, int64_t n, const float *row, const uint8_t *mk, int64_t T, float rc,
+                               float last) {
+    if (last + 1.0f == rc) {
+        memcpy(packed + n, row, (size_t)rc * sizeof(float));
+        return n + (int64_t)rc;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        packed[n] = row[t];
+        n += mk[t] ? 1 : 0;
+    }
+    return n;
+}
+
 int entrolab_losses_abi_version(void) { return 1; }
 
 /* STEER (arXiv 2510.10150, eq. 9): |Omega_t| = |A / p_old x (1 - x) (log x + H)|, x = clamp(p, 1e-8, 1 - 1e-8),
@@ -162,8 +178,8 @@ void entrolab_hapo_log_entropy_f32(const float *ent, const uint8_t *mask, int64_
         const uint8_t *mk = mask + i * T;
         float *out = ell + i * ell_stride; /* ell_stride 0: one scratch row, only the packed values are kept */
         float r1 = 0.0f, r2 = 0.0f, rmx = -INFINITY, rmn = INFINITY;
-        float rneg = 0.0f;
-#pragma omp simd reduction(+ : r1, r2, rneg) reduction(max : rmx) reduction(min : rmn)
+        float rneg = 0.0f, rc = 0.0f, rlast = -1.0f;
+#pragma omp simd reduction(+ : r1, r2, rneg, rc) reduction(max : rmx, rlast) reduction(min : rmn)
         for (int64_t t = 0; t < T; t++) {
             float hv = mk[t] ? h[t] : 1.0f;
             float e = hapo_ell(h[t], mk[t]);
@@ -173,11 +189,10 @@ void entrolab_hapo_log_entropy_f32(const float *ent, const uint8_t *mask, int64_
             rmx = fmax_(rmx, mk[t] ? e : -INFINITY);
             rmn = fmin_(rmn, mk[t] ? e : INFINITY);
             rneg += hv < 0.0f ? 1.0f : 0.0f;
+            rc += mk[t] ? 1.0f : 0.0f;
+            rlast = fmax_(rlast, mk[t] ? (float)t : -1.0f);
         }
-        for (int64_t t = 0; t < T; t++) { /* compaction: not vectorisable, one compare and store per token */
-            packed[count] = out[t];
-            count += mk[t] ? 1 : 0;
-        }
+        count = pack_row(packed, count, out, mk, T, rc, rlast);
         s1 += r1;
         s2 += r2;
         mx = fmax_(mx, rmx);
@@ -307,17 +322,16 @@ void entrolab_cov_pack_f32(const float *lp, const float *adv, int64_t ars, int64
         const float *l = lp + i * T;
         const float *a = adv_row(adv, i, ars, ats, T, abuf);
         const uint8_t *mk = mask + i * T;
-        float rs = 0.0f;
-#pragma omp simd reduction(+ : rs)
+        float rs = 0.0f, rc = 0.0f, rlast = -1.0f;
+#pragma omp simd reduction(+ : rs, rc) reduction(max : rlast)
         for (int64_t t = 0; t < T; t++) {
             float c = mk[t] ? (a[t] - ma) * (l[t] - ml) : 0.0f;
             row[t] = c;
             rs += c;
+            rc += mk[t] ? 1.0f : 0.0f;
+            rlast = fmax_(rlast, mk[t] ? (float)t : -1.0f);
         }
-        for (int64_t t = 0; t < T; t++) { /* compaction */
-            packed[n] = row[t];
-            n += mk[t] ? 1 : 0;
-        }
+        n = pack_row(packed, n, row, mk, T, rc, rlast);
         s += rs;
     }
     stats[0] = s;
@@ -355,11 +369,16 @@ int64_t entrolab_cov_top_f32(const float *lp, const float *adv, int64_t ars, int
 
 /* Clip-Cov's candidates: the flat indices, row-major, of the valid tokens that PPO's clip leaves unclipped (the clipped
  * branch is not strictly larger; the arithmetic of entrolab.losses.ppo's surrogate) and whose Cov_t lies in the open
- * window (lb, ub).  stats = [sum Cov over valid tokens]; returns the candidate count. */
+ * window (lb, ub), with the centre computed here (have_center 0, a first pass) or given.  stats = [valid count, sum Cov
+ * over valid tokens]; returns the candidate count. */
 int64_t entrolab_cov_candidates_f32(const float *lp, const float *old, const float *adv, int64_t ars, int64_t ats,
-                                    float *abuf, const uint8_t *mask, int64_t B, int64_t T, float ma, float ml,
-                                    float eps_low, float eps_high, float lb, float ub, float *row, int64_t *idx,
-                                    double *stats) {
+                                    float *abuf, const uint8_t *mask, int64_t B, int64_t T, int32_t have_center,
+                                    float ma_in, float ml_in, float eps_low, float eps_high, float lb, float ub,
+                                    float *row, int64_t *idx, double *stats) {
+    double cs[3];
+    entrolab_cov_sums_f32(lp, adv, ars, ats, abuf, mask, B, T, cs);
+    const double nn = cs[0] > 1.0 ? cs[0] : 1.0;
+    const float ma = have_center ? ma_in : (float)(cs[1] / nn), ml = have_center ? ml_in : (float)(cs[2] / nn);
     double s = 0.0;
     int64_t n = 0;
     const float lo_b = 1.0f - eps_low, hi_b = 1.0f + eps_high;
@@ -389,7 +408,8 @@ int64_t entrolab_cov_candidates_f32(const float *lp, const float *old, const flo
             n += row[t] != 0.0f ? 1 : 0;
         }
     }
-    stats[0] = s;
+    stats[0] = cs[0];
+    stats[1] = s;
     return n;
 }
 
@@ -404,17 +424,16 @@ void entrolab_pack_valid_f32(const float *x, const uint8_t *mask, int64_t B, int
     for (int64_t i = 0; i < B; i++) {
         const float *xr = x + i * T;
         const uint8_t *mk = mask + i * T;
-        float rb = 0.0f;
-#pragma omp simd reduction(+ : rb)
+        float rb = 0.0f, rc = 0.0f, rlast = -1.0f;
+#pragma omp simd reduction(+ : rb, rc) reduction(max : rlast)
         for (int64_t t = 0; t < T; t++) {
             uint32_t u;
             memcpy(&u, &xr[t], 4);
             rb += ((mk[t] != 0) & ((u & 0x7f800000u) == 0x7f800000u)) ? 1.0f : 0.0f;
+            rc += mk[t] ? 1.0f : 0.0f;
+            rlast = fmax_(rlast, mk[t] ? (float)t : -1.0f);
         }
-        for (int64_t t = 0; t < T; t++) {
-            packed[n] = xr[t];
-            n += mk[t] ? 1 : 0;
-        }
+        n = pack_row(packed, n, xr, mk, T, rc, rlast);
         bad += rb;
     }
     stats[0] = (double)n;

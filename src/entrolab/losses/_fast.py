@@ -31,7 +31,7 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_cov_sums_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _P],
     "entrolab_cov_pack_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _P, _P, _P],
     "entrolab_cov_top_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _I, _P, _P],
-    "entrolab_cov_candidates_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, *[_F] * 6, _P, _P, _P],
+    "entrolab_cov_candidates_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, _S, *[_F] * 6, _P, _P, _P],
     "entrolab_pack_valid_f32": [_P, _P, _I, _I, _P, _P],
     "entrolab_ge_mask_f32": [_P, _P, _I, _I, _F, _P],
     "entrolab_cov_topk_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _S, _F, _F, ctypes.c_double, _I, _P, _P, _P, _P],
@@ -234,24 +234,25 @@ def cov_candidates(
     advantages: Tensor,
     m: Tensor,
     *,
-    mean_a: float,
-    mean_lp: float,
+    center: tuple[float, float] | None,
     eps_low: float,
     eps_high: float,
     cov_lb: float,
     cov_ub: float,
-) -> tuple[Tensor, float]:
-    """Clip-Cov's candidate flat indices, row-major, and the sum of ``Cov_t`` over valid tokens."""
+) -> tuple[Tensor, int, float]:
+    """Clip-Cov's candidate flat indices, row-major, the valid count and the sum of ``Cov_t`` over valid tokens (the
+    centre computed in the same call unless given)."""
     b, t = logp.shape
     lp, old, mask = _c(logp), _c(old_logp), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
     idx, row = torch.empty(b * t + 1, dtype=torch.int64), torch.empty(max(t, 1))
-    st = _stats(1)
+    st = _stats(2)
+    ma, ml = center if center is not None else (0.0, 0.0)
     got = k.cov_candidates(  # type: ignore[attr-defined]
-        lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean_a, mean_lp,
-        eps_low, eps_high, cov_lb, cov_ub, row.data_ptr(), idx.data_ptr(), st,
+        lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t,
+        int(center is not None), ma, ml, eps_low, eps_high, cov_lb, cov_ub, row.data_ptr(), idx.data_ptr(), st,
     )  # fmt: skip
-    return idx[:got], st[0]
+    return idx[:got], int(st[0]), st[1]
 
 
 def pack_valid(k: LossKernels, x: Tensor, m: Tensor) -> tuple[Tensor, int]:

@@ -287,10 +287,9 @@ def clip_cov(
     metrics = ppo_metrics(m, mf, terms)
     k = _fast.native_for(logp, old_logp, advantages) if group is None else None
     if k is not None:  # candidates as flat indices from one fused pass; only the chosen few are touched
-        n, mean_a, mean_lp = _native_center(k, logp, advantages, m, cov_center)
-        cand_idx, cov_sum = _fast.cov_candidates(
-            k, logp, old_logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, eps_low=eps_low, eps_high=eps_high,
-            cov_lb=cov_lb, cov_ub=cov_ub,
+        cand_idx, n, cov_sum = _fast.cov_candidates(
+            k, logp, old_logp, advantages, m, center=_given_center(logp, cov_center), eps_low=eps_low,
+            eps_high=eps_high, cov_lb=cov_lb, cov_ub=cov_ub,
         )  # fmt: skip
         total = cand_idx.numel()
         n_chosen = min(_select_count(ratio, n), total) if n else 0
@@ -411,12 +410,20 @@ def kl_cov(
     return finish_loss(per_token, m, agg, metrics, entropy, weights)
 
 
+def _given_center(logp: Tensor, cov_center: Any) -> tuple[float, float] | None:
+    """A given ``cov_center``, validated and cast to float32 as the PyTorch path casts it; ``None`` passes through."""
+    if cov_center is None:
+        return None
+    mean_a, mean_lp = _center(logp, logp, logp, cov_center, None)
+    return float(mean_a), float(mean_lp)
+
+
 def _native_center(k: Any, logp: Tensor, advantages: Tensor, m: Tensor, cov_center: Any) -> tuple[int, float, float]:
     """Valid count and the float32 covariance centre (local means, or the given ``cov_center``) for the kernels."""
     n, mean_a, mean_lp = _fast.cov_center(k, logp, advantages, m)
-    if cov_center is not None:
-        given_a, given_lp = _center(logp, logp, logp, cov_center, None)  # validates; float32 as the PyTorch path
-        mean_a, mean_lp = float(given_a), float(given_lp)
+    given = _given_center(logp, cov_center)
+    if given is not None:
+        mean_a, mean_lp = given
     return int(n), mean_a, mean_lp
 
 
@@ -441,8 +448,8 @@ def _kl_cov_native(
     gather and an ``index_add``: no dense selection mask)."""
     kmax = _select_count(ratio, logp.numel())  # k for every token valid: a bound on k
     if kmax <= _HEAP_MAX_K:  # the usual case (k = 0.2% of the tokens): centre and a size-k heap in one call
-        center = None if cov_center is None else tuple(float(c) for c in _center(logp, logp, logp, cov_center, None))
-        idx, n, cov_sum = _fast.cov_topk(k, logp, advantages, m, center=center, ratio=ratio, kmax=kmax)  # type: ignore[arg-type]
+        center = _given_center(logp, cov_center)
+        idx, n, cov_sum = _fast.cov_topk(k, logp, advantages, m, center=center, ratio=ratio, kmax=kmax)
         return _kl_cov_finish(logp, old_logp, m, per_token, terms, entropy, agg, weights, kl_coef, idx, n, cov_sum)
     n, mean_a, mean_lp = _native_center(k, logp, advantages, m, cov_center)
     n_select = min(_select_count(ratio, n), n) if n else 0
