@@ -126,5 +126,10 @@ def test_order_statistics_match_a_full_sort(n, kind):
         x[torch.rand(n, generator=g) < 0.3] = torch.finfo(torch.float32).max
     sorted_x = torch.sort(x).values
     for ks in ([0], [n - 1], [n // 2, n // 2], [max(0, n - 2), n - 1], [0, n // 3, max(0, n - 2), n - 1]):
+        before = x.clone()
         assert torch.equal(order_statistics(x, ks), sorted_x[ks]), ks
+        assert torch.equal(x, before)  # not reordered without scratch=True
+        buf = x.clone()
+        assert torch.equal(order_statistics(buf, ks, scratch=True), sorted_x[ks]), ks
+        assert torch.equal(torch.sort(buf).values, sorted_x)  # reordered in place, same multiset
     assert torch.equal(order_statistics(x.double(), [n - 1]), sorted_x.double()[[n - 1]])

@@ -126,16 +126,18 @@ def positive(x: Tensor) -> Tensor:
     return torch.sign(x.clamp_min(0.0))
 
 
-def order_statistics(values: Tensor, ks: list[int]) -> Tensor:
+def order_statistics(values: Tensor, ks: list[int], *, scratch: bool = False) -> Tensor:
     """The ``k``-th smallest entries (0-based ``ks``) of a 1-D tensor, ``(len(ks),)``, detached.
 
     On the CPU this is one ``numpy.partition`` call (introselect: about 8x faster than ``torch.kthvalue`` there, and
-    both order statistics of a linear quantile come from one pass); elsewhere ``torch.kthvalue`` per ``k``.
+    both order statistics of a linear quantile come from one pass); elsewhere ``torch.kthvalue`` per ``k``.  With
+    ``scratch=True`` the caller owns ``values`` (a buffer of its own) and lets it be reordered in place: no copy.
     """
     x = values.detach()
     if x.device.type == "cpu":
+        inplace = scratch and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
         arr = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
-        return torch.from_numpy(_select_numpy(arr, ks)).to(x.dtype)
+        return torch.from_numpy(_select_numpy(arr, ks, inplace=inplace)).to(x.dtype)
     return torch.stack([torch.kthvalue(x, k + 1).values for k in ks])
 
 
@@ -152,7 +154,7 @@ def valid_values(x: Tensor, m: Tensor) -> Tensor:
     return x[m]
 
 
-def _select_numpy(arr: np.ndarray, ks: list[int]) -> np.ndarray:
+def _select_numpy(arr: np.ndarray, ks: list[int], *, inplace: bool = False) -> np.ndarray:
     """``np.sort(arr)[ks]`` by nested single-``k`` partitions, largest ``k`` first.
 
     ``np.partition`` with a list of ``k`` is an order of magnitude slower than with one ``k`` on random data; after
@@ -163,6 +165,9 @@ def _select_numpy(arr: np.ndarray, ks: list[int]) -> np.ndarray:
     for k in sorted(set(ks), reverse=True):
         if k == top - 1 and top < len(arr):
             found[k] = work[:top].max()
+        elif inplace:
+            work[:top].partition(k)
+            found[k] = work[k]
         else:
             work = np.partition(work[:top], k)
             found[k] = work[k]

@@ -457,7 +457,7 @@ def _kl_cov_native(
     idx = torch.zeros(0, dtype=torch.int64)
     if n:
         packed, cov_sum = _fast.cov_pack(k, logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, n=n)
-        kth = -math.inf if n_select >= n else float(order_statistics(packed, [n - n_select])[0])
+        kth = -math.inf if n_select >= n else float(order_statistics(packed, [n - n_select], scratch=True)[0])
         idx = _fast.cov_top(k, logp, advantages, m, mean_a=mean_a, mean_lp=mean_lp, kth=kth, count=n_select)
     return _kl_cov_finish(logp, old_logp, m, per_token, terms, entropy, agg, weights, kl_coef, idx, n, cov_sum)
 

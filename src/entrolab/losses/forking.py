@@ -26,12 +26,13 @@ from entrolab.losses.registry import get_policy_loss, register_policy_loss
 __all__ = ["high_entropy_mask", "high_entropy_tokens", "linear_quantile"]
 
 
-def linear_quantile(values: Tensor, q: float, *, num_valid: int | None = None) -> Tensor:
+def linear_quantile(values: Tensor, q: float, *, num_valid: int | None = None, scratch: bool = False) -> Tensor:
     """``torch.quantile(values, q)`` (linear interpolation) of a 1-D tensor, also beyond 2^24 elements.
 
     ``torch.quantile`` refuses inputs above 2^24 elements (pytorch issue #64947) and sorts; this takes the two order
     statistics it needs by selection.  With ``num_valid``, only the ``num_valid`` smallest entries count (the rest
-    being ``+inf`` padding).  An empty input gives 0.
+    being ``+inf`` padding).  ``scratch=True`` lets the selection reorder ``values`` in place (a buffer the caller
+    owns).  An empty input gives 0.
     """
     if not isinstance(values, Tensor) or not values.dtype.is_floating_point or values.ndim != 1:
         raise TypeError(f"values must be a 1-D floating tensor, got {describe(values)}")
@@ -46,7 +47,7 @@ def linear_quantile(values: Tensor, q: float, *, num_valid: int | None = None) -
     pos = q * (n - 1)
     lo = min(math.floor(pos), n - 1)
     hi = min(lo + 1, n - 1)
-    v = order_statistics(values, [lo, hi] if hi != lo else [lo])
+    v = order_statistics(values, [lo, hi] if hi != lo else [lo], scratch=scratch)
     v_lo, v_hi = v[0], v[-1]
     return torch.lerp(v_lo, v_hi, torch.tensor(pos - lo, dtype=values.dtype, device=values.device))
 
@@ -121,7 +122,7 @@ def _high_entropy_mask(
         packed, bad = _fast.pack_valid(k, entropy, m)
         if bad:
             raise ValueError("entropy is not finite at a valid position")
-        tau = linear_quantile(packed, 1.0 - rho, num_valid=packed.numel())
+        tau = linear_quantile(packed, 1.0 - rho, num_valid=packed.numel(), scratch=True)
         keep, kept = _fast.ge_mask(k, entropy, m, float(tau))
         return keep, tau, kept / max(packed.numel(), 1)
     big = torch.finfo(entropy.dtype).max

@@ -44,14 +44,14 @@ class HapoEntropyStats(NamedTuple):
     """``min(h)`` over non-positive ``h``, capped at -1e-8."""
 
 
-def _nearest_quantile(values: Tensor, q: float) -> Tensor:
+def _nearest_quantile(values: Tensor, q: float, *, scratch: bool = False) -> Tensor:
     """``torch.quantile(values, q, interpolation="nearest")`` of a 1-D tensor, without its 2^24-element limit."""
     n = values.numel()
     if n == 0:
         return values.new_zeros(())
     pos = torch.tensor(q, dtype=values.dtype) * (n - 1)
     idx = int(torch.round(pos))  # half to even, as torch.quantile
-    return order_statistics(values, [idx])[0]
+    return order_statistics(values, [idx], scratch=scratch)[0]
 
 
 def hapo_normalized_entropy(
@@ -272,7 +272,7 @@ def _hapo_native(
     if st[5] > 0:
         raise ValueError("entropy must be >= 0 at valid positions")
     n = int(st[0])
-    pivot = float(_nearest_quantile(packed, q)) if n else 0.0
+    pivot = float(_nearest_quantile(packed, q, scratch=True)) if n else 0.0
     sq, dmax, dmin = _fast.sq_dev(k, entropy, m, pivot)
     scale = max(math.sqrt(sq / max(n, 1)), 1e-8)
     # h = (ell - pivot) / scale; the PyTorch path's extremes include padding's h = 0, hence the 0 in max/min
