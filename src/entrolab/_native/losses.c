@@ -367,36 +367,30 @@ int64_t entrolab_cov_top_f32(const float *lp, const float *adv, int64_t ars, int
     return n;
 }
 
-/* Clip-Cov's candidates: the flat indices, row-major, of the valid tokens that PPO's clip leaves unclipped (the clipped
- * branch is not strictly larger; the arithmetic of entrolab.losses.ppo's surrogate) and whose Cov_t lies in the open
+/* Clip-Cov's candidates: the flat indices, row-major, of the valid tokens that PPO's clip left unclipped (clipped, the
+ * surrogate's 0/1 indicator that the clipped branch is strictly larger, 0 at padding) and whose Cov_t lies in the open
  * window (lb, ub), with the centre computed here (have_center 0, a first pass) or given.  stats = [valid count, sum Cov
  * over valid tokens]; returns the candidate count. */
-int64_t entrolab_cov_candidates_f32(const float *lp, const float *old, const float *adv, int64_t ars, int64_t ats,
+int64_t entrolab_cov_candidates_f32(const float *lp, const float *clipped, const float *adv, int64_t ars, int64_t ats,
                                     float *abuf, const uint8_t *mask, int64_t B, int64_t T, int32_t have_center,
-                                    float ma_in, float ml_in, float eps_low, float eps_high, float lb, float ub,
-                                    float *row, int64_t *idx, double *stats) {
+                                    float ma_in, float ml_in, float lb, float ub, float *row, int64_t *idx,
+                                    double *stats) {
     double cs[3];
     entrolab_cov_sums_f32(lp, adv, ars, ats, abuf, mask, B, T, cs);
     const double nn = cs[0] > 1.0 ? cs[0] : 1.0;
     const float ma = have_center ? ma_in : (float)(cs[1] / nn), ml = have_center ? ml_in : (float)(cs[2] / nn);
     double s = 0.0;
     int64_t n = 0;
-    const float lo_b = 1.0f - eps_low, hi_b = 1.0f + eps_high;
     for (int64_t i = 0; i < B; i++) {
-        const float *l = lp + i * T, *o = old + i * T;
+        const float *l = lp + i * T, *cl = clipped + i * T;
         const float *a = adv_row(adv, i, ars, ats, T, abuf);
         const uint8_t *mk = mask + i * T;
         float rs = 0.0f, rn = 0.0f;
 #pragma omp simd reduction(+ : rs, rn)
         for (int64_t t = 0; t < T; t++) {
             float lv = mk[t] ? l[t] : 0.0f, av = mk[t] ? a[t] : 0.0f;
-            float d = mk[t] ? lv - o[t] : 0.0f;
-            float r = vexp(fmin_(fmax_(d, -20.0f), 20.0f));
-            float na = -av;
-            float unc = na * r;
-            float clipped = na * fmin_(fmax_(r, lo_b), hi_b) > unc ? 1.0f : 0.0f;
             float c = mk[t] ? (av - ma) * (lv - ml) : 0.0f;
-            float cand = (mk[t] ? 1.0f : 0.0f) * (1.0f - clipped) * (c > lb ? 1.0f : 0.0f) * (c < ub ? 1.0f : 0.0f);
+            float cand = (mk[t] ? 1.0f : 0.0f) * (1.0f - cl[t]) * (c > lb ? 1.0f : 0.0f) * (c < ub ? 1.0f : 0.0f);
             row[t] = cand;
             rs += c;
             rn += cand;

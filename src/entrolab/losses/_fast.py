@@ -10,6 +10,7 @@ written.
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_cov_sums_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _P],
     "entrolab_cov_pack_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _P, _P, _P],
     "entrolab_cov_top_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _I, _P, _P],
-    "entrolab_cov_candidates_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, _S, *[_F] * 6, _P, _P, _P],
+    "entrolab_cov_candidates_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, _S, *[_F] * 4, _P, _P, _P],
     "entrolab_pack_valid_f32": [_P, _P, _I, _I, _P, _P],
     "entrolab_ge_mask_f32": [_P, _P, _I, _I, _F, _P],
     "entrolab_cov_topk_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _S, _F, _F, ctypes.c_double, _I, _P, _P, _P, _P],
@@ -75,6 +76,29 @@ def native_for(*tensors: Tensor | None) -> LossKernels | None:
         except AttributeError:  # a library built before losses.c existed
             _bound[key] = None
     return _bound[key]
+
+
+_SCRATCH_MAX = 1 << 22  # elements: larger scratch is allocated per call rather than kept
+_local = threading.local()
+
+
+def _scratch(name: str, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A per-thread scratch buffer of ``n`` elements, reused from call to call.
+
+    The kernels' scratch (row buffers, packed values, candidate indices) is written and read within one loss call;
+    allocating it afresh each call costs more than the kernels themselves at 64k tokens (glibc returns freed blocks
+    above its trim threshold to the system, so every call pays page faults again).  Nothing returned to a caller, or
+    saved for backward, may alias a scratch buffer.
+    """
+    if n > _SCRATCH_MAX:
+        return torch.empty(n, dtype=dtype)
+    cache: dict[str, Tensor] | None = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    buf = cache.get(name)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        buf = cache[name] = torch.empty(max(n, 1024), dtype=dtype)
+    return buf[:n]
 
 
 def _c(t: Tensor) -> Tensor:
@@ -127,10 +151,11 @@ def steer(
 
 
 def hapo_log_entropy(k: LossKernels, entropy: Tensor, m: Tensor) -> tuple[Tensor, list[float]]:
-    """The valid ``ell = log(max(H, 1e-8))`` packed row-major, and ``[n, sum, sum^2, max, min, #H<0]``."""
+    """The valid ``ell = log(max(H, 1e-8))`` packed row-major (scratch: valid until the next kernel call), and
+    ``[n, sum, sum^2, max, min, #H<0]``."""
     b, t = entropy.shape
     ent, mask = _c(entropy), _c(m)
-    row, packed = torch.empty(max(t, 1)), torch.empty(b * t + 1)
+    row, packed = _scratch("row", max(t, 1)), _scratch("packed", b * t + 1)
     st = _stats(6)
     k.hapo_log_entropy(ent.data_ptr(), mask.data_ptr(), b, t, row.data_ptr(), 0, packed.data_ptr(), st)  # type: ignore[attr-defined]
     return packed[: int(st[0])], list(st)
@@ -191,11 +216,11 @@ def _f32(x: float) -> float:
 def cov_pack(
     k: LossKernels, logp: Tensor, advantages: Tensor, m: Tensor, *, mean_a: float, mean_lp: float, n: int
 ) -> tuple[Tensor, float]:
-    """The valid ``Cov_t`` packed row-major ``(n,)`` and their sum."""
+    """The valid ``Cov_t`` packed row-major ``(n,)`` (scratch: valid until the next kernel call) and their sum."""
     b, t = logp.shape
     lp, mask = _c(logp), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    packed, row = torch.empty(n + 1), torch.empty(max(t, 1))  # the compaction stores one past the last valid entry
+    packed, row = _scratch("packed", n + 1), _scratch("row", max(t, 1))  # compaction stores one past the last entry
     st = _stats(1)
     k.cov_pack(  # type: ignore[attr-defined]
         lp.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean_a, mean_lp, row.data_ptr(),
@@ -219,7 +244,7 @@ def cov_top(
     b, t = logp.shape
     lp, mask = _c(logp), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    idx, row = torch.empty(max(count, 1), dtype=torch.int64), torch.empty(max(t, 1))
+    idx, row = torch.empty(max(count, 1), dtype=torch.int64), _scratch("row", max(t, 1))
     got = k.cov_top(  # type: ignore[attr-defined]
         lp.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean_a, mean_lp, kth, count,
         row.data_ptr(), idx.data_ptr(),
@@ -230,36 +255,36 @@ def cov_top(
 def cov_candidates(
     k: LossKernels,
     logp: Tensor,
-    old_logp: Tensor,
+    clipped: Tensor,
     advantages: Tensor,
     m: Tensor,
     *,
     center: tuple[float, float] | None,
-    eps_low: float,
-    eps_high: float,
     cov_lb: float,
     cov_ub: float,
 ) -> tuple[Tensor, int, float]:
-    """Clip-Cov's candidate flat indices, row-major, the valid count and the sum of ``Cov_t`` over valid tokens (the
-    centre computed in the same call unless given)."""
+    """Clip-Cov's candidate flat indices, row-major (scratch: valid until the next kernel call), the valid count and
+    the sum of ``Cov_t`` over valid tokens (the centre computed in the same call unless given).  ``clipped`` is the
+    surrogate's float 0/1 indicator (:class:`~entrolab.losses.ppo.PPOTerms`), 0 at padding."""
     b, t = logp.shape
-    lp, old, mask = _c(logp), _c(old_logp), _mask_bytes(m)
+    lp, cl, mask = _c(logp), _c(clipped), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    idx, row = torch.empty(b * t + 1, dtype=torch.int64), torch.empty(max(t, 1))
+    idx, row = _scratch("candidates", b * t + 1, torch.int64), _scratch("row", max(t, 1))
     st = _stats(2)
     ma, ml = center if center is not None else (0.0, 0.0)
     got = k.cov_candidates(  # type: ignore[attr-defined]
-        lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t,
-        int(center is not None), ma, ml, eps_low, eps_high, cov_lb, cov_ub, row.data_ptr(), idx.data_ptr(), st,
+        lp.data_ptr(), cl.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t,
+        int(center is not None), ma, ml, cov_lb, cov_ub, row.data_ptr(), idx.data_ptr(), st,
     )  # fmt: skip
     return idx[:got], int(st[0]), st[1]
 
 
 def pack_valid(k: LossKernels, x: Tensor, m: Tensor) -> tuple[Tensor, int]:
-    """The valid entries of ``x`` packed row-major ``(n,)`` and the number of them that are not finite."""
+    """The valid entries of ``x`` packed row-major ``(n,)`` (scratch: valid until the next kernel call) and the
+    number of them that are not finite."""
     b, t = x.shape
     xc, mask = _c(x), _mask_bytes(m)
-    packed = torch.empty(b * t + 1)  # the compaction stores one past the last valid entry
+    packed = _scratch("packed", b * t + 1)  # the compaction stores one past the last valid entry
     st = _stats(2)
     k.pack_valid(xc.data_ptr(), mask.data_ptr(), b, t, packed.data_ptr(), st)  # type: ignore[attr-defined]
     return packed[: int(st[0])], int(st[1])
@@ -353,7 +378,7 @@ def cov_topk(
     b, t = logp.shape
     lp, mask = _c(logp), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    row, hv = torch.empty(max(t, 1)), torch.empty(max(kmax, 1))
+    row, hv = _scratch("row", max(t, 1)), _scratch("heap", max(kmax, 1))
     idx = torch.empty(max(kmax, 1), dtype=torch.int64)
     st = _stats(4)
     ma, ml = center if center is not None else (0.0, 0.0)

@@ -288,9 +288,8 @@ def clip_cov(
     k = _fast.native_for(logp, old_logp, advantages) if group is None else None
     if k is not None:  # candidates as flat indices from one fused pass; only the chosen few are touched
         cand_idx, n, cov_sum = _fast.cov_candidates(
-            k, logp, old_logp, advantages, m, center=_given_center(logp, cov_center), eps_low=eps_low,
-            eps_high=eps_high, cov_lb=cov_lb, cov_ub=cov_ub,
-        )  # fmt: skip
+            k, logp, terms.clipped, advantages, m, center=_given_center(logp, cov_center), cov_lb=cov_lb, cov_ub=cov_ub
+        )
         total = cand_idx.numel()
         n_chosen = min(_select_count(ratio, n), total) if n else 0
         if n_chosen:
