@@ -367,13 +367,15 @@ int64_t entrolab_cov_top_f32(const float *lp, const float *adv, int64_t ars, int
     return n;
 }
 
-/* Clip-Cov's candidates: the flat indices, row-major, of the valid tokens that PPO's clip left unclipped (clipped, the
- * surrogate's 0/1 indicator that the clipped branch is strictly larger, 0 at padding) and whose Cov_t lies in the open
- * window (lb, ub), with the centre computed here (have_center 0, a first pass) or given.  stats = [valid count, sum Cov
- * over valid tokens]; returns the candidate count. */
+/* Clip-Cov's candidates: the valid tokens that PPO's clip left unclipped (clipped, the surrogate's 0/1 indicator that
+ * the clipped branch is strictly larger, 0 at padding) and whose Cov_t lies in the open window (lb, ub), with the
+ * centre computed here (have_center 0, a first pass) or given.  Writes flags (one byte per token, 1 for a candidate)
+ * and each row's candidate count into rows; stats = [valid count, sum Cov over valid tokens]; returns the candidate
+ * count.  (No index list: Clip-Cov draws a handful of ranks among the candidates, and entrolab_flag_ranks_u8 finds
+ * those, which costs far less than listing 10k candidates one scalar store at a time.) */
 int64_t entrolab_cov_candidates_f32(const float *lp, const float *clipped, const float *adv, int64_t ars, int64_t ats,
                                     float *abuf, const uint8_t *mask, int64_t B, int64_t T, int32_t have_center,
-                                    float ma_in, float ml_in, float lb, float ub, float *row, int64_t *idx,
+                                    float ma_in, float ml_in, float lb, float ub, uint8_t *flags, int64_t *rows,
                                     double *stats) {
     double cs[3];
     entrolab_cov_sums_f32(lp, adv, ars, ats, abuf, mask, B, T, cs);
@@ -385,26 +387,44 @@ int64_t entrolab_cov_candidates_f32(const float *lp, const float *clipped, const
         const float *l = lp + i * T, *cl = clipped + i * T;
         const float *a = adv_row(adv, i, ars, ats, T, abuf);
         const uint8_t *mk = mask + i * T;
+        uint8_t *fl = flags + i * T;
         float rs = 0.0f, rn = 0.0f;
 #pragma omp simd reduction(+ : rs, rn)
         for (int64_t t = 0; t < T; t++) {
             float lv = mk[t] ? l[t] : 0.0f, av = mk[t] ? a[t] : 0.0f;
             float c = mk[t] ? (av - ma) * (lv - ml) : 0.0f;
             float cand = (mk[t] ? 1.0f : 0.0f) * (1.0f - cl[t]) * (c > lb ? 1.0f : 0.0f) * (c < ub ? 1.0f : 0.0f);
-            row[t] = cand;
+            fl[t] = (uint8_t)cand;
             rs += c;
             rn += cand;
         }
         s += rs;
-        if (rn == 0.0f) continue;
-        for (int64_t t = 0; t < T; t++) {
-            idx[n] = i * T + t;
-            n += row[t] != 0.0f ? 1 : 0;
-        }
+        rows[i] = (int64_t)rn;
+        n += (int64_t)rn;
     }
     stats[0] = cs[0];
     stats[1] = s;
     return n;
+}
+
+/* The flat index of the r-th set flag (0-based, row-major) for each of the k ranks, given each row's count of set flags
+ * (rows); ranks must be < the total.  Rows are skipped by their counts, so the cost is B plus a scan of the rows that
+ * hold a rank. */
+void entrolab_flag_ranks_u8(const uint8_t *flags, const int64_t *rows, int64_t B, int64_t T, const int64_t *ranks,
+                            int64_t k, int64_t *out) {
+    for (int64_t j = 0; j < k; j++) {
+        int64_t r = ranks[j], i = 0;
+        while (i < B && r >= rows[i]) r -= rows[i++];
+        out[j] = -1;
+        if (i == B) continue;
+        const uint8_t *fl = flags + i * T;
+        for (int64_t t = 0; t < T; t++) {
+            if (fl[t] && r-- == 0) {
+                out[j] = i * T + t;
+                break;
+            }
+        }
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------------------------
@@ -660,14 +680,16 @@ int64_t entrolab_cov_topk_f32(const float *lp, const float *adv, int64_t ars, in
         const float *l = lp + i * T;
         const float *a = adv_row(adv, i, ars, ats, T, abuf);
         const uint8_t *mk = mask + i * T;
-        float rs = 0.0f;
-#pragma omp simd reduction(+ : rs)
+        float rs = 0.0f, rmax = -INFINITY;
+#pragma omp simd reduction(+ : rs) reduction(max : rmax)
         for (int64_t t = 0; t < T; t++) {
             float c = mk[t] ? (a[t] - ma) * (l[t] - ml) : 0.0f;
             row[t] = mk[t] ? c : -INFINITY;
             rs += c;
+            rmax = fmax_(rmax, mk[t] ? c : -INFINITY);
         }
         s += rs;
+        if (n == k && !(rmax > hv[0])) continue; /* nothing in this row enters a full heap: skip the scalar scan */
         for (int64_t t = 0; t < T; t++) {
             float c = row[t];
             if (n < k) {

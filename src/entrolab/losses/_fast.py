@@ -33,6 +33,7 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_cov_pack_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _P, _P, _P],
     "entrolab_cov_top_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _I, _P, _P],
     "entrolab_cov_candidates_f32": [_P, _P, _P, _I, _I, _P, _P, _I, _I, _S, *[_F] * 4, _P, _P, _P],
+    "entrolab_flag_ranks_u8": [_P, _P, _I, _I, _P, _I, _P],
     "entrolab_pack_valid_f32": [_P, _P, _I, _I, _P, _P],
     "entrolab_ge_mask_f32": [_P, _P, _I, _I, _F, _P],
     "entrolab_cov_topk_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _S, _F, _F, ctypes.c_double, _I, _P, _P, _P, _P],
@@ -252,6 +253,24 @@ def cov_top(
     return idx[:got]
 
 
+class Candidates:
+    """Clip-Cov's candidates as one flag byte per token and per-row counts (scratch: valid until the next kernel
+    call); :meth:`flat_indices` maps candidate ranks (row-major order) to flat token indices."""
+
+    def __init__(self, k: LossKernels, flags: Tensor, rows: Tensor, total: int) -> None:
+        self._k, self._flags, self._rows, self.total = k, flags, rows, total
+
+    def flat_indices(self, ranks: Tensor) -> Tensor:
+        """``(len(ranks),)`` int64 flat indices of the candidates of rank ``ranks`` (each in ``[0, total)``)."""
+        r = ranks.to(torch.int64).contiguous()
+        out = torch.empty(r.numel(), dtype=torch.int64)
+        b, t = self._flags.shape
+        self._k.flag_ranks_u8(  # type: ignore[attr-defined]
+            self._flags.data_ptr(), self._rows.data_ptr(), b, t, r.data_ptr(), r.numel(), out.data_ptr()
+        )
+        return out
+
+
 def cov_candidates(
     k: LossKernels,
     logp: Tensor,
@@ -262,21 +281,22 @@ def cov_candidates(
     center: tuple[float, float] | None,
     cov_lb: float,
     cov_ub: float,
-) -> tuple[Tensor, int, float]:
-    """Clip-Cov's candidate flat indices, row-major (scratch: valid until the next kernel call), the valid count and
-    the sum of ``Cov_t`` over valid tokens (the centre computed in the same call unless given).  ``clipped`` is the
-    surrogate's float 0/1 indicator (:class:`~entrolab.losses.ppo.PPOTerms`), 0 at padding."""
+) -> tuple[Candidates, int, float]:
+    """Clip-Cov's candidates, the valid count and the sum of ``Cov_t`` over valid tokens (the centre computed in the
+    same call unless given).  ``clipped`` is the surrogate's float 0/1 indicator (:class:`~entrolab.losses.ppo.
+    PPOTerms`), 0 at padding."""
     b, t = logp.shape
     lp, cl, mask = _c(logp), _c(clipped), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    idx, row = _scratch("candidates", b * t + 1, torch.int64), _scratch("row", max(t, 1))
+    flags = _scratch("flags", b * t, torch.uint8).view(b, t)
+    rows = _scratch("rows", max(b, 1), torch.int64)
     st = _stats(2)
     ma, ml = center if center is not None else (0.0, 0.0)
-    got = k.cov_candidates(  # type: ignore[attr-defined]
+    total = k.cov_candidates(  # type: ignore[attr-defined]
         lp.data_ptr(), cl.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t,
-        int(center is not None), ma, ml, cov_lb, cov_ub, row.data_ptr(), idx.data_ptr(), st,
+        int(center is not None), ma, ml, cov_lb, cov_ub, flags.data_ptr(), rows.data_ptr(), st,
     )  # fmt: skip
-    return idx[:got], int(st[0]), st[1]
+    return Candidates(k, flags, rows, int(total)), int(st[0]), st[1]
 
 
 def pack_valid(k: LossKernels, x: Tensor, m: Tensor) -> tuple[Tensor, int]:

@@ -287,15 +287,16 @@ def clip_cov(
     metrics = ppo_metrics(m, mf, terms)
     k = _fast.native_for(logp, old_logp, advantages) if group is None else None
     if k is not None:  # candidates as flat indices from one fused pass; only the chosen few are touched
-        cand_idx, n, cov_sum = _fast.cov_candidates(
+        cands, n, cov_sum = _fast.cov_candidates(
             k, logp, terms.clipped, advantages, m, center=_given_center(logp, cov_center), cov_lb=cov_lb, cov_ub=cov_ub
         )
-        total = cand_idx.numel()
+        total = cands.total
         n_chosen = min(_select_count(ratio, n), total) if n else 0
         if n_chosen:
             gen_device = generator.device if generator is not None else torch.device("cpu")
             picks = torch.randperm(total, generator=generator, device=gen_device)[:n_chosen]
-            per_token = per_token.reshape(-1).index_fill(0, cand_idx[picks], 0.0).view_as(per_token)
+            chosen = cands.flat_indices(picks)  # the candidates of those ranks in row-major order
+            per_token = per_token.reshape(-1).index_fill(0, chosen, 0.0).view_as(per_token)
         count = max(n, 1)
         metrics.update(
             covclip_frac=torch.tensor(n_chosen / count, dtype=torch.float32),
