@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from entrolab.losses._common import order_statistics
-from entrolab.losses.ppo import ppo_core
+from entrolab.losses.ppo import adjust_tokens, ppo_core
 
 SHAPES = [(1, 1), (3, 7), (17, 33)]
 DTYPES = [torch.float64, torch.float32]
@@ -133,3 +133,51 @@ def test_order_statistics_match_a_full_sort(n, kind):
         assert torch.equal(order_statistics(buf, ks, scratch=True), sorted_x[ks]), ks
         assert torch.equal(torch.sort(buf).values, sorted_x)  # reordered in place, same multiset
     assert torch.equal(order_statistics(x.double(), [n - 1]), sorted_x.double()[[n - 1]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adjust_tokens_edits_value_and_gradient_like_autograd(dtype):
+    """``adjust_tokens`` (Clip-Cov's detached tokens, KL-Cov's penalty, in place on the surrogate's output and its
+    gradient coefficient) gives the values and gradients of the plain autograd formulas."""
+    g = torch.Generator().manual_seed(7)
+    b, t = 5, 9
+    logp0 = (-torch.rand(b, t, generator=g) * 3).to(dtype)
+    old = logp0 + (torch.randn(b, t, generator=g) * 0.3).to(dtype)
+    old[0, 0] = logp0[0, 0]  # on-policy token: |logp - old| has subgradient 0 there, as autograd's abs
+    a = torch.randn(b, t, generator=g).to(dtype)
+    m = torch.rand(b, t, generator=g) > 0.2
+    m[0, 0] = True
+    mf = m.to(dtype)
+    a = torch.where(m, a, 0.0)
+    idx = torch.tensor([0, 3, 17, 40])
+    w = torch.rand(b, t, generator=g).to(dtype)
+
+    def fast(mode):
+        x = logp0.clone().requires_grad_(True)
+        per_token, terms = ppo_core(x, old, a, mf, eps_low=0.2, eps_high=0.28, dual_clip=3.0)
+        if mode == "zero":
+            adjust_tokens(per_token, terms, idx, zero=True)
+        else:
+            diff = (x.detach() - old).reshape(-1)[idx]
+            adjust_tokens(per_token, terms, idx, add_value=0.5 * diff.abs(), add_grad=0.5 * torch.sign(diff))
+        (per_token * w).sum().backward()
+        return per_token.detach(), x.grad
+
+    def slow(mode):
+        x = logp0.clone().requires_grad_(True)
+        per_token, _ = ppo_core(x, old, a, mf, eps_low=0.2, eps_high=0.28, dual_clip=3.0)
+        sel = torch.zeros(b * t, dtype=dtype)
+        sel[idx] = 1.0
+        sel = sel.view(b, t)
+        per_token = per_token * (1.0 - sel) if mode == "zero" else per_token + 0.5 * sel * (x - old).abs()
+        (per_token * w).sum().backward()
+        return per_token.detach(), x.grad
+
+    for mode in ("zero", "add"):
+        v_fast, g_fast = fast(mode)
+        v_slow, g_slow = slow(mode)
+        assert torch.equal(v_fast, v_slow), mode
+        assert torch.allclose(g_fast, g_slow, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6), mode
+    _, terms = ppo_core(logp0, old, a, mf, eps_low=0.2, eps_high=0.2, dual_clip=None)
+    with pytest.raises(ValueError, match="ppo_core"):
+        adjust_tokens(logp0.clone(), terms._replace(coef=None), idx, zero=True)

@@ -32,7 +32,7 @@ from entrolab.losses._common import (
     zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
-from entrolab.losses.ppo import ppo_core, ppo_metrics
+from entrolab.losses.ppo import adjust_tokens, ppo_core, ppo_metrics
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["clip_cov", "kl_cov", "token_covariance"]
@@ -296,7 +296,7 @@ def clip_cov(
             gen_device = generator.device if generator is not None else torch.device("cpu")
             picks = torch.randperm(total, generator=generator, device=gen_device)[:n_chosen]
             chosen = cands.flat_indices(picks)  # the candidates of those ranks in row-major order
-            per_token = per_token.reshape(-1).index_fill(0, chosen, 0.0).view_as(per_token)
+            adjust_tokens(per_token, terms, chosen, zero=True)  # value and gradient 0, in place
         count = max(n, 1)
         metrics.update(
             covclip_frac=torch.tensor(n_chosen / count, dtype=torch.float32),
@@ -477,9 +477,11 @@ def _kl_cov_finish(
     cov_sum: float,
 ) -> LossOutput:
     """KL-Cov's penalty on the chosen flat indices ``idx`` (a gather and an ``index_add``), and its metrics."""
-    penalty = (logp.reshape(-1)[idx] - old_logp.detach().reshape(-1)[idx]).abs()
-    if idx.numel():
-        per_token = per_token.reshape(-1).index_add(0, idx, kl_coef * penalty).view_as(per_token)
+    with torch.no_grad():
+        diff = logp.detach().reshape(-1)[idx] - old_logp.detach().reshape(-1)[idx]
+        penalty = diff.abs()
+    if idx.numel():  # kl_coef |logp - old_logp| on the chosen tokens, its gradient kl_coef sign(logp - old_logp)
+        adjust_tokens(per_token, terms, idx, add_value=kl_coef * penalty, add_grad=kl_coef * torch.sign(diff))
     count = max(n, 1)
     approx_kl, ratio_mean = zero_masked_means(m, terms.log_ratio, terms.ratio)
     frac = torch.tensor(idx.numel() / count, dtype=torch.float32)

@@ -21,7 +21,7 @@ from entrolab.losses._common import (
 from entrolab.losses.aggregation import Aggregation
 from entrolab.losses.registry import register_policy_loss
 
-__all__ = ["PPOTerms", "fused_surrogate", "ppo", "ppo_core", "ppo_metrics", "ppo_token_losses"]
+__all__ = ["PPOTerms", "adjust_tokens", "fused_surrogate", "ppo", "ppo_core", "ppo_metrics", "ppo_token_losses"]
 
 
 class PPOTerms(NamedTuple):
@@ -35,6 +35,8 @@ class PPOTerms(NamedTuple):
     """Float 0/1: dual-clip active (``None`` without dual-clip)."""
     top: Tensor | None = None
     """Float 0/1: top-clipped tokens that keep AEPO-EB's stop-gradient gradient (``None`` without it)."""
+    coef: Tensor | None = None
+    """``d per_token / d logp``, the very tensor the surrogate's backward multiplies by (see :func:`adjust_tokens`)."""
 
 
 class _PPOSurrogate(torch.autograd.Function):
@@ -56,7 +58,7 @@ class _PPOSurrogate(torch.autograd.Function):
         dual_clip: float | None,
         top_gradient: bool,
         bounds: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
         raw = torch.nan_to_num(logp, nan=0.0, posinf=0.0, neginf=0.0) - torch.nan_to_num(
             old_logp, nan=0.0, posinf=0.0, neginf=0.0
         )
@@ -89,14 +91,15 @@ class _PPOSurrogate(torch.autograd.Function):
         if top is not None:
             coef = coef + (neg_a * high) * top
         coef = coef * inside
-        ctx.save_for_backward(coef)
-        ctx.mark_non_differentiable(log_ratio, ratio, sel)
-        return per_token, log_ratio, ratio, sel, lower, top
+        # kept as an attribute, not through save_for_backward, and also returned: adjust_tokens may edit a few
+        # entries in place before the backward reads it (save_for_backward's version check would refuse that)
+        ctx.coef = coef
+        ctx.mark_non_differentiable(log_ratio, ratio, sel, coef)
+        return per_token, log_ratio, ratio, sel, lower, top, coef
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
-        (coef,) = ctx.saved_tensors
-        return grad * coef, None, None, None, None, None, None, None, None
+        return grad * ctx.coef, None, None, None, None, None, None, None, None
 
 
 class _FusedSurrogate(torch.autograd.Function):
@@ -140,10 +143,40 @@ def ppo_core(
     are constants of the surrogate); it is the analytic ``-A r`` on the unclipped branch and 0 elsewhere, in one
     multiply, which ``tests/test_losses_fastpath_on_cpu.py`` checks against plain autograd in float64.
     """
-    per_token, log_ratio, ratio, sel, lower, top = _PPOSurrogate.apply(
+    per_token, log_ratio, ratio, sel, lower, top, coef = _PPOSurrogate.apply(
         logp, old_logp.detach(), a.detach(), mf, eps_low, eps_high, dual_clip, top_gradient, bounds
     )
-    return per_token, PPOTerms(log_ratio, ratio, sel, lower, top)
+    return per_token, PPOTerms(log_ratio, ratio, sel, lower, top, coef)
+
+
+def adjust_tokens(
+    per_token: Tensor,
+    terms: PPOTerms,
+    index: Tensor,
+    *,
+    zero: bool = False,
+    add_value: Tensor | None = None,
+    add_grad: Tensor | None = None,
+) -> None:
+    """Edit a few tokens of a :func:`ppo_core` result in place, value and gradient together, without a new ``(B, T)``
+    tensor or autograd node: ``zero=True`` sets their loss and gradient to 0 (Clip-Cov's detached tokens); else
+    ``add_value`` is added to their loss and ``add_grad`` (its derivative in ``logp``) to their gradient (KL-Cov's
+    penalty).  ``index`` holds flat token indices ``(k,)``; ``per_token`` must be the unmodified output of the same
+    :func:`ppo_core` call (contiguous, and read by nothing else yet).
+    """
+    coef = terms.coef
+    if coef is None:
+        raise ValueError("terms must come from ppo_core (it carries the gradient coefficient)")
+    with torch.no_grad():
+        flat, grad = per_token.view(-1), coef.view(-1)
+        if zero:
+            flat.index_fill_(0, index, 0.0)
+            grad.index_fill_(0, index, 0.0)
+        else:
+            if add_value is not None:
+                flat.index_add_(0, index, add_value.to(flat.dtype))
+            if add_grad is not None:
+                grad.index_add_(0, index, add_grad.to(grad.dtype))
 
 
 def ppo_metrics(m: Tensor, mf: Tensor, terms: PPOTerms) -> dict[str, Tensor]:
