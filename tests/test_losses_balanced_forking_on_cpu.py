@@ -191,3 +191,35 @@ def test_linear_quantile_rejects_bad_input():
         linear_quantile(torch.tensor([0.0, float("nan")]), 0.5)
     with pytest.raises(ValueError, match="num_valid"):
         linear_quantile(torch.zeros(3), 0.5, num_valid=4)
+
+
+@pytest.mark.parametrize("base", ["ppo", "clip_cov", "kl_cov", "steer", "hapo", "entropy_balanced", "cispo", "gspo"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_bool_token_weights_in_place_equal_float_weights_through_autograd(base, dtype):
+    """Bool token weights (the 80/20 mask) scale the surrogate's loss and gradient coefficient in place; float weights
+    go through an autograd multiply.  Both must give the same loss and gradient, for every base loss."""
+    g = torch.Generator().manual_seed(11)
+    b, t = 6, 37
+    lp = (-torch.rand(b, t, generator=g) * 3).to(dtype)
+    old = lp + (torch.randn(b, t, generator=g) * 0.3).to(dtype)
+    adv = torch.randn(b, generator=g).to(dtype)
+    ent = (torch.rand(b, t, generator=g) * 2).to(dtype)
+    mask = torch.arange(t) < torch.randint(1, t + 1, (b,), generator=g).unsqueeze(1)
+    keep = mask & (torch.rand(b, t, generator=g) < 0.3)
+    kw = {"ratio": 0.2, "cov_lb": -1.0} if base == "clip_cov" else {"ratio": 0.1} if base == "kl_cov" else {}
+    fn = _POLICY_LOSSES[base]
+
+    def run(weights):
+        x = lp.clone().requires_grad_(True)
+        out = fn(
+            x, old, adv, mask, entropy=ent, generator=torch.Generator().manual_seed(3), token_weights=weights, **kw
+        )
+        out.loss.backward()
+        return out.loss.detach(), x.grad
+
+    loss_b, grad_b = run(keep)
+    loss_f, grad_f = run(keep.to(dtype))
+    tol = 1e-12 if dtype == F64 else 1e-6
+    assert torch.allclose(loss_b, loss_f, rtol=0, atol=tol)
+    assert torch.allclose(grad_b, grad_f, rtol=0, atol=tol)
+    assert bool((grad_b[~keep] == 0).all())

@@ -253,12 +253,23 @@ def finish_loss(
     metrics: dict[str, Tensor],
     entropy: Tensor | None,
     token_weights: Tensor | None = None,
+    *,
+    coef: Tensor | None = None,
 ) -> LossOutput:
     """Aggregate per-token losses that are **exactly 0 at masked positions** (times ``token_weights``, with the
-    counts of ``m``); add the entropy metric."""
+    counts of ``m``); add the entropy metric.
+
+    ``coef``: when ``per_token`` is the output of :func:`~entrolab.losses.ppo.ppo_core` (edited only through
+    :func:`~entrolab.losses.ppo.adjust_tokens`), its gradient coefficient; bool ``token_weights`` (the 80/20 mask)
+    are then applied in place to the loss and to that coefficient, with no new ``(B, T)`` tensor or autograd node.
+    """
     if entropy is not None:
         metrics["entropy"] = masked_mean(entropy, m)
-    if token_weights is not None:
+    if token_weights is not None and coef is not None and token_weights.dtype == torch.bool:
+        with torch.no_grad():
+            per_token.mul_(token_weights)
+            coef.mul_(token_weights)
+    elif token_weights is not None:
         w = token_weights if token_weights.dtype == torch.bool else zero_masked(token_weights, m.to(per_token.dtype))
         per_token = per_token * w
     spec = Aggregation.of(agg)  # type: ignore[arg-type]

@@ -201,6 +201,7 @@ def entropy_balanced(
     a = zero_masked(adv, mf)
     adv_metric = None
     if reshape:
+        assert entropy is not None  # checked above
         z, _, _ = _entropy_z(entropy, m, entropy_stats, group, mf=mf)
         a = a * (1 + entropy_adv_coef * z.to(a.dtype))
         adv_metric = a
@@ -210,7 +211,7 @@ def entropy_balanced(
     metrics = ppo_metrics(m, mf, terms)  # clipfrac_high: the top-clipped tokens, counted by the surrogate
     if adv_metric is not None:
         metrics["entropy_adv_mean"] = zero_masked_means(m, adv_metric)[0]
-    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
 
 
 def _balanced_native(
@@ -250,11 +251,11 @@ def _balanced_native(
         stats.extend(st)
         return loss, grad
 
-    per_token = fused_surrogate(logp, run)
+    per_token, grad_coef = fused_surrogate(logp, run)
     means = [torch.tensor(v / max(n, 1.0), dtype=torch.float32) for v in stats]
     metrics = {"clipfrac": means[0], "approx_kl": -means[1], "ratio_mean": means[2], "clipfrac_high": means[4]}
     if dual_clip is not None:
         metrics["clipfrac_lower"] = means[3]
     if reshape:
         metrics["entropy_adv_mean"] = means[5]
-    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=grad_coef)

@@ -303,7 +303,7 @@ def clip_cov(
             cov_candidate_frac=torch.tensor(total / count, dtype=torch.float32),
             cov_mean=torch.tensor(cov_sum / count, dtype=torch.float32),
         )
-        return finish_loss(per_token, m, agg, metrics, entropy, weights)
+        return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
     cov = _covariance_clean(zero_masked(logp.detach(), mf), a.detach(), mf, cov_center, group)
     # candidates as 0/1 floats (mf * not clipped * cov in the open window): no bool passes on the hot path
     cand = (mf - terms.clipped) * positive(cov - cov_lb) * positive(cov_ub - cov)
@@ -493,4 +493,4 @@ def _kl_cov_finish(
         "approx_kl": -approx_kl,
         "ratio_mean": ratio_mean,
     }
-    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)

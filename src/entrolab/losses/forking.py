@@ -132,9 +132,9 @@ def _high_entropy_mask(
         raise ValueError("entropy is not finite at a valid position")
     h = entropy.detach()
     if entropy_threshold is not None:
-        tau = check_local_stat("entropy_threshold", entropy_threshold)
-        assert tau is not None
-        tau = tau.to(h)
+        given = check_local_stat("entropy_threshold", entropy_threshold)
+        assert given is not None
+        tau = given.to(h)
     else:
         if group is None:
             tau = linear_quantile(valid_values(h, m), 1.0 - rho)

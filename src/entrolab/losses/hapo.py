@@ -242,7 +242,7 @@ def hapo(
     metrics = ppo_metrics(m, mf, terms)
     h_mean, high_frac, changed = zero_masked_means(m, h, h > 0, use_ent & (h != 0))
     metrics.update(hapo_h_mean=h_mean, hapo_high_frac=high_frac, hapo_adv_changed_frac=changed)
-    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
 
 
 def _hapo_native(
@@ -290,14 +290,14 @@ def _hapo_native(
         stats.extend(st)
         return loss, coef
 
-    per_token = fused_surrogate(logp, run)
+    per_token, grad_coef = fused_surrogate(logp, run)
     count = max(n, 1)
     means = [torch.tensor(v / count, dtype=torch.float32) for v in stats]
     metrics = {"clipfrac": means[0], "approx_kl": -means[1], "ratio_mean": means[2]}
     if dual_clip is not None:
         metrics["clipfrac_lower"] = means[3]
     metrics.update(hapo_h_mean=means[4], hapo_high_frac=means[5], hapo_adv_changed_frac=means[6])
-    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=grad_coef)
 
 
 def hapo_token_level_advantages(

@@ -106,20 +106,21 @@ class _FusedSurrogate(torch.autograd.Function):
     """Per-token losses computed by a fused native kernel together with their gradient coefficient."""
 
     @staticmethod
-    def forward(ctx: Any, logp: Tensor, run: Any) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, logp: Tensor, run: Any) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         loss, coef = run()
-        ctx.save_for_backward(coef)
-        return loss  # type: ignore[no-any-return]
+        ctx.coef = coef  # an attribute, as in _PPOSurrogate: finish_loss may scale it in place (bool token weights)
+        ctx.mark_non_differentiable(coef)
+        return loss, coef
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (coef,) = ctx.saved_tensors
-        return grad * coef, None
+    def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor, None]:
+        return grad * ctx.coef, None
 
 
-def fused_surrogate(logp: Tensor, run: Any) -> Tensor:
+def fused_surrogate(logp: Tensor, run: Any) -> tuple[Tensor, Tensor]:
     """Per-token losses ``(B, T)`` from ``run() -> (loss, coef)``, a kernel that also wrote ``coef = d loss / d logp``;
-    the gradient reaches ``logp`` as ``grad * coef`` (HAPO's and AEPO-EB's fused surrogates, ``_native/losses.c``)."""
+    the gradient reaches ``logp`` as ``grad * coef`` (HAPO's and AEPO-EB's fused surrogates, ``_native/losses.c``).
+    Returns the losses and the coefficient the backward will read (for :func:`finish_loss`'s in-place weights)."""
     return _FusedSurrogate.apply(logp, run)  # type: ignore[no-any-return]
 
 
@@ -199,15 +200,16 @@ def ppo_token_losses(
     eps_low: float | Tensor,
     eps_high: float | Tensor,
     dual_clip: float | None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token PPO losses ``(B, T)`` (0 at masked positions) and their clip metrics; inputs already checked.
+) -> tuple[Tensor, dict[str, Tensor], PPOTerms]:
+    """Per-token PPO losses ``(B, T)`` (0 at masked positions), their clip metrics and the surrogate's terms; inputs
+    already checked.
 
     ``eps_low`` and ``eps_high`` may be per-token tensors ``(B, T)`` (HAPO's adaptive clip)."""
     mf = m.to(logp.dtype)
     per_token, terms = ppo_core(
         logp, old_logp, zero_masked(adv, mf), mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
     )
-    return per_token, ppo_metrics(m, mf, terms)
+    return per_token, ppo_metrics(m, mf, terms), terms
 
 
 @register_policy_loss("ppo")
@@ -288,7 +290,8 @@ def ppo(
     """
     m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
     eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
-    per_token, metrics = ppo_token_losses(
+    per_token, metrics, terms = ppo_token_losses(
         logp, old_logp, adv, m, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
     )
-    return finish_loss(per_token, m, agg, metrics, entropy, check_token_weights(token_weights, m))
+    weights = check_token_weights(token_weights, m)
+    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)

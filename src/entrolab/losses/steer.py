@@ -229,7 +229,7 @@ def steer(
         count = st[4]
         metrics["steer_weight_mean"] = torch.tensor(st[0] / max(count, 1.0), dtype=torch.float32)
         metrics["steer_weight_min"] = torch.tensor(st[1] if count else 1.0, dtype=torch.float32)
-        return finish_loss(per_token, m, agg, metrics, entropy, weights)
+        return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
     w = _weights(
         logp, old_logp, adv, m, mf, entropy, lambda_min, lambda_max, mode, omega_range, global_stats, process_group
     )
@@ -243,4 +243,4 @@ def steer(
     w_min = (w + (1 - mf) * big).amin() if w.numel() else w.new_tensor(big)
     metrics["steer_weight_mean"] = w_mean
     metrics["steer_weight_min"] = torch.where(w_min < big, w_min, 1.0).float()
-    return finish_loss(per_token, m, agg, metrics, entropy, weights)
+    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
