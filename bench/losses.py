@@ -324,6 +324,11 @@ def main() -> None:
         "x_ppo_cold": {k: round(v, 3) for k, v in cold.items()},
         "worst_cold": worst_cold,
         "worst_x_ppo_cold": round(cold[worst_cold], 3),
+        "ppo_ms_per_process": {h: [round(1e3 * r["p50"]["ppo"], 3) for r in runs[h]] for h in ("warm", "cold")},
+        "x_ppo_per_process": {
+            h: {n: [round(r["p50"][n] / r["p50"]["ppo"], 3) for r in runs[h]] for n in targeted}
+            for h in ("warm", "cold")
+        },
         "naive_over_ppo": round(ratio("warm", "naive PyTorch ppo"), 3),
         "verl_over_ours": {r["method"]: round(r["verl_over_ours"], 3) for r in rows if r["verl_over_ours"]},
         "roofline": roof,
