@@ -17,6 +17,7 @@ from entrolab.losses import (
     ppo,
     register_policy_loss,
 )
+from entrolab.losses.forking import _ENTROPY_ONLY_REPORTED
 from entrolab.losses.registry import _POLICY_LOSSES
 
 F64 = torch.float64
@@ -223,3 +224,31 @@ def test_bool_token_weights_in_place_equal_float_weights_through_autograd(base, 
     assert torch.allclose(loss_b, loss_f, rtol=0, atol=tol)
     assert torch.allclose(grad_b, grad_f, rtol=0, atol=tol)
     assert bool((grad_b[~keep] == 0).all())
+
+
+@pytest.mark.parametrize("base", sorted(_ENTROPY_ONLY_REPORTED))
+def test_bases_that_only_report_entropy_are_unchanged_without_it(base):
+    """high_entropy_tokens does not pass the entropies to these bases (it reports their mean itself): each must give the
+    same loss, gradient and other metrics with and without entropy, and the 80/20 result must carry the same entropy
+    metric the base would have reported."""
+    g = torch.Generator().manual_seed(5)
+    lp = -torch.rand(4, 23, generator=g) * 3
+    old = lp + torch.randn(4, 23, generator=g) * 0.3
+    adv = torch.randn(4, generator=g)
+    ent = torch.rand(4, 23, generator=g) * 2
+    mask = torch.arange(23) < torch.tensor([[23], [5], [17], [1]])
+    kw = {"ratio": 0.2, "cov_lb": -1.0} if base == "clip_cov" else {"ratio": 0.1} if base == "kl_cov" else {}
+    fn = _POLICY_LOSSES[base]
+    outs = []
+    for e in (ent, None):
+        x = lp.clone().requires_grad_(True)
+        out = fn(x, old, adv, mask, entropy=e, generator=torch.Generator().manual_seed(1), **kw)
+        out.loss.backward()
+        outs.append((out, x.grad))
+    (with_e, g_with), (without, g_without) = outs
+    assert torch.equal(with_e.loss, without.loss) and torch.equal(g_with, g_without)
+    assert set(with_e.metrics) - set(without.metrics) == {"entropy"}
+    het = high_entropy_tokens(
+        lp, old, adv, mask, entropy=ent, base=base, generator=torch.Generator().manual_seed(1), **kw
+    )
+    assert float(het.metrics["entropy"]) == pytest.approx(float(with_e.metrics["entropy"]), rel=1e-6)

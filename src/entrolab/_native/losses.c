@@ -431,27 +431,33 @@ void entrolab_flag_ranks_u8(const uint8_t *flags, const int64_t *rows, int64_t B
  * The 80/20 forking-token mask (arXiv 2506.01939, eq. 6).
  */
 
-/* The valid x, row-major, into packed; stats = [valid count, count of non-finite valid x]. */
+/* The valid x, row-major, into packed; stats = [valid count, count of non-finite valid x, sum of the finite valid x]. */
 void entrolab_pack_valid_f32(const float *x, const uint8_t *mask, int64_t B, int64_t T, float *packed, double *stats) {
     int64_t n = 0;
-    double bad = 0.0;
+    double bad = 0.0, sum = 0.0;
     for (int64_t i = 0; i < B; i++) {
         const float *xr = x + i * T;
         const uint8_t *mk = mask + i * T;
-        float rb = 0.0f, rc = 0.0f, rlast = -1.0f;
-#pragma omp simd reduction(+ : rb, rc) reduction(max : rlast)
+        /* float row sums: a double accumulator next to these float ones (with a short-circuit && in its condition)
+         * gave wrong sums under gcc 12.2 -O3 for T = 129; the cause was not pinned down */
+        float rb = 0.0f, rc = 0.0f, rlast = -1.0f, rs = 0.0f;
+#pragma omp simd reduction(+ : rb, rc, rs) reduction(max : rlast)
         for (int64_t t = 0; t < T; t++) {
             uint32_t u;
             memcpy(&u, &xr[t], 4);
-            rb += ((mk[t] != 0) & ((u & 0x7f800000u) == 0x7f800000u)) ? 1.0f : 0.0f;
+            float ok = ((mk[t] != 0) & ((u & 0x7f800000u) != 0x7f800000u)) ? 1.0f : 0.0f;
+            rb += mk[t] ? 1.0f - ok : 0.0f;
             rc += mk[t] ? 1.0f : 0.0f;
+            rs += ok != 0.0f ? xr[t] : 0.0f;
             rlast = fmax_(rlast, mk[t] ? (float)t : -1.0f);
         }
         n = pack_row(packed, n, xr, mk, T, rc, rlast);
         bad += rb;
+        sum += rs;
     }
     stats[0] = (double)n;
     stats[1] = bad;
+    stats[2] = sum;
 }
 
 /* keep = valid and x >= tau, one byte per token (a torch.bool tensor); returns the kept count. */

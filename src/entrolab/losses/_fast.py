@@ -299,15 +299,15 @@ def cov_candidates(
     return Candidates(k, flags, rows, int(total)), int(st[0]), st[1]
 
 
-def pack_valid(k: LossKernels, x: Tensor, m: Tensor) -> tuple[Tensor, int]:
-    """The valid entries of ``x`` packed row-major ``(n,)`` (scratch: valid until the next kernel call) and the
-    number of them that are not finite."""
+def pack_valid(k: LossKernels, x: Tensor, m: Tensor) -> tuple[Tensor, int, float]:
+    """The valid entries of ``x`` packed row-major ``(n,)`` (scratch: valid until the next kernel call), the number of
+    them that are not finite, and the sum of the finite ones."""
     b, t = x.shape
     xc, mask = _c(x), _mask_bytes(m)
     packed = _scratch("packed", b * t + 1)  # the compaction stores one past the last valid entry
-    st = _stats(2)
+    st = _stats(3)
     k.pack_valid(xc.data_ptr(), mask.data_ptr(), b, t, packed.data_ptr(), st)  # type: ignore[attr-defined]
-    return packed[: int(st[0])], int(st[1])
+    return packed[: int(st[0])], int(st[1]), st[2]
 
 
 def ge_mask(k: LossKernels, x: Tensor, m: Tensor, tau: float) -> tuple[Tensor, int]:

@@ -25,6 +25,12 @@ from entrolab.losses.registry import get_policy_loss, register_policy_loss
 
 __all__ = ["high_entropy_mask", "high_entropy_tokens", "linear_quantile"]
 
+# Registered losses whose ``entropy`` argument only feeds ``metrics["entropy"]`` (validated, averaged, reported):
+# over these, high_entropy_tokens reports that mean itself (from the pass that packs the entropies) and does not pass
+# the entropies on, which spares the base a second validation and a second masked mean.  A test checks that each of
+# them gives the same loss and gradient with and without entropy.
+_ENTROPY_ONLY_REPORTED = frozenset({"ppo", "clip_cov", "kl_cov", "cispo", "gspo"})
+
 
 def linear_quantile(values: Tensor, q: float, *, num_valid: int | None = None, scratch: bool = False) -> Tensor:
     """``torch.quantile(values, q)`` (linear interpolation) of a 1-D tensor, also beyond 2^24 elements.
@@ -95,7 +101,7 @@ def high_entropy_mask(
     >>> round(float(tau), 4), keep.nonzero()[:, 1].tolist()
     (0.82, [1, 4])
     """
-    keep, tau, _ = _high_entropy_mask(
+    keep, tau, _, _ = _high_entropy_mask(
         entropy, mask, rho=rho, entropy_threshold=entropy_threshold, global_stats=global_stats,
         process_group=process_group,
     )  # fmt: skip
@@ -110,8 +116,9 @@ def _high_entropy_mask(
     entropy_threshold: float | Tensor | None,
     global_stats: bool,
     process_group: Any,
-) -> tuple[Tensor, Tensor, float | None]:
-    """:func:`high_entropy_mask`, plus the kept fraction of valid tokens when the native kernels computed it."""
+) -> tuple[Tensor, Tensor, float | None, float | None]:
+    """:func:`high_entropy_mask`, plus the kept fraction of valid tokens and the mean valid entropy when the native
+    kernels computed them (else ``None``)."""
     if not isinstance(entropy, Tensor) or not entropy.dtype.is_floating_point:
         raise TypeError(f"entropy must be a floating tensor, got {describe(entropy)}")
     m = as_mask(mask, entropy.shape)
@@ -119,12 +126,13 @@ def _high_entropy_mask(
     group = _dist.resolve_group(global_stats, process_group)
     k = _fast.native_for(entropy) if group is None and entropy_threshold is None and entropy.ndim == 2 else None
     if k is not None:  # one pass packs the valid entropies (and finds any non-finite one), one writes the mask
-        packed, bad = _fast.pack_valid(k, entropy, m)
+        packed, bad, total = _fast.pack_valid(k, entropy, m)
         if bad:
             raise ValueError("entropy is not finite at a valid position")
-        tau = linear_quantile(packed, 1.0 - rho, num_valid=packed.numel(), scratch=True)
+        n = packed.numel()
+        tau = linear_quantile(packed, 1.0 - rho, num_valid=n, scratch=True)
         keep, kept = _fast.ge_mask(k, entropy, m, float(tau))
-        return keep, tau, kept / max(packed.numel(), 1)
+        return keep, tau, kept / max(n, 1), total / max(n, 1)
     big = torch.finfo(entropy.dtype).max
     if entropy.numel() and not bool(
         (torch.nan_to_num(entropy.detach(), nan=big, posinf=big, neginf=big).abs() * m).amax() < big
@@ -140,7 +148,7 @@ def _high_entropy_mask(
             tau = linear_quantile(valid_values(h, m), 1.0 - rho)
         else:
             tau = linear_quantile(_dist.gather_concat(h[m], group), 1.0 - rho)
-    return m & (h >= tau), tau, None  # NaN garbage at padding compares False anyway
+    return m & (h >= tau), tau, None, None  # NaN garbage at padding compares False anyway
 
 
 @functools.lru_cache(maxsize=64)
@@ -212,7 +220,7 @@ def high_entropy_tokens(
     if not isinstance(entropy, Tensor) or entropy.shape != logp.shape:
         raise ValueError(f"entropy must be a tensor of shape {tuple(logp.shape)}, got {describe(entropy)}")
     m = as_mask(mask, logp.shape)  # the base loss checks everything else
-    keep, tau, kept = _high_entropy_mask(
+    keep, tau, kept, entropy_mean = _high_entropy_mask(
         entropy,
         m,
         rho=rho,
@@ -229,17 +237,21 @@ def high_entropy_tokens(
     extra = dict(base_hyperparameters)
     if global_stats and "global_stats" in params:
         extra.update(global_stats=True, process_group=process_group)
+    report_only = base in _ENTROPY_ONLY_REPORTED
     out = fn(
         logp,
         old_logp,
         advantages,
         mask,
-        entropy=entropy,
+        entropy=None if report_only else entropy,
         agg=agg,
         generator=generator,
         token_weights=weights,
         **extra,
     )
+    if report_only:  # the base's entropy metric, from the mask's own pass when the native kernels ran
+        mean = masked_mean(entropy, m) if entropy_mean is None else torch.tensor(entropy_mean, dtype=torch.float32)
+        out.metrics["entropy"] = mean
     kept_frac = masked_mean(keep, m) if kept is None else torch.tensor(kept, dtype=torch.float32)
     out.metrics["high_entropy_frac"] = kept_frac
     out.metrics["entropy_threshold"] = tau.detach().float()
