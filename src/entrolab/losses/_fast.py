@@ -112,7 +112,7 @@ def _adv(advantages: Tensor, shape: torch.Size) -> tuple[Tensor, int, int, Tenso
     per-sequence advantages, the scratch row the kernels fill with a sequence's advantage."""
     a = _c(advantages)
     if a.ndim == 1:
-        return a, 1, 0, torch.empty(max(1, shape[1]))
+        return a, 1, 0, _scratch("abuf", max(1, shape[1]))
     return a, shape[1], 1, None
 
 
@@ -257,14 +257,14 @@ class Candidates:
     """Clip-Cov's candidates as one flag byte per token and per-row counts (scratch: valid until the next kernel
     call); :meth:`flat_indices` maps candidate ranks (row-major order) to flat token indices."""
 
-    def __init__(self, k: LossKernels, flags: Tensor, rows: Tensor, total: int) -> None:
-        self._k, self._flags, self._rows, self.total = k, flags, rows, total
+    def __init__(self, k: LossKernels, flags: Tensor, rows: Tensor, shape: torch.Size, total: int) -> None:
+        self._k, self._flags, self._rows, self._shape, self.total = k, flags, rows, shape, total
 
     def flat_indices(self, ranks: Tensor) -> Tensor:
         """``(len(ranks),)`` int64 flat indices of the candidates of rank ``ranks`` (each in ``[0, total)``)."""
-        r = ranks.to(torch.int64).contiguous()
+        r = ranks if ranks.dtype == torch.int64 and ranks.is_contiguous() else ranks.to(torch.int64).contiguous()
         out = torch.empty(r.numel(), dtype=torch.int64)
-        b, t = self._flags.shape
+        b, t = self._shape
         self._k.flag_ranks_u8(  # type: ignore[attr-defined]
             self._flags.data_ptr(), self._rows.data_ptr(), b, t, r.data_ptr(), r.numel(), out.data_ptr()
         )
@@ -288,7 +288,7 @@ def cov_candidates(
     b, t = logp.shape
     lp, cl, mask = _c(logp), _c(clipped), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    flags = _scratch("flags", b * t, torch.uint8).view(b, t)
+    flags = _scratch("flags", b * t, torch.uint8)
     rows = _scratch("rows", max(b, 1), torch.int64)
     st = _stats(2)
     ma, ml = center if center is not None else (0.0, 0.0)
@@ -296,7 +296,7 @@ def cov_candidates(
         lp.data_ptr(), cl.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t,
         int(center is not None), ma, ml, cov_lb, cov_ub, flags.data_ptr(), rows.data_ptr(), st,
     )  # fmt: skip
-    return Candidates(k, flags, rows, int(total)), int(st[0]), st[1]
+    return Candidates(k, flags, rows, logp.shape, int(total)), int(st[0]), st[1]
 
 
 def pack_valid(k: LossKernels, x: Tensor, m: Tensor) -> tuple[Tensor, int, float]:

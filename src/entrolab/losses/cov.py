@@ -298,11 +298,8 @@ def clip_cov(
             chosen = cands.flat_indices(picks)  # the candidates of those ranks in row-major order
             adjust_tokens(per_token, terms, chosen, zero=True)  # value and gradient 0, in place
         count = max(n, 1)
-        metrics.update(
-            covclip_frac=torch.tensor(n_chosen / count, dtype=torch.float32),
-            cov_candidate_frac=torch.tensor(total / count, dtype=torch.float32),
-            cov_mean=torch.tensor(cov_sum / count, dtype=torch.float32),
-        )
+        covclip, candidates, cov_mean = torch.tensor([n_chosen, total, cov_sum], dtype=torch.float32).div_(count)
+        metrics.update(covclip_frac=covclip, cov_candidate_frac=candidates, cov_mean=cov_mean)
         return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
     cov = _covariance_clean(zero_masked(logp.detach(), mf), a.detach(), mf, cov_center, group)
     # candidates as 0/1 floats (mf * not clipped * cov in the open window): no bool passes on the hot path
