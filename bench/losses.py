@@ -1,8 +1,9 @@
 """Every registered policy loss and regularizer against plain ``ppo``, forward+backward, side by side.
 
 One batch of ``B x T`` response tokens (default 64 x 1024 = 65,536 tokens, about 80% valid, fp32), the loss and its
-backward timed per method: 200 rounds, each calling every method (and baseline) once in turn, so that the slow
-spells of a shared machine hit every method alike; median and p20/p80 over the rounds.  Baselines in the same run:
+backward timed per method: 200 rounds, each calling every method (and baseline) once in a freshly shuffled order, so
+that the slow spells of a shared machine hit every method alike and no method always follows the same one; median and
+p20/p80 over the rounds.  Baselines in the same run:
 plain ``ppo`` (the target: every method within 1.5x of it), the five lines of naive PyTorch a user would write for
 PPO, and verl 0.9.1's own implementations (``vanilla``, ``clip_cov``, ``kl_cov``, ``gspo``, ``cispo``) when verl is
 installed, run from its source file (``import verl`` needs Ray).  SIREN reads full logits ``(B, T, V)``, a different
@@ -31,6 +32,7 @@ import argparse
 import ast
 import importlib.util
 import json
+import random
 import statistics
 import sys
 import time
@@ -190,10 +192,16 @@ def worker(spec: dict) -> dict:
     runners = {**methods, **{f"verl {n}": (lambda f=fn: f(logp, old, adv, mask)) for n, fn in verl.items()}}
 
     # Forward+backward of every runner, one call each per round, round after round: a slow spell of this shared
-    # machine then hits every method alike instead of whichever was being timed.
+    # machine then hits every method alike instead of whichever was being timed.  The order is shuffled each round
+    # (seeded): what ran just before a call (its allocations, what it left in the caches) changes that call's time by
+    # tens of percent here, and a fixed order would hand each method the same predecessor every time.
     times: dict[str, list[float]] = {name: [] for name in runners}
+    order = random.Random(spec.get("seed", 0))
+    names = list(runners)
     for r in range(spec["rounds"] + 3):
-        for name, fn in runners.items():
+        order.shuffle(names)
+        for name in names:
+            fn = runners[name]
             t0 = time.perf_counter()
             loss = fn()
             loss.backward()
@@ -230,7 +238,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"warm": [], "cold": []}
     for rep in range(processes):
         for heap in ("warm", "cold"):
-            res = run_worker(Path(__file__), {**spec, "heap": heap}, timeout=1800)
+            res = run_worker(Path(__file__), {**spec, "heap": heap, "seed": rep}, timeout=1800)
             if "error" in res:
                 raise SystemExit(f"benchmark worker ({heap} heap) failed: {res['error']}")
             runs[heap].append(res)

@@ -137,11 +137,12 @@ def steer(
     lambda_max: float,
     omega_range: tuple[float, float] | None,
 ) -> tuple[Tensor, Tensor, list[float]]:
-    """STEER's weights ``w`` and ``A w`` (0 at padding), and ``[sum w, min w, lo, hi, count]`` over valid tokens."""
+    """STEER's weights ``w`` (scratch: valid until the next kernel call) and ``A w`` (0 at padding), and
+    ``[sum w, min w, lo, hi, count]`` over valid tokens."""
     b, t = logp.shape
     lp, old, ent, mask = _c(logp), _c(old_logp), _c(entropy), _c(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    w, aw = torch.empty(b, t), torch.empty(b, t)
+    w, aw = _scratch("steer_w", b * t).view(b, t), torch.empty(b, t)
     st = _stats(5)
     lo, hi = omega_range if omega_range is not None else (0.0, 0.0)
     k.steer(  # type: ignore[attr-defined]
