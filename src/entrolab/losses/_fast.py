@@ -79,17 +79,19 @@ def native_for(*tensors: Tensor | None) -> LossKernels | None:
     return _bound[key]
 
 
-_SCRATCH_MAX = 1 << 22  # elements: larger scratch is allocated per call rather than kept
+_SCRATCH_MAX = 1 << 20  # elements: larger scratch is allocated per call rather than kept
 _local = threading.local()
 
 
 def _scratch(name: str, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """A per-thread scratch buffer of ``n`` elements, reused from call to call.
+    """A per-thread scratch buffer of ``n`` elements, reused from call to call: the kernels' row-sized buffers (one
+    row of ``T``, ``B`` row counts, a size-``k`` heap).
 
-    The kernels' scratch (row buffers, packed values, candidate indices) is written and read within one loss call;
-    allocating it afresh each call costs more than the kernels themselves at 64k tokens (glibc returns freed blocks
-    above its trim threshold to the system, so every call pays page faults again).  Nothing returned to a caller, or
-    saved for backward, may alias a scratch buffer.
+    Buffers the size of the batch (packed values, flags, weights) are allocated per call instead: in a process whose
+    heap is warm, a block just freed by the previous operation comes back cache-hot, while a kept buffer was last
+    touched by another loss many calls ago (measured in ``bench/losses.py``: the 80/20 mask at 1.46-1.53x ``ppo``
+    with kept buffers, 1.40-1.42x with fresh ones).  Nothing returned to a caller, or saved for backward, may alias a
+    scratch buffer.
     """
     if n > _SCRATCH_MAX:
         return torch.empty(n, dtype=dtype)
@@ -137,12 +139,11 @@ def steer(
     lambda_max: float,
     omega_range: tuple[float, float] | None,
 ) -> tuple[Tensor, Tensor, list[float]]:
-    """STEER's weights ``w`` (scratch: valid until the next kernel call) and ``A w`` (0 at padding), and
-    ``[sum w, min w, lo, hi, count]`` over valid tokens."""
+    """STEER's weights ``w`` and ``A w`` (0 at padding), and ``[sum w, min w, lo, hi, count]`` over valid tokens."""
     b, t = logp.shape
     lp, old, ent, mask = _c(logp), _c(old_logp), _c(entropy), _c(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    w, aw = _scratch("steer_w", b * t).view(b, t), torch.empty(b, t)
+    w, aw = torch.empty(b, t), torch.empty(b, t)
     st = _stats(5)
     lo, hi = omega_range if omega_range is not None else (0.0, 0.0)
     k.steer(  # type: ignore[attr-defined]
@@ -153,11 +154,10 @@ def steer(
 
 
 def hapo_log_entropy(k: LossKernels, entropy: Tensor, m: Tensor) -> tuple[Tensor, list[float]]:
-    """The valid ``ell = log(max(H, 1e-8))`` packed row-major (scratch: valid until the next kernel call), and
-    ``[n, sum, sum^2, max, min, #H<0]``."""
+    """The valid ``ell = log(max(H, 1e-8))`` packed row-major, and ``[n, sum, sum^2, max, min, #H<0]``."""
     b, t = entropy.shape
     ent, mask = _c(entropy), _c(m)
-    row, packed = _scratch("row", max(t, 1)), _scratch("packed", b * t + 1)
+    row, packed = _scratch("row", max(t, 1)), torch.empty(b * t + 1)
     st = _stats(6)
     k.hapo_log_entropy(ent.data_ptr(), mask.data_ptr(), b, t, row.data_ptr(), 0, packed.data_ptr(), st)  # type: ignore[attr-defined]
     return packed[: int(st[0])], list(st)
@@ -218,11 +218,11 @@ def _f32(x: float) -> float:
 def cov_pack(
     k: LossKernels, logp: Tensor, advantages: Tensor, m: Tensor, *, mean_a: float, mean_lp: float, n: int
 ) -> tuple[Tensor, float]:
-    """The valid ``Cov_t`` packed row-major ``(n,)`` (scratch: valid until the next kernel call) and their sum."""
+    """The valid ``Cov_t`` packed row-major ``(n,)`` and their sum."""
     b, t = logp.shape
     lp, mask = _c(logp), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    packed, row = _scratch("packed", n + 1), _scratch("row", max(t, 1))  # compaction stores one past the last entry
+    packed, row = torch.empty(n + 1), _scratch("row", max(t, 1))  # compaction stores one past the last entry
     st = _stats(1)
     k.cov_pack(  # type: ignore[attr-defined]
         lp.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean_a, mean_lp, row.data_ptr(),
@@ -289,7 +289,7 @@ def cov_candidates(
     b, t = logp.shape
     lp, cl, mask = _c(logp), _c(clipped), _mask_bytes(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    flags = _scratch("flags", b * t, torch.uint8)
+    flags = torch.empty(b * t, dtype=torch.uint8)
     rows = _scratch("rows", max(b, 1), torch.int64)
     st = _stats(2)
     ma, ml = center if center is not None else (0.0, 0.0)
@@ -301,11 +301,11 @@ def cov_candidates(
 
 
 def pack_valid(k: LossKernels, x: Tensor, m: Tensor) -> tuple[Tensor, int, float]:
-    """The valid entries of ``x`` packed row-major ``(n,)`` (scratch: valid until the next kernel call), the number of
-    them that are not finite, and the sum of the finite ones."""
+    """The valid entries of ``x`` packed row-major ``(n,)``, the number of them that are not finite, and the sum of
+    the finite ones."""
     b, t = x.shape
     xc, mask = _c(x), _mask_bytes(m)
-    packed = _scratch("packed", b * t + 1)  # the compaction stores one past the last valid entry
+    packed = torch.empty(b * t + 1)  # the compaction stores one past the last valid entry
     st = _stats(3)
     k.pack_valid(xc.data_ptr(), mask.data_ptr(), b, t, packed.data_ptr(), st)  # type: ignore[attr-defined]
     return packed[: int(st[0])], int(st[1]), st[2]
