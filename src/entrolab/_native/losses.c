@@ -91,12 +91,12 @@ int entrolab_losses_abi_version(void) { return 1; }
 /* STEER (arXiv 2510.10150, eq. 9): |Omega_t| = |A / p_old x (1 - x) (log x + H)|, x = clamp(p, 1e-8, 1 - 1e-8),
  * p_old = clamp(exp(old), 1e-8, 1); weights w = clamp(exp(-k |Omega|), lmin, 1) with k = -log(lmin) / max(hi, 0.02)
  * (mode 0, "exp") or clamp(lmax - (|Omega| - lo)(lmax - lmin)/(hi - lo), lmin, lmax) (mode 1, "linear"; the midpoint
- * when hi == lo).  lo/hi are the min/max of |Omega| over valid tokens unless have_range.  Writes w (1 at padding in
- * exp mode, as the PyTorch path) and aw = A w (0 at padding); stats = [sum w, min w, lo, hi, valid count] over valid
- * tokens (min w = +inf without any). */
+ * when hi == lo).  lo/hi are the min/max of |Omega| over valid tokens unless have_range.  Writes aw = A w (0 at
+ * padding); mag is (B, T) scratch that holds |Omega| between the two passes; stats = [sum w, min w, lo, hi, valid
+ * count] over valid tokens (min w = +inf without any). */
 void entrolab_steer_f32(const float *lp, const float *old, const float *adv, int64_t ars, int64_t ats, float *abuf,
                         const float *ent, const uint8_t *mask, int64_t B, int64_t T, int32_t mode, float lmin,
-                        float lmax, int32_t have_range, float lo_in, float hi_in, float *w, float *aw,
+                        float lmax, int32_t have_range, float lo_in, float hi_in, float *mag_out, float *aw,
                         double *stats) {
     float hi = 0.0f, lo = INFINITY;
     double count = 0.0;
@@ -104,7 +104,7 @@ void entrolab_steer_f32(const float *lp, const float *old, const float *adv, int
         const float *l = lp + i * T, *o = old + i * T, *h = ent + i * T;
         const float *a = adv_row(adv, i, ars, ats, T, abuf);
         const uint8_t *mk = mask + i * T;
-        float *mag = w + i * T;
+        float *mag = mag_out + i * T;
         float rhi = 0.0f, rlo = INFINITY;
         float rc = 0.0f; /* per-row counts as floats: exact below 2^24 tokens a row, and vectorised like the sums */
 #pragma omp simd reduction(max : rhi) reduction(min : rlo) reduction(+ : rc)
@@ -140,7 +140,8 @@ void entrolab_steer_f32(const float *lp, const float *old, const float *adv, int
     for (int64_t i = 0; i < B; i++) {
         const float *a = adv_row(adv, i, ars, ats, T, abuf);
         const uint8_t *mk = mask + i * T;
-        float *wr = w + i * T, *awr = aw + i * T;
+        const float *wr = mag_out + i * T;
+        float *awr = aw + i * T;
         float rs = 0.0f, rmin = INFINITY;
 #pragma omp simd reduction(+ : rs) reduction(min : rmin)
         for (int64_t t = 0; t < T; t++) {
@@ -148,7 +149,6 @@ void entrolab_steer_f32(const float *lp, const float *old, const float *adv, int
             float we = fmin_(fmax_(vexp(fmax_(-k * m, -87.0f)), lmin), 1.0f);
             float wl = fmin_(fmax_(base - (m - lo) * slope, lmin), lmax);
             float wt = mode == 0 ? we : wl; /* both computed: a branch here would keep the loop scalar */
-            wr[t] = wt;
             awr[t] = mk[t] ? a[t] * wt : 0.0f;
             rs += mk[t] ? wt : 0.0f;
             rmin = fmin_(rmin, mk[t] ? wt : INFINITY);

@@ -138,19 +138,19 @@ def steer(
     lambda_min: float,
     lambda_max: float,
     omega_range: tuple[float, float] | None,
-) -> tuple[Tensor, Tensor, list[float]]:
-    """STEER's weights ``w`` and ``A w`` (0 at padding), and ``[sum w, min w, lo, hi, count]`` over valid tokens."""
+) -> tuple[Tensor, list[float]]:
+    """STEER's weighted advantages ``A w`` (0 at padding) and ``[sum w, min w, lo, hi, count]`` over valid tokens."""
     b, t = logp.shape
     lp, old, ent, mask = _c(logp), _c(old_logp), _c(entropy), _c(m)
     a, ars, ats, abuf = _adv(advantages, logp.shape)
-    w, aw = torch.empty(b, t), torch.empty(b, t)
+    mag, aw = torch.empty(b, t), torch.empty(b, t)  # mag: |Omega| between the kernel's two passes
     st = _stats(5)
     lo, hi = omega_range if omega_range is not None else (0.0, 0.0)
     k.steer(  # type: ignore[attr-defined]
         lp.data_ptr(), old.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), ent.data_ptr(), mask.data_ptr(), b, t, mode,
-        lambda_min, lambda_max, int(omega_range is not None), lo, hi, w.data_ptr(), aw.data_ptr(), st,
+        lambda_min, lambda_max, int(omega_range is not None), lo, hi, mag.data_ptr(), aw.data_ptr(), st,
     )  # fmt: skip
-    return w, aw, list(st)
+    return aw, list(st)
 
 
 def hapo_log_entropy(k: LossKernels, entropy: Tensor, m: Tensor) -> tuple[Tensor, list[float]]:

@@ -220,7 +220,7 @@ def steer(
         if omega_range is not None:
             lo_t, hi_t = _check_omega_range(omega_range, torch.float32, logp.device)
             rng = (float(lo_t), float(hi_t))
-        _, aw, st = _fast.steer(
+        aw, st = _fast.steer(
             k, logp, old_logp, advantages, m, entropy, mode=STEER_MODES.index(mode), lambda_min=lambda_min,
             lambda_max=lambda_max, omega_range=rng,
         )  # fmt: skip
