@@ -657,23 +657,9 @@ static void heap_down(float *hv, int64_t *hi, int64_t n, int64_t j) {
 int64_t entrolab_cov_topk_f32(const float *lp, const float *adv, int64_t ars, int64_t ats, float *abuf,
                               const uint8_t *mask, int64_t B, int64_t T, int32_t have_center, float ma_in, float ml_in,
                               double ratio, int64_t kmax, float *row, float *hv, int64_t *idx, double *stats) {
-    double sa = 0.0, sl = 0.0, count = 0.0;
-    for (int64_t i = 0; i < B; i++) {
-        const float *l = lp + i * T;
-        const float *a = adv_row(adv, i, ars, ats, T, abuf);
-        const uint8_t *mk = mask + i * T;
-        double ra = 0.0, rl = 0.0;
-        float rc = 0.0f;
-#pragma omp simd reduction(+ : ra, rl, rc)
-        for (int64_t t = 0; t < T; t++) {
-            ra += mk[t] ? (double)a[t] : 0.0;
-            rl += mk[t] ? (double)l[t] : 0.0;
-            rc += mk[t] ? 1.0f : 0.0f;
-        }
-        sa += ra;
-        sl += rl;
-        count += rc;
-    }
+    double cs[3];
+    entrolab_cov_sums_f32(lp, adv, ars, ats, abuf, mask, B, T, cs);
+    const double count = cs[0], sa = cs[1], sl = cs[2];
     const double nn = count > 1.0 ? count : 1.0;
     int64_t k = (int64_t)floor(ratio * count + 1e-9 * ratio * count);
     k = k < 1 ? 1 : k;
