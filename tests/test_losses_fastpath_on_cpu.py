@@ -181,3 +181,32 @@ def test_adjust_tokens_edits_value_and_gradient_like_autograd(dtype):
     _, terms = ppo_core(logp0, old, a, mf, eps_low=0.2, eps_high=0.2, dual_clip=None)
     with pytest.raises(ValueError, match="ppo_core"):
         adjust_tokens(logp0.clone(), terms._replace(coef=None), idx, zero=True)
+
+
+def test_gradient_coefficient_is_freed_after_backward():
+    """The surrogates save their gradient coefficient through save_for_backward (edited in place only via ``.data``),
+    so autograd frees it after a backward: a caller who keeps the loss does not keep a (B, T) buffer alive."""
+    import gc
+    import weakref
+
+    from entrolab.losses.ppo import fused_surrogate
+
+    g = torch.Generator().manual_seed(3)
+    lp = (-torch.rand(4, 16, generator=g) * 3).requires_grad_(True)
+    old = lp.detach() + torch.randn(4, 16, generator=g) * 0.3
+    a = torch.randn(4, 16, generator=g)
+    mf = torch.ones(4, 16)
+    per_token, terms = ppo_core(lp, old, a, mf, eps_low=0.2, eps_high=0.2, dual_clip=None)
+    adjust_tokens(per_token, terms, torch.tensor([1, 5]), zero=True)
+    ref = weakref.ref(terms.coef)
+    del terms
+    per_token.sum().backward()
+    gc.collect()
+    assert ref() is None  # per_token and its graph are still alive; the coefficient is not
+
+    loss, coef = fused_surrogate(lp, lambda: (lp.detach() * 2, torch.full((4, 16), 2.0)))
+    ref = weakref.ref(coef)
+    del coef
+    loss.sum().backward()
+    gc.collect()
+    assert ref() is None

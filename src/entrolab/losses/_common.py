@@ -271,7 +271,7 @@ def finish_loss(
         if coef is not None:
             with torch.no_grad():
                 per_token.mul_(w)
-                coef.mul_(w)
+                coef.data.mul_(w)  # .data: the surrogate saved coef for its backward, whose version check stays
         else:
             per_token = per_token * w
     elif token_weights is not None:

@@ -91,15 +91,16 @@ class _PPOSurrogate(torch.autograd.Function):
         if top is not None:
             coef = coef + (neg_a * high) * top
         coef = coef * inside
-        # kept as an attribute, not through save_for_backward, and also returned: adjust_tokens may edit a few
-        # entries in place before the backward reads it (save_for_backward's version check would refuse that)
-        ctx.coef = coef
+        # saved (so autograd frees it after backward) and also returned: adjust_tokens and finish_loss may edit a few
+        # entries through ``coef.data`` before the backward reads it, which leaves the saved version check intact
+        ctx.save_for_backward(coef)
         ctx.mark_non_differentiable(log_ratio, ratio, sel, coef)
         return per_token, log_ratio, ratio, sel, lower, top, coef
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
-        return grad * ctx.coef, None, None, None, None, None, None, None, None
+        (coef,) = ctx.saved_tensors
+        return grad * coef, None, None, None, None, None, None, None, None
 
 
 class _FusedSurrogate(torch.autograd.Function):
@@ -108,13 +109,14 @@ class _FusedSurrogate(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logp: Tensor, run: Any) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         loss, coef = run()
-        ctx.coef = coef  # an attribute, as in _PPOSurrogate: finish_loss may scale it in place (bool token weights)
+        ctx.save_for_backward(coef)  # as in _PPOSurrogate: finish_loss may scale it through ``coef.data``
         ctx.mark_non_differentiable(coef)
         return loss, coef
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor, None]:
-        return grad * ctx.coef, None
+        (coef,) = ctx.saved_tensors
+        return grad * coef, None
 
 
 def fused_surrogate(logp: Tensor, run: Any) -> tuple[Tensor, Tensor]:
@@ -169,7 +171,7 @@ def adjust_tokens(
     if coef is None:
         raise ValueError("terms must come from ppo_core (it carries the gradient coefficient)")
     with torch.no_grad():
-        flat, grad = per_token.view(-1), coef.view(-1)
+        flat, grad = per_token.view(-1), coef.data.view(-1)  # .data: the saved coefficient's version stays as saved
         if zero:
             flat.index_fill_(0, index, 0.0)
             grad.index_fill_(0, index, 0.0)
