@@ -230,28 +230,6 @@ void entrolab_masked_sums_f32(const float *x, const uint8_t *mask, int64_t B, in
     stats[2] = s2;
 }
 
-/* AEPO-EB's entropy-aware advantage (arXiv 2510.14545): a' = A (1 + coef (H - mean) / std) at valid tokens, 0 at
- * padding; stats = [sum a'] over valid tokens. */
-void entrolab_balanced_adv_f32(const float *ent, const float *adv, int64_t ars, int64_t ats, float *abuf, const uint8_t *mask,
-                               int64_t B, int64_t T, float mean, float std, float coef, float *a_out, double *stats) {
-    double s = 0.0;
-    for (int64_t i = 0; i < B; i++) {
-        const float *h = ent + i * T;
-        const float *a = adv_row(adv, i, ars, ats, T, abuf);
-        const uint8_t *mk = mask + i * T;
-        float rs = 0.0f;
-#pragma omp simd reduction(+ : rs)
-        for (int64_t t = 0; t < T; t++) {
-            float z = mk[t] ? (h[t] - mean) / std : 0.0f;
-            float v = mk[t] ? a[t] * (1.0f + coef * z) : 0.0f;
-            a_out[i * T + t] = v;
-            rs += v;
-        }
-        s += rs;
-    }
-    stats[0] = s;
-}
-
 /* Spread of HAPO's ell = log(max(H, 1e-8)) (recomputed from the entropy) around a centre c: stats = [sum (ell - c)^2,
  * max (ell - c), min (ell - c)] over valid tokens (its scale and the extremes of the normalised entropy, once the pivot
  * is known; -inf / +inf without valid tokens). */
@@ -281,10 +259,11 @@ void entrolab_sq_dev_f32(const float *ent, const uint8_t *mask, int64_t B, int64
 
 /* ------------------------------------------------------------------------------------------------------------------
  * Clip-Cov and KL-Cov (arXiv 2505.22617, eqs. 11-13): the per-token centred product Cov_t = (A_t - mean A)(lp_t - mean
- * lp) over valid tokens.  Nothing here writes a dense (B, T) tensor: the selections are a few hundred tokens of 64k, so
- * the kernels return the valid covariances packed (for the order statistic) or the chosen flat indices, and the
- * losses act on those indices only.  The centre is the float32 cast of the double mean, and Cov_t is
- * (a - ma) * (l - ml) in float32, the PyTorch path's arithmetic.
+ * lp) over valid tokens.  No dense float (B, T) tensor is written: the selections are a few hundred tokens of 64k, so
+ * the kernels return the chosen flat indices (a heap for KL-Cov's usual k), the valid covariances packed (for the
+ * order statistic of a large k), or one flag byte per token (Clip-Cov's candidates), and the losses act on the chosen
+ * tokens only.  The centre is the float32 cast of the double mean, and Cov_t is (a - ma) * (l - ml) in float32, the
+ * PyTorch path's arithmetic.
  */
 
 /* Sums over valid tokens: stats = [count, sum A, sum lp]. */

@@ -28,7 +28,6 @@ _SIGNATURES: dict[str, list[Any]] = {
     "entrolab_hapo_log_entropy_f32": [_P, _P, _I, _I, _P, _I, _P, _P],
     "entrolab_sq_dev_f32": [_P, _P, _I, _I, _F, _P],
     "entrolab_masked_sums_f32": [_P, _P, _I, _I, _P],
-    "entrolab_balanced_adv_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _P, _P],
     "entrolab_cov_sums_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _P],
     "entrolab_cov_pack_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _P, _P, _P],
     "entrolab_cov_top_f32": [_P, _P, _I, _I, _P, _P, _I, _I, _F, _F, _F, _I, _P, _P],
@@ -178,21 +177,6 @@ def masked_sums(k: LossKernels, x: Tensor, m: Tensor) -> list[float]:
     st = _stats(3)
     k.masked_sums(xc.data_ptr(), mask.data_ptr(), b, t, st)  # type: ignore[attr-defined]
     return list(st)
-
-
-def balanced_adv(
-    k: LossKernels, entropy: Tensor, advantages: Tensor, m: Tensor, *, mean: float, std: float, coef: float
-) -> tuple[Tensor, float]:
-    """AEPO-EB's ``A (1 + coef z)`` (0 at padding) and its sum over valid tokens."""
-    b, t = entropy.shape
-    ent, mask = _c(entropy), _c(m)
-    a, ars, ats, abuf = _adv(advantages, entropy.shape)
-    out = torch.empty(b, t)
-    st = _stats(1)
-    k.balanced_adv(  # type: ignore[attr-defined]
-        ent.data_ptr(), a.data_ptr(), ars, ats, _ptr(abuf), mask.data_ptr(), b, t, mean, std, coef, out.data_ptr(), st
-    )
-    return out, st[0]
 
 
 def _mask_bytes(m: Tensor) -> Tensor:

@@ -286,7 +286,7 @@ def clip_cov(
     per_token, terms = ppo_core(logp, old_logp, a, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
     metrics = ppo_metrics(m, mf, terms)
     k = _fast.native_for(logp, old_logp, advantages) if group is None else None
-    if k is not None:  # candidates as flat indices from one fused pass; only the chosen few are touched
+    if k is not None:  # centre and candidate flags in one native pass; only the chosen few tokens are touched
         cands, n, cov_sum = _fast.cov_candidates(
             k, logp, terms.clipped, advantages, m, center=_given_center(logp, cov_center), cov_lb=cov_lb, cov_ub=cov_ub
         )
@@ -384,7 +384,7 @@ def kl_cov(
     k = _fast.native_for(logp, old_logp, advantages) if group is None else None
     if k is not None:
         return _kl_cov_native(
-            k, logp, old_logp, advantages, m, mf, per_token, terms, entropy, agg, weights, ratio, kl_coef, cov_center
+            k, logp, old_logp, advantages, m, per_token, terms, entropy, agg, weights, ratio, kl_coef, cov_center
         )
     lp_s = zero_masked(logp.detach(), mf)
     olp_s = zero_masked(old_logp.detach(), mf)
@@ -430,7 +430,6 @@ def _kl_cov_native(
     old_logp: Tensor,
     advantages: Tensor,
     m: Tensor,
-    mf: Tensor,
     per_token: Tensor,
     terms: Any,
     entropy: Tensor | None,
@@ -440,9 +439,9 @@ def _kl_cov_native(
     kl_coef: float,
     cov_center: Any,
 ) -> LossOutput:
-    """:func:`kl_cov` on float32 CPU tensors, per-call statistics: the valid covariances packed by one fused pass, the
-    k-th largest by selection, the chosen tokens' flat indices by a second pass, and the penalty on those only (a
-    gather and an ``index_add``: no dense selection mask)."""
+    """:func:`kl_cov` on float32 CPU tensors, per-call statistics: for k up to ``_HEAP_MAX_K`` the centre and a size-k
+    heap of the largest covariances in one native call; beyond it the valid covariances packed by one pass, the k-th
+    largest by selection and the chosen tokens by a second pass.  The penalty then goes to those tokens only."""
     kmax = _select_count(ratio, logp.numel())  # k for every token valid: a bound on k
     if kmax <= _HEAP_MAX_K:  # the usual case (k = 0.2% of the tokens): centre and a size-k heap in one call
         center = _given_center(logp, cov_center)
@@ -473,7 +472,8 @@ def _kl_cov_finish(
     n: int,
     cov_sum: float,
 ) -> LossOutput:
-    """KL-Cov's penalty on the chosen flat indices ``idx`` (a gather and an ``index_add``), and its metrics."""
+    """KL-Cov's penalty on the chosen flat indices ``idx``, added in place to their loss and gradient coefficient
+    (:func:`~entrolab.losses.ppo.adjust_tokens`), and its metrics."""
     with torch.no_grad():
         diff = logp.detach().reshape(-1)[idx] - old_logp.detach().reshape(-1)[idx]
         penalty = diff.abs()
