@@ -192,6 +192,8 @@ def test_linear_quantile_rejects_bad_input():
         linear_quantile(torch.tensor([0.0, float("nan")]), 0.5)
     with pytest.raises(ValueError, match="num_valid"):
         linear_quantile(torch.zeros(3), 0.5, num_valid=4)
+    with pytest.raises(TypeError, match="scratch"):
+        linear_quantile(torch.zeros(3), 0.5, scratch="yes")
 
 
 @pytest.mark.parametrize("base", ["ppo", "clip_cov", "kl_cov", "steer", "hapo", "entropy_balanced", "cispo", "gspo"])

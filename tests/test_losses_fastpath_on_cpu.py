@@ -210,3 +210,24 @@ def test_gradient_coefficient_is_freed_after_backward():
     loss.sum().backward()
     gc.collect()
     assert ref() is None
+
+
+def test_adjust_tokens_and_fused_surrogate_reject_bad_input():
+    lp = torch.zeros(2, 3, requires_grad=True)
+    per_token, terms = ppo_core(
+        lp, torch.zeros(2, 3), torch.ones(2, 3), torch.ones(2, 3), eps_low=0.2, eps_high=0.2, dual_clip=None
+    )
+    with pytest.raises(TypeError, match="index"):
+        adjust_tokens(per_token, terms, torch.tensor([0.5]), zero=True)
+    with pytest.raises(ValueError, match="index"):
+        adjust_tokens(per_token, terms, torch.tensor([6]), zero=True)
+    with pytest.raises(ValueError, match="either zero"):
+        adjust_tokens(per_token, terms, torch.tensor([1]))
+    with pytest.raises(ValueError, match="either zero"):
+        adjust_tokens(per_token, terms, torch.tensor([1]), zero=True, add_value=torch.ones(1))
+    with pytest.raises(ValueError, match="add_grad"):
+        adjust_tokens(per_token, terms, torch.tensor([1]), add_grad=torch.ones(2))
+    from entrolab.losses.ppo import fused_surrogate
+
+    with pytest.raises(TypeError, match="run"):
+        fused_surrogate(lp, None)

@@ -43,6 +43,8 @@ def linear_quantile(values: Tensor, q: float, *, num_valid: int | None = None, s
     if not isinstance(values, Tensor) or not values.dtype.is_floating_point or values.ndim != 1:
         raise TypeError(f"values must be a 1-D floating tensor, got {describe(values)}")
     q = check_number("q", q, low=0.0, high=1.0)
+    if not isinstance(scratch, bool):
+        raise TypeError(f"scratch must be a bool, got {describe(scratch)}")
     if num_valid is not None and not (isinstance(num_valid, int) and 0 <= num_valid <= values.numel()):
         raise ValueError(f"num_valid must be an int in [0, {values.numel()}], got {num_valid!r}")
     if num_valid is None and bool(torch.isnan(values).any()):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
+from entrolab._validation import describe
 from entrolab.losses._common import (
     LOG_RATIO_CLAMP,
     check_clip,
@@ -83,8 +84,7 @@ class _PPOSurrogate(torch.autograd.Function):
             lower = positive(per_token - floor)
             per_token = torch.minimum(per_token, floor)
             keep = keep * (1.0 - lower)
-            if top is not None:  # a no-op in fact: dual-clip binds only for A < 0, top clips only for A > 0
-                top = top * (1.0 - lower)
+            # top needs no (1 - lower) factor: dual-clip binds only for A < 0, the top clip only for A > 0
         # the clamp zeroes the gradient beyond +-20 (log_ratio == raw inside, so |raw - log_ratio| = 0 there)
         inside = 1.0 - torch.sign((raw - log_ratio).abs_())
         coef = unclipped * keep
@@ -123,6 +123,8 @@ def fused_surrogate(logp: Tensor, run: Any) -> tuple[Tensor, Tensor]:
     """Per-token losses ``(B, T)`` from ``run() -> (loss, coef)``, a kernel that also wrote ``coef = d loss / d logp``;
     the gradient reaches ``logp`` as ``grad * coef`` (HAPO's and AEPO-EB's fused surrogates, ``_native/losses.c``).
     Returns the losses and the coefficient the backward will read (for :func:`finish_loss`'s in-place weights)."""
+    if not callable(run):
+        raise TypeError(f"run must be a callable returning (loss, coef), got {describe(run)}")
     return _FusedSurrogate.apply(logp, run)  # type: ignore[no-any-return]
 
 
@@ -170,6 +172,15 @@ def adjust_tokens(
     coef = terms.coef
     if coef is None:
         raise ValueError("terms must come from ppo_core (it carries the gradient coefficient)")
+    if not isinstance(index, Tensor) or index.ndim != 1 or index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"index must be a 1-D int64 tensor of flat token indices, got {describe(index)}")
+    if index.numel() and not (int(index.min()) >= 0 and int(index.max()) < per_token.numel()):
+        raise ValueError(f"index must hold flat indices in [0, {per_token.numel()}), got {index.tolist()[:8]}...")
+    if zero == (add_value is not None or add_grad is not None):
+        raise ValueError("pass either zero=True or add_value/add_grad, not both or neither")
+    for name, t in (("add_value", add_value), ("add_grad", add_grad)):
+        if t is not None and (not isinstance(t, Tensor) or t.shape != index.shape):
+            raise ValueError(f"{name} must be a tensor of index's shape {tuple(index.shape)}, got {describe(t)}")
     with torch.no_grad():
         flat, grad = per_token.view(-1), coef.data.view(-1)  # .data: the saved coefficient's version stays as saved
         if zero:
