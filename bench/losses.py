@@ -181,7 +181,7 @@ def worker(spec: dict) -> dict:
     for name in policy_losses():
         kw: dict[str, Any] = {"generator": gen} if name == "clip_cov" else {}
         methods[name] = lambda n=name, k=kw: get_policy_loss(n)(logp, old, adv, mask, entropy=ent0, **k).loss
-    methods["ppo+dual_clip"] = lambda: get_policy_loss("ppo")(logp, old, adv, mask, dual_clip=3.0).loss
+    methods["ppo+dual_clip"] = lambda: get_policy_loss("ppo")(logp, old, adv, mask, dual_clip=3.0, agg="token-mean").loss
     ctl = AdaptiveEntropyCoefficient(target=10.0, init=0.01)
     ctl.observe(1.0)
     methods["entropy_bonus (controller)"] = lambda: entropy_bonus(ent, mask, coef=ctl).loss

@@ -1,4 +1,4 @@
-"""Shared test fixtures: tolerances per dtype, the shape grid, adversarial rows and the backend switch."""
+"""Shared test fixtures: tolerances per dtype, the shape grid, adversarial rows and the entropy backend switch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 
 from entrolab import _native
 from entrolab.entropy import _rows
-from entrolab.losses import _fast
 
 # One table of tolerances (atol, rtol) per input dtype, for values and gradients against the float64 reference.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -77,24 +76,6 @@ def backend(request, monkeypatch):
     else:
         monkeypatch.setattr(_rows, "native_for", lambda x: None)
     return request.param
-
-
-def pytest_generate_tests(metafunc):
-    """Every test of the policy losses runs twice: with the native kernels of ``losses.c`` and with PyTorch only."""
-    module = metafunc.module.__name__.rsplit(".", 1)[-1]
-    if module.startswith("test_losses_") and "losses_backend" in metafunc.fixturenames:
-        metafunc.parametrize("losses_backend", ["native", "torch"], indirect=True)
-
-
-@pytest.fixture(autouse=True)
-def losses_backend(request, monkeypatch):
-    """The losses' backend for this test (see ``pytest_generate_tests``); ``None`` outside the losses' tests."""
-    param = getattr(request, "param", None)
-    if param == "native" and _fast.native_for(torch.zeros(1)) is None:
-        pytest.skip(f"native loss kernels unavailable: {_native.status()}")
-    if param == "torch":
-        monkeypatch.setattr(_fast, "native_for", lambda *tensors: None)
-    return param
 
 
 @pytest.fixture

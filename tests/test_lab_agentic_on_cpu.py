@@ -14,7 +14,7 @@ from entrolab.lab.agentic import SpearReplay, aepo_eb_rollout, empg_turn_advanta
 from entrolab.lab.policy import CharTokenizer
 from entrolab.lab.rollout import Rollout, turn_index, turn_means
 from entrolab.lab.tasks import CalculatorTask, Example
-from entrolab.losses import empg_advantages
+from entrolab.advantages import empg_advantages
 from entrolab.sampling import aepo_branch_probability, aepo_root_count, aepo_should_branch, aepo_step_entropy
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entrolab.losses.advantages import dapo_overlong_penalty, dr_grpo_advantages, grpo_advantages, rloo_advantages
+from entrolab.advantages.group import dapo_overlong_penalty, dr_grpo_advantages, grpo_advantages, rloo_advantages
 
 R = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
 

@@ -7,17 +7,10 @@ import math
 import pytest
 import torch
 
-from entrolab.losses import (
-    clip_cov,
-    entropy_aware_advantages,
-    entropy_balanced,
-    high_entropy_mask,
-    high_entropy_tokens,
-    linear_quantile,
-    ppo,
-    register_policy_loss,
-)
-from entrolab.losses.forking import _ENTROPY_ONLY_REPORTED
+from entrolab.advantages import entropy_aware_advantages
+from entrolab.losses import clip_cov, entropy_balanced, high_entropy_tokens, ppo, register_policy_loss
+from entrolab.batch_stats import masked_quantile
+from entrolab.losses.forking import high_entropy_mask
 from entrolab.losses.registry import _POLICY_LOSSES
 
 F64 = torch.float64
@@ -29,7 +22,7 @@ ONE = torch.ones(1, 1, dtype=torch.bool)
 def test_value_equals_ppo_in_every_region_and_gradient_differs_only_on_top_clip(r, a):
     def run(fn, **kw):
         lp = torch.tensor([[math.log(r)]], dtype=F64, requires_grad=True)
-        out = fn(lp, torch.zeros(1, 1, dtype=F64), torch.tensor([a], dtype=F64), ONE, dual_clip=3.0, **kw)
+        out = fn(lp, torch.zeros(1, 1, dtype=F64), torch.tensor([a], dtype=F64), ONE, dual_clip=3.0, agg="token-mean", **kw)
         out.loss.backward()
         return float(out.loss.detach()), float(lp.grad)
 
@@ -44,7 +37,7 @@ def test_value_equals_ppo_in_every_region_and_gradient_differs_only_on_top_clip(
 
 def test_worked_example_stop_gradient_clip():
     lp = torch.tensor([[math.log(1.5)]], dtype=F64, requires_grad=True)
-    out = entropy_balanced(lp, torch.zeros(1, 1, dtype=F64), torch.ones(1, dtype=F64), ONE, entropy_advantage=False)
+    out = entropy_balanced(lp, torch.zeros(1, 1, dtype=F64), torch.ones(1, dtype=F64), ONE, entropy_advantage=False, agg="token-mean")
     out.loss.backward()
     assert float(out.loss.detach()) == pytest.approx(-1.2) and float(lp.grad) == pytest.approx(-1.2)
     assert float(out.metrics["clipfrac_high"]) == 1.0
@@ -69,7 +62,7 @@ def test_entropy_advantage_is_applied_not_silently_skipped():
     assert float(on.loss) == pytest.approx(-(0.8399 + 0.9359 + 1.2242), abs=1e-3)  # differs from ...
     assert float(off.loss) == pytest.approx(-3.0)  # ... the unshaped advantage
     with pytest.raises(ValueError, match="entropy"):
-        entropy_balanced(lp, lp, adv, torch.ones(1, 3))  # paper: no silent skip
+        entropy_balanced(lp, lp, adv, torch.ones(1, 3), agg="token-mean")  # paper: no silent skip
     code = entropy_balanced(lp, lp, adv, torch.ones(1, 3), entropy=h, agg="token-sum", compat="code")
     assert float(code.loss) == float(off.loss)  # the released configs' behaviour, for replication
 
@@ -94,17 +87,19 @@ def test_worked_example_threshold_and_kept_tokens():
     assert keep[0].nonzero().flatten().tolist() == [1, 4]
 
 
-def test_linear_quantile_matches_torch_and_works_beyond_its_limit():
+def test_masked_quantile_matches_torch_and_works_beyond_its_limit():
     g = torch.Generator().manual_seed(0)
     for n in (1, 2, 3, 10, 999):
-        x = torch.randn(n, generator=g, dtype=F64)
+        x = torch.randn(1, n, generator=g, dtype=F64)
+        m = torch.ones(1, n, dtype=torch.bool)
         for q in (0.0, 0.2, 0.5, 0.8, 0.999, 1.0):
-            assert float(linear_quantile(x, q)) == pytest.approx(float(torch.quantile(x, q)), abs=1e-14)
-    big = torch.zeros(2**24 + 3, dtype=torch.float32)
-    big[-1] = 1.0
+            assert float(masked_quantile(x, m, q)) == pytest.approx(float(torch.quantile(x, q)), abs=1e-14)
+    big = torch.zeros(1, 2**24 + 3, dtype=torch.float32)
+    big[0, -1] = 1.0
     with pytest.raises(RuntimeError):
         torch.quantile(big, 0.5)  # pytorch issue #64947
-    assert float(linear_quantile(big, 1.0)) == 1.0 and float(linear_quantile(big, 0.5)) == 0.0
+    m = torch.ones_like(big, dtype=torch.bool)
+    assert float(masked_quantile(big, m, 1.0)) == 1.0 and float(masked_quantile(big, m, 0.5)) == 0.0
 
 
 def test_ties_at_the_threshold_are_kept_and_rho_one_keeps_everything():
@@ -121,7 +116,7 @@ def test_denominator_counts_all_tokens_and_other_tokens_get_no_gradient():
     old = lp + 0.1
     adv = torch.tensor([1.5], dtype=F64)
     x = lp.clone().requires_grad_(True)
-    out = high_entropy_tokens(x, old, adv, torch.ones(1, 10), entropy=H10, eps_high=0.28)
+    out = high_entropy_tokens(x, old, adv, torch.ones(1, 10), entropy=H10, eps_high=0.28, agg="token-mean")
     (grad,) = torch.autograd.grad(out.loss, x)
     per_token = ppo(lp, old, adv, torch.ones(1, 10), eps_high=0.28, agg="token-sum", token_weights=H10 >= 0.82)
     assert float(out.loss.detach()) == pytest.approx(float(per_token.loss) / 10, abs=1e-14)  # / all 10 tokens
@@ -137,13 +132,13 @@ def test_over_another_base_loss_and_precomputed_threshold():
     adv = torch.tensor([2.0, -2.0], dtype=F64)
     h = H10.repeat(2, 1)
     gen = torch.Generator().manual_seed(0)
-    out = high_entropy_tokens(lp, lp, adv, torch.ones(2, 10), entropy=h, base="clip_cov", ratio=0.1, generator=gen)
+    out = high_entropy_tokens(lp, lp, adv, torch.ones(2, 10), entropy=h, base="clip_cov", ratio=0.1, generator=gen, agg="token-mean")
     assert "covclip_frac" in out.metrics  # the base's statistics are still over all valid tokens
     ref = clip_cov(
-        lp, lp, adv, torch.ones(2, 10), ratio=0.1, generator=torch.Generator().manual_seed(0), token_weights=h >= 0.82
+        lp, lp, adv, torch.ones(2, 10), ratio=0.1, generator=torch.Generator().manual_seed(0), token_weights=h >= 0.82, agg="token-mean"
     )
     assert float(out.loss) == float(ref.loss)
-    fixed = high_entropy_tokens(lp, lp, adv, torch.ones(2, 10), entropy=h, entropy_threshold=2.0)
+    fixed = high_entropy_tokens(lp, lp, adv, torch.ones(2, 10), entropy=h, entropy_threshold=2.0, agg="token-mean")
     assert float(fixed.metrics["high_entropy_frac"]) == pytest.approx(0.1)
 
 
@@ -151,7 +146,7 @@ def test_empty_batch_gives_all_false_mask_and_zero_loss():
     keep, tau = high_entropy_mask(torch.zeros(0, 4, dtype=F64), torch.zeros(0, 4))
     assert keep.shape == (0, 4) and float(tau) == 0.0
     m = torch.zeros(2, 3, dtype=torch.bool)
-    out = high_entropy_tokens(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), m, entropy=torch.ones(2, 3))
+    out = high_entropy_tokens(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), m, entropy=torch.ones(2, 3), agg="token-mean")
     assert float(out.loss) == 0.0
 
 
@@ -168,7 +163,7 @@ def test_base_must_accept_token_weights():
                 torch.ones(1),
                 torch.ones(1, 2),
                 entropy=torch.ones(1, 2),
-                base="_no_weights_for_test",
+                base="_no_weights_for_test", agg="token-mean",
             )
         with pytest.raises(ValueError, match="valid names"):
             high_entropy_tokens(
@@ -177,30 +172,17 @@ def test_base_must_accept_token_weights():
                 torch.ones(1),
                 torch.ones(1, 2),
                 entropy=torch.ones(1, 2),
-                base="nope",
+                base="nope", agg="token-mean",
             )
     finally:
         _POLICY_LOSSES.pop("_no_weights_for_test")
 
 
-def test_linear_quantile_rejects_bad_input():
-    with pytest.raises(ValueError, match="q"):
-        linear_quantile(torch.zeros(3), 1.5)
-    with pytest.raises(TypeError, match="values"):
-        linear_quantile(torch.zeros(2, 2), 0.5)
-    with pytest.raises(ValueError, match="NaN"):
-        linear_quantile(torch.tensor([0.0, float("nan")]), 0.5)
-    with pytest.raises(ValueError, match="num_valid"):
-        linear_quantile(torch.zeros(3), 0.5, num_valid=4)
-    with pytest.raises(TypeError, match="scratch"):
-        linear_quantile(torch.zeros(3), 0.5, scratch="yes")
-
-
 @pytest.mark.parametrize("base", ["ppo", "clip_cov", "kl_cov", "steer", "hapo", "entropy_balanced", "cispo", "gspo"])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-def test_bool_token_weights_in_place_equal_float_weights_through_autograd(base, dtype):
-    """Bool token weights (the 80/20 mask) scale the surrogate's loss and gradient coefficient in place; float weights
-    go through an autograd multiply.  Both must give the same loss and gradient, for every base loss."""
+def test_bool_token_weights_equal_float_weights(base, dtype):
+    """Bool token weights (the 80/20 mask) and the same weights as floats give the same loss and gradient, for every
+    base loss, and the dropped tokens get no gradient."""
     g = torch.Generator().manual_seed(11)
     b, t = 6, 37
     lp = (-torch.rand(b, t, generator=g) * 3).to(dtype)
@@ -215,7 +197,7 @@ def test_bool_token_weights_in_place_equal_float_weights_through_autograd(base, 
     def run(weights):
         x = lp.clone().requires_grad_(True)
         out = fn(
-            x, old, adv, mask, entropy=ent, generator=torch.Generator().manual_seed(3), token_weights=weights, **kw
+            x, old, adv, mask, entropy=ent, agg="token-mean", generator=torch.Generator().manual_seed(3), token_weights=weights, **kw
         )
         out.loss.backward()
         return out.loss.detach(), x.grad
@@ -228,29 +210,3 @@ def test_bool_token_weights_in_place_equal_float_weights_through_autograd(base, 
     assert bool((grad_b[~keep] == 0).all())
 
 
-@pytest.mark.parametrize("base", sorted(_ENTROPY_ONLY_REPORTED))
-def test_bases_that_only_report_entropy_are_unchanged_without_it(base):
-    """high_entropy_tokens does not pass the entropies to these bases (it reports their mean itself): each must give the
-    same loss, gradient and other metrics with and without entropy, and the 80/20 result must carry the same entropy
-    metric the base would have reported."""
-    g = torch.Generator().manual_seed(5)
-    lp = -torch.rand(4, 23, generator=g) * 3
-    old = lp + torch.randn(4, 23, generator=g) * 0.3
-    adv = torch.randn(4, generator=g)
-    ent = torch.rand(4, 23, generator=g) * 2
-    mask = torch.arange(23) < torch.tensor([[23], [5], [17], [1]])
-    kw = {"ratio": 0.2, "cov_lb": -1.0} if base == "clip_cov" else {"ratio": 0.1} if base == "kl_cov" else {}
-    fn = _POLICY_LOSSES[base]
-    outs = []
-    for e in (ent, None):
-        x = lp.clone().requires_grad_(True)
-        out = fn(x, old, adv, mask, entropy=e, generator=torch.Generator().manual_seed(1), **kw)
-        out.loss.backward()
-        outs.append((out, x.grad))
-    (with_e, g_with), (without, g_without) = outs
-    assert torch.equal(with_e.loss, without.loss) and torch.equal(g_with, g_without)
-    assert set(with_e.metrics) - set(without.metrics) == {"entropy"}
-    het = high_entropy_tokens(
-        lp, old, adv, mask, entropy=ent, base=base, generator=torch.Generator().manual_seed(1), **kw
-    )
-    assert float(het.metrics["entropy"]) == pytest.approx(float(with_e.metrics["entropy"]), rel=1e-6)

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
+from entrolab.entropy import debug_checks
 from entrolab.losses import AGG_MODES, Aggregation, get_policy_loss, policy_losses
-from entrolab.losses.balanced import _entropy_z
 from entrolab.losses.forking import high_entropy_mask
 from entrolab.losses.hapo import hapo_normalized_entropy
 
@@ -41,7 +41,7 @@ def batch(b=4, t=6, *, seed=0, dtype=torch.float64):
 
 def call(name, logp, old, adv, mask, entropy, **kw):
     kw.setdefault("generator", torch.Generator().manual_seed(1))
-    return get_policy_loss(name)(logp, old, adv, mask, entropy=entropy, **kw)
+    return get_policy_loss(name)(logp, old, adv, mask, entropy=entropy, **{"agg": "token-mean", **kw})
 
 
 def test_registry_has_every_issue_name():
@@ -57,7 +57,8 @@ def test_uniform_signature_and_citation(name):
     assert list(params)[:4] == ["logp", "old_logp", "advantages", "mask"]
     for kw in ("entropy", "agg", "generator", "token_weights"):
         assert params[kw].kind is inspect.Parameter.KEYWORD_ONLY
-    assert params["agg"].default in AGG_MODES and params["entropy"].default is None
+    # agg is required (TRL and verl default to different modes: no silent choice), entropy optional
+    assert params["agg"].default is inspect.Parameter.empty and params["entropy"].default is None
     doc = fn.__doc__ or ""
     assert "arXiv" in doc and "Returns" in doc
 
@@ -124,8 +125,10 @@ def test_bad_input_names_the_argument(name):
         args = [logp.clone(), old.clone(), adv.clone(), ent.clone()]
         args[which].view(-1)[0] = v  # position (0, 0) is valid
         arg_name = ("logp", "old_logp", "advantages", "entropy")[which]
-        with pytest.raises(ValueError, match=arg_name):
+        with debug_checks(), pytest.raises(ValueError, match=arg_name):  # values are checked in debug mode
             call(name, args[0], args[1], args[2], mask, args[3])
+    with pytest.raises(ValueError, match="entropy"):  # a device mismatch is refused always
+        call(name, logp, old, adv, mask, ent.to("meta"))
     with pytest.raises(TypeError, match="logp"):
         call(name, logp.long(), old, adv, mask, ent)
     with pytest.raises(ValueError, match=r"agg|mode"):
@@ -164,8 +167,8 @@ def _precomputed(name, logp, old, adv, mask, ent):
     if name == "hapo":
         return {"entropy_stats": hapo_normalized_entropy(ent, mask)[1]}
     if name == "entropy_balanced":
-        _, mean, std = _entropy_z(ent, mask, None, None)
-        return {"entropy_stats": (mean, std)}
+        h = ent[mask]  # the batch's own statistics, as a caller would precompute them
+        return {"entropy_stats": (h.mean(), h.std())}
     if name == "high_entropy_tokens":
         return {"entropy_threshold": high_entropy_mask(ent, mask)[1]}
     if name in ("clip_cov", "kl_cov"):

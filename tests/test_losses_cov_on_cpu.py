@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from entrolab.losses import clip_cov, kl_cov, ppo, token_covariance
+from entrolab.losses import clip_cov, kl_cov, ppo
+from entrolab.losses.cov import token_covariance
 
 F64 = torch.float64
 LP = [-0.1, -2.0, -0.5, -3.0]
@@ -50,7 +51,7 @@ def test_clip_cov_worked_example_one_of_two_candidates_is_detached():
         assert len(idx) == 1 and idx[0] in (0, 3)  # n_clip = max(1, floor(2e-4 * 4)) = 1, candidates {0, 3}
         seen.add(idx[0])
         # loss: the other three tokens' max(L1, L2) = -A (r = 1), divided by all 4 tokens (token-mean)
-        tm = clip_cov(lp, lp, adv, m, generator=torch.Generator().manual_seed(seed))
+        tm = clip_cov(lp, lp, adv, m, generator=torch.Generator().manual_seed(seed), agg="token-mean")
         expected = sum(-a for i, a in enumerate(ADV) if i != idx[0]) / 4
         assert float(tm.loss) == pytest.approx(expected, abs=1e-12)
         assert float(out.metrics["covclip_frac"]) == 0.25 and float(out.metrics["cov_candidate_frac"]) == 0.5
@@ -76,7 +77,7 @@ def test_clip_cov_seeded_generator_is_reproducible_and_unseeded_respects_members
 
 def test_clip_cov_zeroed_tokens_stay_in_the_denominator():
     lp, adv, m = spec_tokens()
-    out = clip_cov(lp, lp, adv, m, ratio=1.0, generator=torch.Generator().manual_seed(0))  # both candidates go
+    out = clip_cov(lp, lp, adv, m, ratio=1.0, generator=torch.Generator().manual_seed(0), agg="token-mean")  # both candidates go
     assert float(out.loss) == pytest.approx((-1.0 + 1.0) / 4, abs=1e-12)  # tokens 1 and 2 remain, over 4
 
 
@@ -91,21 +92,21 @@ def test_clip_cov_never_selects_ppo_clipped_or_padding_tokens():
     m2 = m.clone()
     m2[0, 3] = False
     x = lp.clone().requires_grad_(True)
-    out2 = clip_cov(x, lp, adv, m2, ratio=1.0, cov_center=(0.0, -1.4), generator=torch.Generator().manual_seed(0))
+    out2 = clip_cov(x, lp, adv, m2, ratio=1.0, cov_center=(0.0, -1.4), generator=torch.Generator().manual_seed(0), agg="token-mean")
     assert float(out2.metrics["covclip_frac"]) == pytest.approx(1 / 3)  # only token 0 (Cov 1.3); token 3 is padding
 
 
 def test_clip_cov_without_candidates_is_the_plain_clipped_loss():
     lp, adv, m = spec_tokens()
     old = lp + 0.3
-    a = clip_cov(lp, old, adv, m, cov_lb=10.0, cov_ub=20.0, eps_low=0.2, eps_high=0.28)
-    b = ppo(lp, old, adv, m, eps_low=0.2, eps_high=0.28)
+    a = clip_cov(lp, old, adv, m, cov_lb=10.0, cov_ub=20.0, eps_low=0.2, eps_high=0.28, agg="token-mean")
+    b = ppo(lp, old, adv, m, eps_low=0.2, eps_high=0.28, agg="token-mean")
     assert float(a.loss) == float(b.loss) and float(a.metrics["covclip_frac"]) == 0.0
 
 
 def test_clip_cov_detaches_at_least_one_token_in_a_small_batch():
     lp, adv, m = spec_tokens()
-    out = clip_cov(lp, lp, adv, m, ratio=1e-9, generator=torch.Generator().manual_seed(0))
+    out = clip_cov(lp, lp, adv, m, ratio=1e-9, generator=torch.Generator().manual_seed(0), agg="token-mean")
     assert float(out.metrics["covclip_frac"]) == 0.25
 
 
@@ -126,13 +127,13 @@ def test_clip_cov_validates_its_hyperparameters():
     lp, adv, m = spec_tokens()
     for kw, name in (({"ratio": 0.0}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"cov_lb": 5.0, "cov_ub": 1.0}, "cov_lb")):
         with pytest.raises(ValueError, match=name):
-            clip_cov(lp, lp, adv, m, **kw)
+            clip_cov(lp, lp, adv, m, agg="token-mean", **kw)
     with pytest.raises(ValueError, match="cov_center"):
-        clip_cov(lp, lp, adv, m, cov_center=(0.0,))
+        clip_cov(lp, lp, adv, m, cov_center=(0.0,), agg="token-mean")
     with pytest.raises(ValueError, match="cov_center"):
-        clip_cov(lp, lp, adv, m, cov_center=(float("nan"), 0.0))
+        clip_cov(lp, lp, adv, m, cov_center=(float("nan"), 0.0), agg="token-mean")
     with pytest.raises(ValueError, match="global_stats"):
-        clip_cov(lp, lp, adv, m, global_stats=True)  # no process group initialised
+        clip_cov(lp, lp, adv, m, global_stats=True, agg="token-mean")  # no process group initialised
 
 
 def test_kl_cov_worked_example_penalises_the_top_covariance_token():
@@ -178,7 +179,7 @@ def test_kl_cov_is_plain_unclipped_policy_gradient_on_policy():
     adv = torch.randn(3, generator=g, dtype=F64)
     m = torch.ones(3, 9, dtype=torch.bool)
     x = lp.clone().requires_grad_(True)
-    out = kl_cov(x, lp.clone(), adv, m, ratio=0.5)  # old == current: |lp - old| = 0 with subgradient 0
+    out = kl_cov(x, lp.clone(), adv, m, ratio=0.5, agg="token-mean")  # old == current: |lp - old| = 0 with subgradient 0
     (grad,) = torch.autograd.grad(out.loss, x)
     assert torch.allclose(grad, -adv.unsqueeze(1).expand(3, 9) / 27, atol=1e-15)
 
@@ -187,7 +188,7 @@ def test_kl_cov_ratio_is_a_fraction():
     lp, adv, m = spec_tokens()
     for bad in (0.0, -0.1, 1.01, 20.0):
         with pytest.raises(ValueError, match="ratio"):
-            kl_cov(lp, lp, adv, m, ratio=bad)
+            kl_cov(lp, lp, adv, m, ratio=bad, agg="token-mean")
     with pytest.raises(ValueError, match="kl_coef"):
-        kl_cov(lp, lp, adv, m, kl_coef=-1.0)
+        kl_cov(lp, lp, adv, m, kl_coef=-1.0, agg="token-mean")
     assert "0.2 here means 20%" in (kl_cov.__doc__ or "")

@@ -16,7 +16,7 @@ MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
 
 def test_gspo_spec_example():
     s = math.exp(0.1)
-    out = gspo(LP, OLD, torch.tensor([1.0, -1.0], dtype=torch.float64), MASK)
+    out = gspo(LP, OLD, torch.tensor([1.0, -1.0], dtype=torch.float64), MASK, agg="seq-mean-token-mean")
     assert float(out.metrics["seq_ratio_mean"]) == pytest.approx(s, abs=1e-6)
     # sequence 1 (A = +1) is clipped at 1.0004, sequence 2 (A = -1) is not: seq-mean-token-mean of (-1.0004, s)
     assert float(out.loss) == pytest.approx((-1.0004 + s) / 2, abs=1e-9)
@@ -26,19 +26,19 @@ def test_gspo_gradient_is_the_sequence_gradient():
     """Unclipped: d loss / d logp_t = -A_i s_i / n_i / B under seq-mean-token-mean."""
     lp = LP.clone().requires_grad_()
     adv = torch.tensor([-1.0, -2.0], dtype=torch.float64)
-    gspo(lp, OLD, adv, MASK).loss.backward()
+    gspo(lp, OLD, adv, MASK, agg="seq-mean-token-mean").loss.backward()
     s = math.exp(0.1)
     expected = torch.tensor([[s / 3 / 2] * 3, [2 * s / 2 / 2] * 2 + [0.0]], dtype=torch.float64)
     assert torch.allclose(lp.grad, expected, atol=1e-12)
     lp.grad = None
-    gspo(lp, OLD, torch.tensor([1.0, 1.0], dtype=torch.float64), MASK).loss.backward()  # both clipped
+    gspo(lp, OLD, torch.tensor([1.0, 1.0], dtype=torch.float64), MASK, agg="seq-mean-token-mean").loss.backward()  # both clipped
     assert torch.equal(lp.grad, torch.zeros_like(lp))
 
 
 def test_gspo_fully_masked_sequence_contributes_nothing():
     mask = torch.tensor([[1, 1, 1], [0, 0, 0]])
-    a = gspo(LP, OLD, torch.tensor([-1.0, 5.0], dtype=torch.float64), mask)
-    b = gspo(LP[:1], OLD[:1], torch.tensor([-1.0], dtype=torch.float64), mask[:1])
+    a = gspo(LP, OLD, torch.tensor([-1.0, 5.0], dtype=torch.float64), mask, agg="seq-mean-token-mean")
+    b = gspo(LP[:1], OLD[:1], torch.tensor([-1.0], dtype=torch.float64), mask[:1], agg="seq-mean-token-mean")
     assert float(a.loss) == pytest.approx(float(b.loss))
 
 
@@ -70,7 +70,7 @@ def test_registered():
 )
 def test_bad_hyperparameters(fn, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        fn(LP, OLD, torch.ones(2, dtype=torch.float64), MASK, **kwargs)
+        fn(LP, OLD, torch.ones(2, dtype=torch.float64), MASK, agg="token-mean", **kwargs)
 
 
 def _gspo_autograd(logp, old, adv, mask, eps_low, eps_high):

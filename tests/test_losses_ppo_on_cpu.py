@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from entrolab.entropy import debug_checks
 from entrolab.losses import get_policy_loss, policy_losses, ppo, register_policy_loss
 
 # (r, A, loss with 0.2/0.2, loss with 0.2/0.28, loss with dual-clip 3 (0.2/0.28), grad wrt lp per setting)
@@ -34,6 +35,7 @@ def test_spec_worked_table(row, setting):
         torch.zeros(1, 1, dtype=torch.float64),
         torch.tensor([a], dtype=torch.float64),
         torch.ones(1, 1),
+        agg="token-mean",
         **SETTINGS[setting],
     )
     out.loss.backward()
@@ -45,7 +47,7 @@ def test_token_mean_over_mixed_batch_and_metrics():
     r = torch.tensor([[1.25, 0.7, 1.0], [5.0, 1.0, 1.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
-    out = ppo(r.log(), torch.zeros_like(r), adv, mask)
+    out = ppo(r.log(), torch.zeros_like(r), adv, mask, agg="token-mean")
     assert float(out.loss) == pytest.approx((-1.2 - 0.7 + 5.0) / 3, abs=1e-12)
     assert float(out.metrics["clipfrac"]) == pytest.approx(1 / 3)  # only the first token is clipped
     assert all(v.ndim == 0 and not v.requires_grad for v in out.metrics.values())
@@ -53,7 +55,7 @@ def test_token_mean_over_mixed_batch_and_metrics():
 
 def test_ratio_overflow_is_finite_with_zero_gradient():
     lp = torch.tensor([[100.0, 0.0]], requires_grad=True)
-    out = ppo(lp, torch.zeros(1, 2), torch.tensor([-1.0]), torch.ones(1, 2))
+    out = ppo(lp, torch.zeros(1, 2), torch.tensor([-1.0]), torch.ones(1, 2), agg="token-mean")
     out.loss.backward()
     assert math.isfinite(float(out.loss.detach())) and lp.grad[0, 0] == 0
 
@@ -62,7 +64,7 @@ def test_garbage_at_masked_positions_is_ignored():
     lp = torch.tensor([[-1.0, float("nan")], [float("inf"), -2.0]], requires_grad=True)
     old = torch.tensor([[-1.0, float("-inf")], [0.0, -2.0]])
     mask = torch.tensor([[1, 0], [0, 1]])
-    out = ppo(lp, old, torch.tensor([1.0, 2.0]), mask)
+    out = ppo(lp, old, torch.tensor([1.0, 2.0]), mask, agg="token-mean")
     out.loss.backward()
     assert float(out.loss.detach()) == pytest.approx(-1.5) and torch.isfinite(lp.grad).all()
     assert lp.grad[0, 1] == 0 and lp.grad[1, 0] == 0
@@ -70,7 +72,7 @@ def test_garbage_at_masked_positions_is_ignored():
 
 def test_all_masked_batch_gives_zero_loss_and_gradient():
     lp = torch.randn(2, 3, requires_grad=True)
-    out = ppo(lp, torch.randn(2, 3), torch.randn(2), torch.zeros(2, 3))
+    out = ppo(lp, torch.randn(2, 3), torch.randn(2), torch.zeros(2, 3), agg="token-mean")
     out.loss.backward()
     assert float(out.loss.detach()) == 0 and torch.equal(lp.grad, torch.zeros(2, 3))
     assert all(torch.isfinite(v) for v in out.metrics.values())
@@ -96,8 +98,8 @@ def test_bad_input(kwargs, inputs, match):
         "mask": torch.ones(2, 3),
     }
     args.update(inputs)
-    with pytest.raises(ValueError, match=match):
-        ppo(args["logp"], args["old_logp"], args["advantages"], args["mask"], **kwargs)
+    with debug_checks(), pytest.raises(ValueError, match=match):  # debug_checks: the NaN case is a value check
+        ppo(args["logp"], args["old_logp"], args["advantages"], args["mask"], agg="token-mean", **kwargs)
 
 
 def test_registry():

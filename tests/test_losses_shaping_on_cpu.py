@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from entrolab.losses import (
+from entrolab.advantages import (
     aepo_temperature,
     ares_alpha_update,
     ares_entropy_reward,

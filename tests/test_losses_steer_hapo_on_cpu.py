@@ -8,16 +8,11 @@ import pytest
 import torch
 
 from entrolab.dynamics import steer_omega
-from entrolab.losses import (
-    grpo_advantages,
-    hapo,
-    hapo_normalized_entropy,
-    hapo_token_level_advantages,
-    ppo,
-    steer,
-    steer_weights,
-)
-from entrolab.losses.hapo import HapoEntropyStats, _nearest_quantile
+from entrolab.advantages import grpo_advantages, hapo_token_level_advantages
+from entrolab.batch_stats import masked_quantile
+from entrolab.losses import hapo, ppo, steer
+from entrolab.losses.hapo import HapoEntropyStats, hapo_normalized_entropy
+from entrolab.losses.steer import steer_weights
 
 F64 = torch.float64
 
@@ -82,8 +77,8 @@ def test_steer_loss_equals_ppo_on_weighted_advantages():
             lp, old, adv, m, entropy=ent, lambda_min=0.8, lambda_max=1.0 if mode == "exp" else 1.2, mode=mode
         )
         x1, x2 = lp.clone().requires_grad_(True), lp.clone().requires_grad_(True)
-        a = steer(x1, old, adv, m, entropy=ent, mode=mode)
-        b = ppo(x2, old, adv * w, m, eps_low=0.2, eps_high=0.28, dual_clip=10.0)
+        a = steer(x1, old, adv, m, entropy=ent, mode=mode, agg="token-mean")
+        b = ppo(x2, old, adv * w, m, eps_low=0.2, eps_high=0.28, dual_clip=10.0, agg="token-mean")
         (ga,), (gb,) = torch.autograd.grad(a.loss, x1), torch.autograd.grad(b.loss, x2)
         assert float(a.loss.detach()) == pytest.approx(float(b.loss.detach()), abs=1e-12)
         assert torch.allclose(ga, gb, atol=1e-14)
@@ -92,7 +87,7 @@ def test_steer_loss_equals_ppo_on_weighted_advantages():
 def test_steer_needs_entropy_and_valid_bounds():
     lp, h, a, m = steer_example()
     with pytest.raises(ValueError, match="entropy"):
-        steer(lp, lp, a, m)
+        steer(lp, lp, a, m, agg="token-mean")
     with pytest.raises(ValueError, match="lambda_max"):
         steer_weights(lp, lp, a, m, entropy=h, lambda_min=0.9, lambda_max=0.8)
     with pytest.raises(ValueError, match="mode"):
@@ -139,7 +134,8 @@ def test_hapo_nearest_quantile_matches_torch_including_half_ties():
     for n in (1, 2, 3, 4, 5, 6, 11, 100, 1001):
         x = torch.randn(n, generator=g, dtype=F64)
         for q in (0.0, 0.125, 0.5, 0.8, 0.9, 1.0):
-            assert float(_nearest_quantile(x, q)) == float(torch.quantile(x, q, interpolation="nearest")), (n, q)
+            got = masked_quantile(x.unsqueeze(0), torch.ones(1, n, dtype=torch.bool), q, interpolation="nearest")
+            assert float(got) == float(torch.quantile(x, q, interpolation="nearest")), (n, q)
 
 
 def test_hapo_zero_entropy_tokens_and_saved_statistics():
@@ -199,7 +195,7 @@ def test_hapo_section_20_5_intended_sign_example_through_fixed_statistics():
             entropy=ent,
             entropy_stats=st,
             dual_clip=None,
-            compat=compat,
+            compat=compat, agg="token-mean",
         )
         return float(out.loss)
 
@@ -213,11 +209,11 @@ def test_hapo_section_20_5_intended_sign_example_through_fixed_statistics():
 def test_hapo_requires_entropy_and_validates():
     lp = torch.zeros(1, 4, dtype=F64)
     with pytest.raises(ValueError, match="entropy"):
-        hapo(lp, lp, torch.ones(1, dtype=F64), torch.ones(1, 4))
+        hapo(lp, lp, torch.ones(1, dtype=F64), torch.ones(1, 4), agg="token-mean")
     with pytest.raises(ValueError, match="compat"):
-        hapo(lp, lp, torch.ones(1, dtype=F64), torch.ones(1, 4), entropy=H_EX, compat="paper-ish")
+        hapo(lp, lp, torch.ones(1, dtype=F64), torch.ones(1, 4), entropy=H_EX, compat="paper-ish", agg="token-mean")
     with pytest.raises(ValueError, match="entropy_pivot"):
-        hapo(lp, lp, torch.ones(1, dtype=F64), torch.ones(1, 4), entropy=H_EX, entropy_pivot=1.5)
+        hapo(lp, lp, torch.ones(1, dtype=F64), torch.ones(1, 4), entropy=H_EX, entropy_pivot=1.5, agg="token-mean")
 
 
 def test_hapo_token_level_advantages_example_and_fallback():

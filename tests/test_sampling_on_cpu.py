@@ -10,7 +10,7 @@ import zlib
 import pytest
 import torch
 
-from entrolab.losses import HapoEntropyStats
+from entrolab.losses.hapo import HapoEntropyStats
 from entrolab.sampling import (
     adaptive_temperature,
     entropix_regime,

@@ -17,9 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from entrolab._validation import describe
-from entrolab.losses._common import check_choice, check_number
-from entrolab.losses.aggregation import as_mask
+from entrolab._validation import as_mask, check_choice, check_number, describe
 
 __all__ = [
     "AdaptiveEntropyCoefficient",

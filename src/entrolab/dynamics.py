@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from entrolab._validation import describe
-from entrolab.losses import _dist
-from entrolab.losses._common import check_number, check_policy_inputs, masked_mean, zero_masked
-from entrolab.losses.cov import _covariance
+from entrolab import _dist
+from entrolab._validation import check_number, describe
+from entrolab.batch_stats import centred_products, masked_mean, steer_omega_values
+from entrolab.losses._common import check_policy_inputs
 
 __all__ = [
     "EntropyDynamics",
@@ -96,10 +96,11 @@ def entropy_dynamics(
     >>> round(float(d.cov_mean), 4), round(float(d.predicted_entropy_change), 6)
     (0.35, -0.0035)
     """
-    m, adv = check_policy_inputs(logp, logp, advantages, mask, entropy)
+    x = check_policy_inputs(logp, logp, advantages, mask, entropy)
+    m = x.m
     step_size = check_number("step_size", step_size, low=0.0)
     group = _dist.resolve_group(global_stats, process_group)
-    cov = _covariance(logp, adv, m, None, group)
+    cov = centred_products(x.logp, x.adv, m, group=group)
     n = _dist.all_sum(m.sum().to(torch.float64), group).clamp_min(1)
     s1 = _dist.all_sum(cov.sum().to(torch.float64), group)
     s2 = _dist.all_sum((cov.to(torch.float64) ** 2).sum(), group)
@@ -121,7 +122,7 @@ def entropy_dynamics(
         cov_min=small.detach().to(f32),
         cov_positive_frac=(pos / n).to(f32),
         predicted_entropy_change=(-step_size * mean).to(f32),
-        entropy=masked_mean(entropy, m) if entropy is not None else None,
+        entropy=masked_mean(x.entropy, m) if x.entropy is not None else None,
     )
 
 
@@ -205,17 +206,9 @@ def steer_omega(
     """
     if entropy is None:
         raise ValueError("steer_omega needs entropy= (the old policy's token entropies, (B, T))")
-    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
-    return omega_unchecked(logp, old_logp, adv, m.to(logp.dtype), entropy)
-
-
-def omega_unchecked(logp: Tensor, old_logp: Tensor, adv: Tensor, mf: Tensor, entropy: Tensor) -> Tensor:
-    """:func:`steer_omega` on checked inputs with the float mask ``mf`` (exactly 0 at masked positions)."""
-    with torch.no_grad():
-        x = torch.exp(zero_masked(logp.detach(), mf)).clamp(1e-8, 1 - 1e-8)
-        p_old = torch.exp(zero_masked(old_logp.detach(), mf)).clamp(1e-8, 1.0)
-        omega = zero_masked(adv, mf) / p_old * x * (1 - x) * (torch.log(x) + zero_masked(entropy.detach(), mf))
-        return torch.nan_to_num(omega, nan=0.0, posinf=0.0, neginf=0.0) * mf
+    x = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    assert x.entropy is not None
+    return steer_omega_values(x.logp, x.old_logp, x.adv, x.m, x.entropy)
 
 
 class EntropyLawFit(NamedTuple):

@@ -2,14 +2,20 @@
 
 Why: the log-prob and entropy of materialised logits cost one read of the logits and one ``exp`` per element, but
 eager PyTorch needs five or six passes over each row.  ``kernels.c`` does one online pass per row (and one pass for
-the gradient); ``losses.c`` fuses the per-token statistics of the entropy interventions (bound in
-:mod:`entrolab.losses._fast`).  Both are plain C99 with no dependency, compiled together by the system C compiler
-into a per-user cache the first time they are needed (about a second); the result is keyed on the sources, the
-flags, the compiler and the CPU.
+the gradient).  It is plain C99 with no dependency, compiled by the system C compiler into a per-user cache the
+first time it is needed (about a second); the result is keyed on the source, the flags, the compiler and the CPU.
+These two row kernels (``stats`` and ``grad``) are the only native code in entrolab.
 
-Nothing here is required: when no compiler is found, compilation fails, the self-check fails, or
-``ENTROLAB_NATIVE=0`` is set, :func:`get` returns ``None`` and entrolab uses its pure-PyTorch chunked path, which
-computes the same quantities.  Only CPU tensors use the kernels.
+Nothing here is required: when no compiler is found, compilation fails, the cache is unsafe, loading or a symbol
+lookup fails, the self-check fails, or ``ENTROLAB_NATIVE=0`` is set, :func:`get` returns ``None`` and entrolab uses
+its pure-PyTorch chunked path, which computes the same quantities.  Only CPU tensors use the kernels.
+
+Safety: a shared library runs code in the process that loads it.  The cache directory must be owned by the user
+and closed to everyone else (mode 0700; a directory entrolab creates gets it, one owned by the user that nobody
+else can write is tightened to it), and the library file must be owned by the user and writable by nobody else;
+otherwise nothing is loaded from there.  There is no fallback to a shared temporary directory: when the cache
+directory is unusable, the library is built in a fresh private directory (``tempfile.mkdtemp``, mode 0700) for
+this process only.
 
 Environment:
     ``ENTROLAB_NATIVE``     ``0`` disables the kernels.
@@ -26,6 +32,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -38,8 +45,8 @@ import torch
 __all__ = ["NativeKernels", "get", "status"]
 
 _SOURCE = Path(__file__).with_name("kernels.c")
-_SOURCES = [_SOURCE, Path(__file__).with_name("losses.c")]  # one shared library from both
-_HEADERS = [Path(__file__).with_name("vmath.h")]  # included by both: part of the cache key
+_SOURCES = [_SOURCE]
+_HEADERS = [Path(__file__).with_name("vmath.h")]  # included by kernels.c: part of the cache key
 _ABI_VERSION = 3
 _BASE_FLAGS = [
     "-O3",
@@ -98,6 +105,47 @@ def _cpu_signature() -> str:
     return f"{platform.machine()}|{platform.processor()}|{flags}"
 
 
+def _private_dir(directory: Path) -> str | None:
+    """Make sure ``directory`` exists, is owned by this user and is closed to everyone else (mode 0700).
+
+    Returns ``None`` when it is safe to build in and load from, else why not.  A directory owned by the user that
+    nobody else can write is tightened to 0700; one that others can write (or that another user owns) is refused:
+    a library planted there would run in this process.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = directory.lstat()
+    except OSError as exc:
+        return f"{directory}: {exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory (a symbolic link or a file)"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"{directory} is owned by uid {st.st_uid}, not by this user ({os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"{directory} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(directory, 0o700)
+        except OSError as exc:
+            return f"{directory}: cannot restrict to mode 0700: {exc}"
+    return None
+
+
+def _safe_file(path: Path) -> str | None:
+    """``None`` when ``path`` is a regular file owned by this user that nobody else can write, else why not."""
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        return f"{path}: {exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"{path} is owned by uid {st.st_uid}, not by this user"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
 def _compile(cc: list[str], flag_sets: list[list[str]] | None = None) -> tuple[Path | None, str]:
     source = b"\0".join(p.read_bytes() for p in _SOURCES + _HEADERS)
     try:
@@ -105,37 +153,55 @@ def _compile(cc: list[str], flag_sets: list[list[str]] | None = None) -> tuple[P
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"C compiler {cc[0]!r} does not run: {exc}"
     errors = []
+    directory = _cache_dir()
+    problem = _private_dir(directory)
+    if problem is not None:  # never a shared, predictable directory: a fresh private one for this process
+        errors.append(problem)
+        directory = Path(tempfile.mkdtemp(prefix="entrolab-kernels-"))
     for extra in _OPTIONAL_FLAG_SETS if flag_sets is None else flag_sets:
         flags = _BASE_FLAGS + extra
         key = hashlib.sha256(
             b"\0".join([source, " ".join(cc + flags).encode(), version.encode(), _cpu_signature().encode()])
         ).hexdigest()[:20]
-        for directory in (_cache_dir(), Path(tempfile.gettempdir()) / "entrolab-cache"):
-            target = directory / f"entrolab_kernels_{key}.so"
-            if target.exists():
+        target = directory / f"entrolab_kernels_{key}.so"
+        if target.exists():
+            problem = _safe_file(target)
+            if problem is None:
                 return target, "cached"
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=directory)
-                os.close(fd)
-            except OSError as exc:
-                errors.append(f"{directory}: {exc}")
-                continue
-            try:
-                proc = subprocess.run(
-                    [*cc, *flags, "-o", tmp, *map(str, _SOURCES)], capture_output=True, text=True, timeout=300
-                )
-                if proc.returncode != 0:
-                    errors.append(f"{' '.join(extra) or 'plain'}: {proc.stderr.strip()[-300:]}")
-                    break  # this flag set fails wherever it is built; try the next one
-                os.replace(tmp, target)  # atomic: concurrent processes never load a half-written library
-                return target, "compiled"
-            except (OSError, subprocess.SubprocessError) as exc:
-                errors.append(f"{directory}: {exc}")
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            return None, f"refusing to load {problem}"
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=directory)
+            os.close(fd)
+        except OSError as exc:
+            errors.append(f"{directory}: {exc}")
+            break
+        try:
+            proc = subprocess.run(
+                [*cc, *flags, "-o", tmp, *map(str, _SOURCES)], capture_output=True, text=True, timeout=300
+            )
+            if proc.returncode != 0:
+                errors.append(f"{' '.join(extra) or 'plain'}: {proc.stderr.strip()[-300:]}")
+                continue  # this flag set does not compile here; try the next one
+            os.chmod(tmp, 0o700)
+            os.replace(tmp, target)  # atomic: concurrent processes never load a half-written library
+            return target, "compiled"
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"{directory}: {exc}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return None, "compilation failed: " + " | ".join(errors)
+
+
+def _load(path: Path) -> NativeKernels:
+    """Load and bind the library at ``path``; any load or symbol error raises (the caller turns it into "off")."""
+    problem = _safe_file(path) or _private_dir(path.parent)
+    if problem is not None:
+        raise OSError(f"refusing to load: {problem}")
+    lib = ctypes.CDLL(str(path))
+    if lib.entrolab_abi_version() != _ABI_VERSION:
+        raise OSError("ABI version mismatch")
+    return NativeKernels(lib, path)
 
 
 _P = ctypes.c_void_p
@@ -149,7 +215,7 @@ class NativeKernels:
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.path = path
-        self.lib = lib  # the losses' kernels (losses.c) are bound by entrolab.losses._fast
+        self.lib = lib
         self.dtypes: set[torch.dtype] = set()
         self._stats = {}
         self._grad = {}
@@ -279,7 +345,10 @@ def build(extra_flags: list[str]) -> NativeKernels:
     path, reason = _compile(cc, [["-march=native", *extra_flags], list(extra_flags)])
     if path is None:
         raise RuntimeError(reason)
-    return NativeKernels(ctypes.CDLL(str(path)), path)
+    try:
+        return _load(path)
+    except Exception as exc:
+        raise RuntimeError(f"could not load {path}: {exc}") from exc
 
 
 def get() -> NativeKernels | None:
@@ -300,17 +369,14 @@ def get() -> NativeKernels | None:
                 path, reason = _compile(cc)
                 if path is not None:
                     try:
-                        lib = ctypes.CDLL(str(path))
-                        if lib.entrolab_abi_version() != _ABI_VERSION:
-                            raise OSError("ABI version mismatch")
-                        kernels = NativeKernels(lib, path)
+                        kernels = _load(path)
                         problem = _self_check(kernels)
                         if problem:
                             kernels, reason = None, problem
                             warnings.warn(f"entrolab native kernels disabled: {problem}", RuntimeWarning, stacklevel=2)
                         else:
                             reason = f"{reason}: {path}"
-                    except OSError as exc:
+                    except Exception as exc:
                         kernels, reason = None, f"could not load {path}: {exc}"
         _state.update(loaded=True, kernels=kernels, reason=reason)
         return kernels

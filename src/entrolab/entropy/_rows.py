@@ -17,9 +17,7 @@ rounding and are tested against :mod:`entrolab.entropy.reference`.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,12 +25,13 @@ import torch
 from torch import Tensor
 
 from entrolab import _native
+from entrolab._validation import debug_checks as debug_checks  # the documented name is entrolab.entropy.debug_checks
+from entrolab._validation import debug_enabled
 
 IGNORE_INDEX = -100
 # exp(CLAMP_LO) is exactly 0 in the compute dtype: clamping log-space values there removes -inf (and so the
 # 0 * -inf = NaN products) without changing any sum.
 _CLAMP_LO = {torch.float32: -200.0, torch.float64: -1000.0}
-_debug = {"enabled": False}
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -40,23 +39,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@contextlib.contextmanager
-def debug_checks(enabled: bool = True) -> Iterator[None]:
-    """Within this context the fast paths assert ``logp <= 0`` and ``0 <= H <= log V`` on every output.
-
-    The checks cost a pass over the outputs (N values, not N x V) and a host sync; they exist to catch a kernel bug
-    like verl issue #2656 (fused log-probs > 0) the moment it happens.
-    """
-    previous = _debug["enabled"]
-    _debug["enabled"] = bool(enabled)
-    try:
-        yield
-    finally:
-        _debug["enabled"] = previous
-
-
 def debug_assert(logp: Tensor | None, ent: Tensor, num_classes: int) -> None:
-    if not _debug["enabled"]:
+    if not debug_enabled():
         return
     tol = 1e-4
     if logp is not None and logp.numel() and float(logp.max()) > tol:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entrolab.advantages import empg_advantages, spear_recalibrate, spear_subsample
 from entrolab.lab.policy import Policy, Tokenizer
 from entrolab.lab.rollout import (
     Rollout,
@@ -33,7 +34,6 @@ from entrolab.lab.rollout import (
     turn_means,
 )
 from entrolab.lab.tasks import Example, Task
-from entrolab.losses import empg_advantages, spear_recalibrate, spear_subsample
 from entrolab.sampling import aepo_branch_probability, aepo_root_count, aepo_should_branch, aepo_step_entropy
 
 __all__ = [

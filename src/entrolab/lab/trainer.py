@@ -36,6 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from entrolab.advantages import (
+    aepo_mix,
+    aepo_temperature,
+    dr_grpo_advantages,
+    empg_advantages,
+    ettrl_reshape,
+    grpo_advantages,
+    rloo_advantages,
+    spear_replay_weight,
+    spear_tool_bonus,
+)
 from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.dynamics import entropy_dynamics
 from entrolab.lab.agentic import SpearReplay, aepo_eb_rollout, empg_turn_advantages, spear_schedule_steps
@@ -63,24 +74,15 @@ from entrolab.lab.rollout import (
 from entrolab.lab.tasks import VERIFIERS, Example, FileTask, Task, make_splits, resolve_task, sample_train
 from entrolab.losses import (
     Aggregation,
-    EntropyHistory,
     SirenAnchor,
-    aepo_mix,
-    aepo_temperature,
-    dr_grpo_advantages,
-    empg_advantages,
     entropy_bonus,
     epo,
-    ettrl_reshape,
     get_policy_loss,
-    grpo_advantages,
     kl_estimate,
     kl_penalty,
-    rloo_advantages,
     siren,
-    spear_replay_weight,
-    spear_tool_bonus,
 )
+from entrolab.losses.entropy_terms import EntropyHistory
 from entrolab.optim import make_optimizer, require_bitsandbytes
 from entrolab.sampling import select_fork_points
 

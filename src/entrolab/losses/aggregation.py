@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from entrolab._validation import describe
+from entrolab._validation import as_mask, describe
 
 __all__ = ["AGG_MODES", "Aggregation", "aggregate", "as_mask"]
 
@@ -73,26 +73,6 @@ class Aggregation:
         if isinstance(agg, str):
             return cls(agg)
         raise TypeError(f"agg must be a mode string or an Aggregation, got {describe(agg)}")
-
-
-def as_mask(mask: Tensor, shape: torch.Size, *, name: str = "mask") -> Tensor:
-    """``mask`` as a bool tensor of ``shape``: bool, or numbers that are all exactly 0 or 1."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {describe(mask)}")
-    if mask.shape != shape:
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.dtype.is_complex:
-        raise TypeError(f"{name} must be bool or 0/1 numbers, got {mask.dtype}")
-    if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"{name} must be boolean or hold only 0 and 1; got other values (e.g. {_first_bad(mask)})")
-    return mask != 0
-
-
-def _first_bad(mask: Tensor) -> float:
-    bad = ~((mask == 0) | (mask == 1))
-    return float(mask[bad].flatten()[0])
 
 
 def aggregate(

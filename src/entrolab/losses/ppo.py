@@ -1,228 +1,104 @@
-"""PPO's clipped surrogate with separate low/high epsilons (DAPO clip-higher) and optional dual-clip."""
+"""PPO's clipped surrogate with separate low/high epsilons (DAPO clip-higher) and optional dual-clip.
+
+:func:`clipped_surrogate` is the textbook formula every PPO-style loss here builds on (Clip-Cov, STEER, HAPO,
+AEPO-EB, the 80/20 mask); autograd does the backward.
+"""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
-from entrolab._validation import describe
+from entrolab.batch_stats import masked_mean
 from entrolab.losses._common import (
     LOG_RATIO_CLAMP,
+    PolicyInputs,
     check_clip,
     check_policy_inputs,
     check_token_weights,
+    compute_dtype,
     finish_loss,
-    positive,
-    zero_masked,
-    zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
 from entrolab.losses.registry import register_policy_loss
 
-__all__ = ["PPOTerms", "adjust_tokens", "fused_surrogate", "ppo", "ppo_core", "ppo_metrics", "ppo_token_losses"]
+__all__ = ["Surrogate", "clipped_surrogate", "ppo", "surrogate_metrics"]
 
 
-class PPOTerms(NamedTuple):
-    """What :func:`ppo_core` computes besides the per-token loss (all detached, 0 at masked positions)."""
+class Surrogate(NamedTuple):
+    """What :func:`clipped_surrogate` returns: the per-token loss and the detached terms behind it."""
 
+    per_token: Tensor
+    """``(B, T)`` loss per token (0 at masked positions), differentiable in ``logp``."""
     log_ratio: Tensor
+    """``(B, T)`` clamped ``logp - old_logp`` (0 at masked positions)."""
     ratio: Tensor
+    """``(B, T)`` ``exp(log_ratio)``."""
     clipped: Tensor
-    """Float 0/1: the clipped branch is strictly larger (PPO's ``clipfrac``; Clip-Cov's ``clip_by_origin``)."""
+    """``(B, T)`` bool: the clipped branch is strictly larger (PPO's ``clipfrac``; Clip-Cov's excluded tokens)."""
     lower: Tensor | None
-    """Float 0/1: dual-clip active (``None`` without dual-clip)."""
-    top: Tensor | None = None
-    """Float 0/1: top-clipped tokens that keep AEPO-EB's stop-gradient gradient (``None`` without it)."""
-    coef: Tensor | None = None
-    """``d per_token / d logp``, the very tensor the surrogate's backward multiplies by (see :func:`adjust_tokens`)."""
+    """``(B, T)`` bool: dual-clip binds (``None`` without dual-clip)."""
+    top: Tensor | None
+    """``(B, T)`` bool: top-clipped tokens that keep AEPO-EB's stop-gradient gradient (``None`` without it)."""
 
 
-class _PPOSurrogate(torch.autograd.Function):
-    """Per-token clipped surrogate with its analytic gradient: one saved coefficient, one multiply in backward.
-
-    Everything is float arithmetic (no bool tensors, no ``where``): on CPU builds a comparison or a ``where`` over
-    64k tokens costs 5-20x a multiply, and this function runs under every policy loss.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        logp: Tensor,
-        old_logp: Tensor,
-        a: Tensor,
-        mf: Tensor,
-        eps_low: float | Tensor,
-        eps_high: float | Tensor,
-        dual_clip: float | None,
-        top_gradient: bool,
-        bounds: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
-        raw = torch.nan_to_num(logp, nan=0.0, posinf=0.0, neginf=0.0) - torch.nan_to_num(
-            old_logp, nan=0.0, posinf=0.0, neginf=0.0
-        )
-        raw = raw * mf  # exactly 0 at padding, whatever it held
-        log_ratio = raw.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        ratio = torch.exp(log_ratio) * mf
-        neg_a = -a  # a is 0 at padding, so every product below is too
-        unclipped = neg_a * ratio
-        low, high = (eps_low, eps_high) if bounds else (1.0 - eps_low, 1.0 + eps_high)
-        clipped = neg_a * torch.clamp(ratio, low, high)  # type: ignore[arg-type]
-        per_token = torch.maximum(unclipped, clipped)
-        sel = torch.sign(per_token - unclipped)  # clipped > unclipped, strictly (the difference is >= 0)
-        # d l / d logp: -A r on the unclipped branch (ties included, as autograd's max/clamp give), 0 when clipped
-        keep = 1.0 - sel
-        top = None
-        if top_gradient:  # AEPO-EB's stop-gradient high clip: (1 + eps_high)(-A) on top-clipped tokens
-            top = sel * positive(ratio - high)
-        lower = None
-        if dual_clip is not None:
-            # floor -A c binds only for A < 0; |A| c is that floor there and >= 0 >= l for A >= 0 (never binds)
-            floor = a.abs() * dual_clip
-            lower = positive(per_token - floor)
-            per_token = torch.minimum(per_token, floor)
-            keep = keep * (1.0 - lower)
-            # top needs no (1 - lower) factor: dual-clip binds only for A < 0, the top clip only for A > 0
-        # the clamp zeroes the gradient beyond +-20 (log_ratio == raw inside, so |raw - log_ratio| = 0 there)
-        inside = 1.0 - torch.sign((raw - log_ratio).abs_())
-        coef = unclipped * keep
-        if top is not None:
-            coef = coef + (neg_a * high) * top
-        coef = coef * inside
-        # saved (so autograd frees it after backward) and also returned: adjust_tokens and finish_loss may edit a few
-        # entries through ``coef.data`` before the backward reads it, which leaves the saved version check intact
-        ctx.save_for_backward(coef)
-        ctx.mark_non_differentiable(log_ratio, ratio, sel, coef)
-        return per_token, log_ratio, ratio, sel, lower, top, coef
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
-        (coef,) = ctx.saved_tensors
-        return grad * coef, None, None, None, None, None, None, None, None
-
-
-class _FusedSurrogate(torch.autograd.Function):
-    """Per-token losses computed by a fused native kernel together with their gradient coefficient."""
-
-    @staticmethod
-    def forward(ctx: Any, logp: Tensor, run: Any) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        loss, coef = run()
-        ctx.save_for_backward(coef)  # as in _PPOSurrogate: finish_loss may scale it through ``coef.data``
-        ctx.mark_non_differentiable(coef)
-        return loss, coef
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor, None]:
-        (coef,) = ctx.saved_tensors
-        return grad * coef, None
-
-
-def fused_surrogate(logp: Tensor, run: Any) -> tuple[Tensor, Tensor]:
-    """Per-token losses ``(B, T)`` from ``run() -> (loss, coef)``, a kernel that also wrote ``coef = d loss / d logp``;
-    the gradient reaches ``logp`` as ``grad * coef`` (HAPO's and AEPO-EB's fused surrogates, ``_native/losses.c``).
-    Returns the losses and the coefficient the backward will read (for :func:`finish_loss`'s in-place weights)."""
-    if not callable(run):
-        raise TypeError(f"run must be a callable returning (loss, coef), got {describe(run)}")
-    return _FusedSurrogate.apply(logp, run)  # type: ignore[no-any-return]
-
-
-def ppo_core(
-    logp: Tensor,
-    old_logp: Tensor,
-    a: Tensor,
-    mf: Tensor,
-    *,
-    eps_low: float | Tensor,
-    eps_high: float | Tensor,
-    dual_clip: float | None,
-    top_gradient: bool = False,
-    bounds: bool = False,
-) -> tuple[Tensor, PPOTerms]:
-    """Per-token PPO losses ``(B, T)``, exactly 0 at masked positions, and the detached terms behind them.
-
-    ``a`` must already be 0 at masked positions and ``mf`` is the float mask.  ``eps_low``/``eps_high`` may be
-    per-token tensors (HAPO); with ``bounds=True`` they are the clip bounds ``1 - eps_low`` and ``1 + eps_high``
-    themselves (HAPO's kernel writes those directly).  The gradient flows to ``logp`` only (``old_logp`` and ``a``
-    are constants of the surrogate); it is the analytic ``-A r`` on the unclipped branch and 0 elsewhere, in one
-    multiply, which ``tests/test_losses_fastpath_on_cpu.py`` checks against plain autograd in float64.
-    """
-    per_token, log_ratio, ratio, sel, lower, top, coef = _PPOSurrogate.apply(
-        logp, old_logp.detach(), a.detach(), mf, eps_low, eps_high, dual_clip, top_gradient, bounds
-    )
-    return per_token, PPOTerms(log_ratio, ratio, sel, lower, top, coef)
-
-
-def adjust_tokens(
-    per_token: Tensor,
-    terms: PPOTerms,
-    index: Tensor,
-    *,
-    zero: bool = False,
-    add_value: Tensor | None = None,
-    add_grad: Tensor | None = None,
-) -> None:
-    """Edit a few tokens of a :func:`ppo_core` result in place, value and gradient together, without a new ``(B, T)``
-    tensor or autograd node: ``zero=True`` sets their loss and gradient to 0 (Clip-Cov's detached tokens); else
-    ``add_value`` is added to their loss and ``add_grad`` (its derivative in ``logp``) to their gradient (KL-Cov's
-    penalty).  ``index`` holds flat token indices ``(k,)``; ``per_token`` must be the unmodified output of the same
-    :func:`ppo_core` call (contiguous, and read by nothing else yet).
-    """
-    coef = terms.coef
-    if coef is None:
-        raise ValueError("terms must come from ppo_core (it carries the gradient coefficient)")
-    if not isinstance(index, Tensor) or index.ndim != 1 or index.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"index must be a 1-D int64 tensor of flat token indices, got {describe(index)}")
-    if index.numel() and not (int(index.min()) >= 0 and int(index.max()) < per_token.numel()):
-        raise ValueError(f"index must hold flat indices in [0, {per_token.numel()}), got {index.tolist()[:8]}...")
-    if zero == (add_value is not None or add_grad is not None):
-        raise ValueError("pass either zero=True or add_value/add_grad, not both or neither")
-    for name, t in (("add_value", add_value), ("add_grad", add_grad)):
-        if t is not None and (not isinstance(t, Tensor) or t.shape != index.shape):
-            raise ValueError(f"{name} must be a tensor of index's shape {tuple(index.shape)}, got {describe(t)}")
-    with torch.no_grad():
-        flat, grad = per_token.view(-1), coef.data.view(-1)  # .data: the saved coefficient's version stays as saved
-        if zero:
-            flat.index_fill_(0, index, 0.0)
-            grad.index_fill_(0, index, 0.0)
-        else:
-            if add_value is not None:
-                flat.index_add_(0, index, add_value.to(flat.dtype))
-            if add_grad is not None:
-                grad.index_add_(0, index, add_grad.to(grad.dtype))
-
-
-def ppo_metrics(m: Tensor, mf: Tensor, terms: PPOTerms) -> dict[str, Tensor]:
-    """``clipfrac``, ``approx_kl``, ``ratio_mean`` (and ``clipfrac_lower`` with dual-clip, ``clipfrac_high`` with the
-    stop-gradient high clip) in one stacked reduction."""
-    values = [terms.clipped, terms.log_ratio, terms.ratio]
-    extra = [(name, t) for name, t in (("clipfrac_lower", terms.lower), ("clipfrac_high", terms.top)) if t is not None]
-    means = zero_masked_means(m, *values, *(t for _, t in extra))
-    metrics = {"clipfrac": means[0], "approx_kl": -means[1], "ratio_mean": means[2]}
-    metrics.update((name, mean) for (name, _), mean in zip(extra, means[3:], strict=True))
-    return metrics
-
-
-def ppo_token_losses(
-    logp: Tensor,
-    old_logp: Tensor,
+def clipped_surrogate(
+    inputs: PolicyInputs,
     adv: Tensor,
-    m: Tensor,
     *,
     eps_low: float | Tensor,
     eps_high: float | Tensor,
     dual_clip: float | None,
-) -> tuple[Tensor, dict[str, Tensor], PPOTerms]:
-    """Per-token PPO losses ``(B, T)`` (0 at masked positions), their clip metrics and the surrogate's terms; inputs
-    already checked.
+    stop_gradient_high: bool = False,
+) -> Surrogate:
+    r"""Per-token PPO loss ``max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))``, then dual-clip for ``A < 0``.
 
-    ``eps_low`` and ``eps_high`` may be per-token tensors ``(B, T)`` (HAPO's adaptive clip)."""
-    mf = m.to(logp.dtype)
-    per_token, terms = ppo_core(
-        logp, old_logp, zero_masked(adv, mf), mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
-    )
-    return per_token, ppo_metrics(m, mf, terms), terms
+    ``adv`` ``(B, T)`` are the advantages to use (a method's reshaped ones, or ``inputs.adv``); ``eps_low`` and
+    ``eps_high`` may be per-token tensors ``(B, T)`` (HAPO).  ``stop_gradient_high`` is AEPO-EB's high clip
+    ``(1 + eps_high) r / sg(r)``: the same value, but a top-clipped token keeps the gradient
+    ``(1 + eps_high)(-A)``.  Schulman et al., arXiv 1707.06347, eq. (7); dual-clip: Ye et al., arXiv 1912.09729,
+    eq. (5).
+    """
+    m = inputs.m
+    log_ratio = torch.where(m, inputs.logp - inputs.old_logp, 0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    a = torch.where(m, adv.detach(), 0)  # (B, T) constants of the surrogate
+    low = 1 - eps_low
+    high = 1 + eps_high
+    if stop_gradient_high:
+        high = high * ratio / ratio.detach()  # value 1 + eps_high, gradient (1 + eps_high) d log pi
+    if isinstance(low, Tensor) or isinstance(high, Tensor):
+        low = torch.as_tensor(low, dtype=ratio.dtype, device=ratio.device)
+        high = torch.as_tensor(high, dtype=ratio.dtype, device=ratio.device)
+    pg_unclipped = -a * ratio  # (B, T)
+    pg_clipped = -a * torch.clamp(ratio, low, high)  # (B, T)
+    per_token = torch.maximum(pg_unclipped, pg_clipped)
+    clipped = pg_clipped > pg_unclipped
+    top = (clipped & (a > 0)) if stop_gradient_high else None
+    lower = None
+    if dual_clip is not None:
+        pg_floor = -a * dual_clip  # binds only for A < 0
+        lower = (a < 0) & (per_token > pg_floor)
+        per_token = torch.where(a < 0, torch.minimum(per_token, pg_floor), per_token)
+    return Surrogate(torch.where(m, per_token, 0), log_ratio.detach(), ratio.detach(), clipped, lower, top)
+
+
+def surrogate_metrics(s: Surrogate, m: Tensor) -> dict[str, Tensor]:
+    """``clipfrac``, ``approx_kl`` (mean ``old_logp - logp``), ``ratio_mean``, and ``clipfrac_lower`` with dual-clip,
+    ``clipfrac_high`` with the stop-gradient high clip: means over valid tokens, detached float32."""
+    metrics = {
+        "clipfrac": masked_mean(s.clipped, m),
+        "approx_kl": -masked_mean(s.log_ratio, m),
+        "ratio_mean": masked_mean(s.ratio, m),
+    }
+    if s.lower is not None:
+        metrics["clipfrac_lower"] = masked_mean(s.lower, m)
+    if s.top is not None:
+        metrics["clipfrac_high"] = masked_mean(s.top, m)
+    return metrics
 
 
 @register_policy_loss("ppo")
@@ -232,8 +108,8 @@ def ppo(
     advantages: Tensor,
     mask: Tensor,
     *,
+    agg: str | Aggregation,
     entropy: Tensor | None = None,
-    agg: str | Aggregation = "token-mean",
     generator: torch.Generator | None = None,
     token_weights: Tensor | None = None,
     eps_low: float = 0.2,
@@ -257,10 +133,11 @@ def ppo(
     mask : Tensor
         Valid tokens (bool or 0/1).  Masked positions contribute exactly 0 to the loss and its gradient, whatever
         they hold.
+    agg : str or Aggregation
+        Required: the aggregation mode (``"token-mean"``, ...) and optional global normalisers.  TRL and verl
+        default to different modes, so entrolab makes the caller choose.
     entropy : Tensor, optional
         Token entropies; only reported (``metrics["entropy"]``).
-    agg : str or Aggregation
-        Aggregation mode and optional global normalisers.
     generator : torch.Generator, optional
         Unused (PPO is deterministic); part of the uniform signature.
     token_weights : Tensor, optional
@@ -269,7 +146,7 @@ def ppo(
     eps_low, eps_high : float
         Clip range ``[1 - eps_low, 1 + eps_high]``; DAPO's clip-higher is ``eps_high = 0.28``.
     dual_clip : float, optional
-        The dual-clip constant ``c > 1`` (off by default; verl uses 3.0).
+        The dual-clip constant ``c > 1`` (``None``, the default, is off; verl uses 3.0).
 
     Returns
     -------
@@ -284,8 +161,7 @@ def ppo(
     Notes
     -----
     The log-ratio is clamped to ``[-20, 20]`` before ``exp`` (verl's convention): tokens beyond it get zero gradient.
-    The gradient is zero on the clipped branch (``A > 0, r > 1 + eps_high`` or ``A < 0, r < 1 - eps_low``) and under
-    active dual-clip; elsewhere ``dl/dlogp = -A r``.
+    Half-precision inputs are computed in float32.
 
     References
     ----------
@@ -296,15 +172,13 @@ def ppo(
     --------
     >>> import math, torch
     >>> lp = torch.tensor([[math.log(1.25)]]); old = torch.zeros(1, 1); m = torch.ones(1, 1, dtype=torch.bool)
-    >>> round(float(ppo(lp, old, torch.tensor([1.0]), m).loss), 6)  # clipped at 1.2
+    >>> round(float(ppo(lp, old, torch.tensor([1.0]), m, agg="token-mean").loss), 6)  # clipped at 1.2
     -1.2
-    >>> round(float(ppo(lp, old, torch.tensor([1.0]), m, eps_high=0.28).loss), 6)  # clip-higher lets it through
+    >>> round(float(ppo(lp, old, torch.tensor([1.0]), m, agg="token-mean", eps_high=0.28).loss), 6)  # clip-higher
     -1.25
     """
-    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
-    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
-    per_token, metrics, terms = ppo_token_losses(
-        logp, old_logp, adv, m, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
-    )
-    weights = check_token_weights(token_weights, m)
-    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
+    x = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip, compute_dtype(logp.dtype))
+    weights = check_token_weights(token_weights, x)
+    s = clipped_surrogate(x, x.adv, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
+    return finish_loss(s.per_token, x, agg, surrogate_metrics(s, x.m), weights)

@@ -8,20 +8,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entrolab import _dist
 from entrolab._typing import LossOutput
-from entrolab.losses import _dist, _fast
+from entrolab._validation import check_choice, check_number
+from entrolab.batch_stats import masked_mean, steer_omega_values
 from entrolab.losses._common import (
-    check_choice,
+    PolicyInputs,
     check_clip,
-    check_number,
     check_policy_inputs,
     check_token_weights,
+    compute_dtype,
     finish_loss,
-    zero_masked,
-    zero_masked_means,
 )
 from entrolab.losses.aggregation import Aggregation
-from entrolab.losses.ppo import ppo_core, ppo_metrics
+from entrolab.losses.ppo import clipped_surrogate, surrogate_metrics
 from entrolab.losses.registry import register_policy_loss
 
 __all__ = ["steer", "steer_weights"]
@@ -87,12 +87,10 @@ def steer_weights(
     """
     mode = check_choice("mode", mode, STEER_MODES)
     lambda_min, lambda_max = _check_lambdas(lambda_min, lambda_max, mode)
-    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
-    mf = m.to(logp.dtype)
-    w = _weights(
-        logp, old_logp, adv, m, mf, entropy, lambda_min, lambda_max, mode, omega_range, global_stats, process_group
-    )
-    return w * mf + (1 - mf)
+    x = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    group = _dist.resolve_group(global_stats, process_group)
+    w = _weights(x, lambda_min, lambda_max, mode, omega_range, group)
+    return torch.where(x.m, w, 1.0)
 
 
 def _check_lambdas(lambda_min: object, lambda_max: object, mode: str) -> tuple[float, float]:
@@ -100,52 +98,36 @@ def _check_lambdas(lambda_min: object, lambda_max: object, mode: str) -> tuple[f
     return low, check_number("lambda_max", lambda_max, low=low)
 
 
-def _check_omega_range(omega_range: object, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """A given ``(min |Omega|, max |Omega|)`` as 0-d tensors, finite with ``0 <= min <= max``."""
+def _check_omega_range(omega_range: object, like: Tensor) -> tuple[Tensor, Tensor]:
+    """A given ``(min |Omega|, max |Omega|)`` as 0-d tensors like ``like``, finite with ``0 <= min <= max``."""
     if not isinstance(omega_range, tuple | list) or len(omega_range) != 2:
         raise ValueError(f"omega_range must be a pair (min |Omega|, max |Omega|), got {omega_range!r}")
-    lo = torch.as_tensor(omega_range[0], dtype=dtype, device=device)
-    hi = torch.as_tensor(omega_range[1], dtype=dtype, device=device)
-    if not bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0) & (hi >= lo)):
+    lo, hi = (torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in omega_range)
+    if lo.numel() != 1 or hi.numel() != 1:
+        raise ValueError(f"omega_range must hold two numbers, got {omega_range!r}")
+    given_numbers = not isinstance(omega_range[0], Tensor) and not isinstance(omega_range[1], Tensor)
+    if given_numbers and not (math.isfinite(float(lo)) and math.isfinite(float(hi)) and 0 <= float(lo) <= float(hi)):
         raise ValueError(f"omega_range must satisfy 0 <= min <= max, finite; got {omega_range!r}")
-    return lo, hi
+    return lo.reshape(()), hi.reshape(())
 
 
-def _weights(
-    logp: Tensor,
-    old_logp: Tensor,
-    adv: Tensor,
-    m: Tensor,
-    mf: Tensor,
-    entropy: Tensor,
-    lambda_min: float,
-    lambda_max: float,
-    mode: str,
-    omega_range: Any,
-    global_stats: bool,
-    process_group: Any,
-) -> Tensor:
-    """Weights on checked inputs (values at masked positions unspecified)."""
-    from entrolab.dynamics import omega_unchecked
-
-    group = _dist.resolve_group(global_stats, process_group)
-    mag = omega_unchecked(logp, old_logp, adv, mf, entropy).abs()  # 0 at padding
+def _weights(x: PolicyInputs, lambda_min: float, lambda_max: float, mode: str, omega_range: Any, group: Any) -> Tensor:
+    """STEER's weights ``(B, T)`` on checked inputs (values at masked positions unspecified), detached."""
+    assert x.entropy is not None
+    mag = steer_omega_values(x.logp, x.old_logp, x.adv, x.m, x.entropy).abs()  # (B, T) |Omega|, 0 at padding
     if omega_range is not None:
-        lo, hi = _check_omega_range(omega_range, mag.dtype, mag.device)
+        lo, hi = _check_omega_range(omega_range, mag)
     else:
-        empty = mag.numel() == 0
-        hi = _dist.all_max(mag.new_zeros(()) if empty else mag.amax(), group)
         big = torch.finfo(mag.dtype).max
-        lo = _dist.all_min(mag.new_tensor(big) if empty else (mag + (1 - mf) * big).amin(), group)
-        lo = torch.where(lo < big, lo, 0.0)
-    with torch.no_grad():
-        if mode == "exp":
-            k = -math.log(lambda_min) / hi.clamp_min(_OMEGA_FLOOR)
-            return torch.exp(-k * mag).clamp(lambda_min, 1.0)
-        span = hi - lo
-        if bool(span > 0):
-            return (lambda_max - (mag - lo) * ((lambda_max - lambda_min) / span)).clamp(lambda_min, lambda_max)
-        return torch.full_like(mag, 0.5 * (lambda_min + lambda_max))
+        hi = _dist.all_max(mag.amax() if mag.numel() else mag.new_zeros(()), group)
+        lo = _dist.all_min(torch.where(x.m, mag, big).amin() if mag.numel() else mag.new_tensor(big), group)
+        lo = torch.where(lo < big, lo, 0.0)  # no valid token
+    if mode == "exp":
+        k = -math.log(lambda_min) / hi.clamp_min(_OMEGA_FLOOR)
+        return torch.exp(-k * mag).clamp(lambda_min, 1.0)
+    span = hi - lo
+    linear = lambda_max - (mag - lo) * ((lambda_max - lambda_min) / span.clamp_min(torch.finfo(mag.dtype).tiny))
+    return torch.where(span > 0, linear.clamp(lambda_min, lambda_max), 0.5 * (lambda_min + lambda_max))
 
 
 @register_policy_loss("steer")
@@ -155,8 +137,8 @@ def steer(
     advantages: Tensor,
     mask: Tensor,
     *,
+    agg: str | Aggregation,
     entropy: Tensor | None = None,
-    agg: str | Aggregation = "token-mean",
     generator: torch.Generator | None = None,
     token_weights: Tensor | None = None,
     lambda_min: float = 0.8,
@@ -208,39 +190,16 @@ def steer(
     mode = check_choice("mode", mode, STEER_MODES)
     if lambda_max is None:
         lambda_max = 1.0 if mode == "exp" else 1.2
-    m, adv = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
+    x = check_policy_inputs(logp, old_logp, advantages, mask, entropy)
     lambda_min, lambda_max = _check_lambdas(lambda_min, lambda_max, mode)
-    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip)
-    weights = check_token_weights(token_weights, m)
-    mf = m.to(logp.dtype)
+    eps_low, eps_high, dual_clip = check_clip(eps_low, eps_high, dual_clip, compute_dtype(logp.dtype))
+    weights = check_token_weights(token_weights, x)
     group = _dist.resolve_group(global_stats, process_group)
-    k = _fast.native_for(logp, old_logp, advantages, entropy) if group is None else None
-    if k is not None:  # |Omega|, its range, the weights and A w in two fused passes
-        rng = None
-        if omega_range is not None:
-            lo_t, hi_t = _check_omega_range(omega_range, torch.float32, logp.device)
-            rng = (float(lo_t), float(hi_t))
-        aw, st = _fast.steer(
-            k, logp, old_logp, advantages, m, entropy, mode=STEER_MODES.index(mode), lambda_min=lambda_min,
-            lambda_max=lambda_max, omega_range=rng,
-        )  # fmt: skip
-        per_token, terms = ppo_core(logp, old_logp, aw, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
-        metrics = ppo_metrics(m, mf, terms)
-        count = st[4]
-        metrics["steer_weight_mean"] = torch.tensor(st[0] / max(count, 1.0), dtype=torch.float32)
-        metrics["steer_weight_min"] = torch.tensor(st[1] if count else 1.0, dtype=torch.float32)
-        return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
-    w = _weights(
-        logp, old_logp, adv, m, mf, entropy, lambda_min, lambda_max, mode, omega_range, global_stats, process_group
-    )
+
+    w = _weights(x, lambda_min, lambda_max, mode, omega_range, group)  # (B, T), no gradient
     # w > 0 and PPO's per-token loss is positively homogeneous in A: l(w A) = w l(A), gradient included
-    per_token, terms = ppo_core(
-        logp, old_logp, zero_masked(adv, mf) * w, mf, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip
-    )
-    metrics = ppo_metrics(m, mf, terms)
-    (w_mean,) = zero_masked_means(m, w * mf)
-    big = torch.finfo(w.dtype).max
-    w_min = (w + (1 - mf) * big).amin() if w.numel() else w.new_tensor(big)
-    metrics["steer_weight_mean"] = w_mean
-    metrics["steer_weight_min"] = torch.where(w_min < big, w_min, 1.0).float()
-    return finish_loss(per_token, m, agg, metrics, entropy, weights, coef=terms.coef)
+    s = clipped_surrogate(x, x.adv * w, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip)
+    metrics = surrogate_metrics(s, x.m)
+    metrics["steer_weight_mean"] = masked_mean(w, x.m)
+    metrics["steer_weight_min"] = torch.where(x.m, w, 1.0).amin().float() if w.numel() else torch.tensor(1.0)
+    return finish_loss(s.per_token, x, agg, metrics, weights)

@@ -396,7 +396,7 @@ def adaptive_temperature(
 
     ``H_t`` is the entropy (nats) of ``softmax(logits / base_temperature)``; ``h_hat_t`` normalises ``log H_t`` with
     the statistics of the previous training batch (``stats``, a :class:`~entrolab.losses.HapoEntropyStats` from
-    :func:`~entrolab.losses.hapo_normalized_entropy`): ``h = (log max(H, 1e-8) - pivot) / scale``, divided by
+    :func:`~entrolab.losses.hapo.hapo_normalized_entropy`): ``h = (log max(H, 1e-8) - pivot) / scale``, divided by
     ``pos_max`` where positive and by ``|neg_min|`` where not.  High-entropy (forking) positions are sampled slightly
     hotter, confident ones slightly colder.  ``compat="code"`` reproduces the released code's sign bug (negative
     ``h`` divided by the negative ``neg_min`` becomes positive: confident tokens get hotter).
@@ -408,7 +408,7 @@ def adaptive_temperature(
     Examples
     --------
     >>> import math, torch
-    >>> from entrolab.losses import HapoEntropyStats
+    >>> from entrolab.losses.hapo import HapoEntropyStats
     >>> one = torch.tensor(1.0)
     >>> neutral = torch.tensor(math.log(math.log(2)))  # pivot: H = ln 2 nats (a fair coin) is neutral
     >>> stats = HapoEntropyStats(neutral, one, one, -one)
@@ -416,7 +416,7 @@ def adaptive_temperature(
     >>> [round(t, 4) for t in adaptive_temperature(logits, stats).tolist()]
     [0.95, 1.0]
     """
-    from entrolab.losses import HapoEntropyStats
+    from entrolab.losses.hapo import HapoEntropyStats
 
     if not isinstance(stats, HapoEntropyStats):
         raise TypeError(f"stats must be a HapoEntropyStats (from hapo_normalized_entropy), got {describe(stats)}")

@@ -9,9 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from entrolab._validation import describe
-from entrolab.losses._common import check_choice, check_number
-from entrolab.losses.aggregation import as_mask
+from entrolab._validation import as_mask, check_choice, check_number, describe
 
 __all__ = [
     "ARES_BUCKETS",

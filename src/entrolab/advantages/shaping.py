@@ -9,10 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from entrolab._validation import describe
-from entrolab.losses._common import check_choice, check_number
-from entrolab.losses.advantages import _groups
-from entrolab.losses.aggregation import as_mask
+from entrolab._validation import as_mask, check_choice, check_number, describe
+from entrolab.advantages.group import _groups
 
 __all__ = [
     "aepo_temperature",
