@@ -50,14 +50,12 @@ BENCH_STAMP := $(ENGINES_STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) bench/roofline.py
 	$(PY) bench/entropy.py
-	$(PY) bench/losses.py
 	$(PY) bench/sampling.py
 	$(PY) bench/trainer.py
 	$(PY) bench/integrations.py
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/entropy.py --quick
-	$(PY) bench/losses.py --quick
 	$(PY) bench/sampling.py --quick
 	$(PY) bench/trainer.py --quick
 	$(PY) bench/integrations.py --quick

@@ -15,6 +15,13 @@ the speed-up any trainer could show over TRL at that size.
 Timing: the wall time of each step after ``--warmup`` untimed ones (the lab's own ``step_seconds``; a
 ``TrainerCallback`` around TRL's ``training_step``-driven step); median and p20/p80 over the rest.
 
+The loss's share of a step: during the lab's Qwen2 runs every call of the policy loss records its inputs; after
+the run each recorded call is replayed alone (forward and backward, the same tensors, the same hyper-parameters)
+and its median time is divided by the median step time.  ``--losses`` picks the methods (default ``grpo``, the
+``ppo`` loss, and ``clip_cov``, ``kl_cov``, ``steer``, ``hapo``, ``high_entropy_tokens``): the goal is at most 1% of
+a step on CPU, where the loss is the largest part of a step it will ever be (on a GPU the model's matmuls shrink far
+more than the loss's elementwise work, but both are small there).
+
 Run: ``python bench/trainer.py [--quick] [--threads N]`` (TRL must be installed: ``make bench`` installs it).
 Prints the table, writes ``bench/results/trainer.csv`` and ends with one JSON line (ratios and the roofline).
 """
@@ -26,6 +33,7 @@ import json
 import logging
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +46,7 @@ import torch
 
 from _common import fmt_table, machine, percentiles, roofline, set_threads, write_csv
 from entrolab.lab import LabConfig, run_lab
+from entrolab.lab import trainer as trainer_module
 from entrolab.lab.tasks import ArithmeticTask, Example, make_splits, sample_train
 
 TARGET = 3.0
@@ -84,10 +93,53 @@ def training_flops(model_dir: str, tokens: int) -> float:
     return 6.0 * (sum(p.numel() for p in model.parameters()) - embed) * tokens
 
 
-def lab_steps(model: str, args: argparse.Namespace, out: Path) -> list[float]:
-    """Per-step wall times of the lab's GRPO recipe (``step_seconds`` of its metrics)."""
+class LossRecorder:
+    """Wraps the lab's ``get_policy_loss`` so that each call's inputs are kept for a later replay."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+        self._original = trainer_module.get_policy_loss
+
+    def __enter__(self) -> LossRecorder:
+        def patched(name: str) -> Any:
+            fn = self._original(name)
+
+            def recorded(*a: Any, **k: Any) -> Any:
+                keep = tuple(x.detach().clone() if isinstance(x, torch.Tensor) else x for x in a)
+                kw = {n: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for n, v in k.items()}
+                kw.pop("generator", None)
+                self.calls.append((fn, keep, kw))
+                return fn(*a, **k)
+
+            return recorded
+
+        trainer_module.get_policy_loss = patched
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        trainer_module.get_policy_loss = self._original
+
+    def replay_seconds(self, repeats: int = 3) -> list[float]:
+        """Forward + backward time of each recorded call, replayed alone (best of ``repeats``)."""
+        times = []
+        for fn, args, kw in self.calls:
+            best = float("inf")
+            for _ in range(repeats):
+                logp = args[0].clone().requires_grad_(True)
+                t0 = time.perf_counter()
+                out = fn(logp, *args[1:], generator=torch.Generator().manual_seed(0), **kw)
+                out.loss.backward()
+                best = min(best, time.perf_counter() - t0)
+            times.append(best)
+        return times
+
+
+def lab_steps(
+    model: str, args: argparse.Namespace, out: Path, method: str = "grpo", recorder: LossRecorder | None = None
+) -> list[float]:
+    """Per-step wall times of the lab's recipe for ``method`` (``step_seconds`` of its metrics)."""
     cfg = LabConfig(
-        methods=("grpo",),
+        methods=(method,),
         seeds=1,
         steps=args.warmup + args.steps,
         task="arithmetic",
@@ -109,9 +161,37 @@ def lab_steps(model: str, args: argparse.Namespace, out: Path) -> list[float]:
         deterministic=False,
         out=str(out),
     )
-    run = run_lab(cfg, overwrite=True, progress=False, log=lambda s: None)
-    rows = [json.loads(line) for line in (run / "runs" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    if recorder is not None:
+        with recorder:
+            run = run_lab(cfg, overwrite=True, progress=False, log=lambda s: None)
+    else:
+        run = run_lab(cfg, overwrite=True, progress=False, log=lambda s: None)
+    lines = (run / "runs" / method / "seed0" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
     return [r["step_seconds"] for r in rows if r["kind"] == "train"][args.warmup :]
+
+
+def loss_shares(model: str, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    """Median replayed loss time (forward + backward) over the median lab step, per method."""
+    rows = []
+    for method in args.losses:
+        recorder = LossRecorder()
+        steps = lab_steps(model, args, out / method, method=method, recorder=recorder)
+        loss_s = recorder.replay_seconds()
+        step = statistics.median(steps)
+        loss = statistics.median(loss_s)
+        rows.append(
+            {
+                "method": method,
+                "step_ms": 1e3 * step,
+                "loss_ms": 1e3 * loss,
+                "loss_share_pct": 100 * loss / step,
+                "calls": len(loss_s),
+                "tokens_per_call": int(recorder.calls[0][1][3].sum()) if recorder.calls else 0,
+            }
+        )
+        print(f"  {method:12s} step {1e3 * step:8.1f} ms  loss {1e3 * loss:6.3f} ms  {rows[-1]['loss_share_pct']:.2f}%")
+    return rows
 
 
 def trl_steps(model: str, args: argparse.Namespace, out: Path) -> list[float]:
@@ -194,8 +274,14 @@ def main() -> None:
         default="0,32768",
         help="comma-separated LM-head sizes to run; 0 = the character vocabulary (about 25 tokens)",
     )
+    parser.add_argument(
+        "--losses",
+        default="grpo,clip_cov,kl_cov,steer,hapo,high_entropy_tokens",
+        help="lab methods whose loss share to measure",
+    )
     args = parser.parse_args()
     args.steps = args.steps or (6 if args.quick else 20)
+    args.losses = [m for m in str(args.losses).split(",") if m.strip()]
     args.vocabs = [int(v) for v in str(args.vocabs).split(",") if v.strip()]
     threads = set_threads(args.threads)
     args.threads = threads
@@ -204,6 +290,7 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rows: list[dict[str, Any]] = []
+    share_rows: list[dict[str, Any]] = []
     speedups: dict[str, float] = {}
     for vocab in args.vocabs:
         label = f"V={vocab}" if vocab else "V=chars"
@@ -216,6 +303,11 @@ def main() -> None:
             }
             if not vocab:  # the built-in model has the character vocabulary
                 runs["entrolab lab (built-in TinyGPT)"] = lambda t=tmp: lab_steps("tiny", args, Path(t) / "lab-tiny")
+            if vocab == args.vocabs[-1] and args.losses:  # the largest head: a realistic model step
+                print(f"  {label} loss share of a lab step (Qwen2 checkpoint):", flush=True)
+                share_rows = loss_shares(str(ckpt), args, Path(tmp) / "shares")
+                for r in share_rows:
+                    r["vocab"] = label
             for name, fn in runs.items():
                 try:
                     times = fn()
@@ -269,6 +361,24 @@ def main() -> None:
             ],
         )
     )
+    if share_rows:
+        print()
+        print("The policy loss's share of a lab step (forward + backward of the loss alone, replayed on the inputs of")
+        print("every call of the run, over the median step; goal: at most 1%)")
+        print(
+            fmt_table(
+                share_rows,
+                [
+                    ("vocab", "vocabulary"),
+                    ("method", "lab method"),
+                    ("tokens_per_call", "tokens/call"),
+                    ("loss_ms", "median loss ms"),
+                    ("step_ms", "median step ms"),
+                    ("loss_share_pct", "share %"),
+                ],
+            )
+        )
+        write_csv("trainer_loss_share.csv", [{**r, "threads": threads} for r in share_rows])
     path = write_csv("trainer.csv", [{**r, "completions": completions, "threads": threads} for r in rows])
     summary = {
         "bench": "trainer",
@@ -280,6 +390,8 @@ def main() -> None:
         "target": TARGET,
         "meets_target": {k: v >= TARGET for k, v in speedups.items()},
         "train_floor_ms": {r["vocab"]: round(r["train_floor_ms"], 2) for r in rows},
+        "loss_share_pct": {r["method"]: round(r["loss_share_pct"], 3) for r in share_rows},
+        "loss_share_goal_pct": 1.0,
         "roofline": roof,
         "machine": machine(),
         "csv": str(path),

@@ -190,7 +190,9 @@ def test_entropy_reaches_the_loss_through_verls_actor_loss_function():
 
     lp = no_padding_2_padding(flat_lp, data)
     ent = no_padding_2_padding(flat_ent, data)
-    ref = get_policy_loss("hapo")(lp, old, adv, response_mask.bool(), entropy=ent, eps_low=0.2, eps_high=0.28, agg="token-mean").loss
+    ref = get_policy_loss("hapo")(
+        lp, old, adv, response_mask.bool(), entropy=ent, eps_low=0.2, eps_high=0.28, agg="token-mean"
+    ).loss
     torch.testing.assert_close(loss, ref)
     assert "actor/entrolab/entropy" in metrics or any("entrolab" in k for k in metrics)
     loss.backward()

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from entrolab.advantages import empg_advantages
 from entrolab.lab import agentic
 from entrolab.lab.agentic import SpearReplay, aepo_eb_rollout, empg_turn_advantages
 from entrolab.lab.policy import CharTokenizer
 from entrolab.lab.rollout import Rollout, turn_index, turn_means
 from entrolab.lab.tasks import CalculatorTask, Example
-from entrolab.advantages import empg_advantages
 from entrolab.sampling import aepo_branch_probability, aepo_root_count, aepo_should_branch, aepo_step_entropy
 
 

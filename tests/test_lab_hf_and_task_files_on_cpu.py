@@ -21,8 +21,8 @@ from entrolab.lab import LabConfig  # noqa: E402
 from entrolab.lab.cli import main  # noqa: E402
 from entrolab.lab.policy import HFPolicy, load_hf_policy, load_hf_tokenizer  # noqa: E402
 from entrolab.lab.rollout import generate, left_pad, score_completions  # noqa: E402
+from entrolab.lab.task_files import FileTask, load_task_file, parse_number  # noqa: E402
 from entrolab.lab.tasks import Example as Ex  # noqa: E402
-from entrolab.lab.tasks import FileTask, load_task_file, parse_number  # noqa: E402
 
 CHARS = sorted(set("0123456789+-*=.:, abcdefghijklmnopqrstuvwxyz?"))
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from entrolab.advantages import entropy_aware_advantages
-from entrolab.losses import clip_cov, entropy_balanced, high_entropy_tokens, ppo, register_policy_loss
 from entrolab.batch_stats import masked_quantile
+from entrolab.losses import clip_cov, entropy_balanced, high_entropy_tokens, ppo, register_policy_loss
 from entrolab.losses.forking import high_entropy_mask
 from entrolab.losses.registry import _POLICY_LOSSES
 
@@ -22,7 +22,9 @@ ONE = torch.ones(1, 1, dtype=torch.bool)
 def test_value_equals_ppo_in_every_region_and_gradient_differs_only_on_top_clip(r, a):
     def run(fn, **kw):
         lp = torch.tensor([[math.log(r)]], dtype=F64, requires_grad=True)
-        out = fn(lp, torch.zeros(1, 1, dtype=F64), torch.tensor([a], dtype=F64), ONE, dual_clip=3.0, agg="token-mean", **kw)
+        out = fn(
+            lp, torch.zeros(1, 1, dtype=F64), torch.tensor([a], dtype=F64), ONE, dual_clip=3.0, agg="token-mean", **kw
+        )
         out.loss.backward()
         return float(out.loss.detach()), float(lp.grad)
 
@@ -37,7 +39,9 @@ def test_value_equals_ppo_in_every_region_and_gradient_differs_only_on_top_clip(
 
 def test_worked_example_stop_gradient_clip():
     lp = torch.tensor([[math.log(1.5)]], dtype=F64, requires_grad=True)
-    out = entropy_balanced(lp, torch.zeros(1, 1, dtype=F64), torch.ones(1, dtype=F64), ONE, entropy_advantage=False, agg="token-mean")
+    out = entropy_balanced(
+        lp, torch.zeros(1, 1, dtype=F64), torch.ones(1, dtype=F64), ONE, entropy_advantage=False, agg="token-mean"
+    )
     out.loss.backward()
     assert float(out.loss.detach()) == pytest.approx(-1.2) and float(lp.grad) == pytest.approx(-1.2)
     assert float(out.metrics["clipfrac_high"]) == 1.0
@@ -132,10 +136,19 @@ def test_over_another_base_loss_and_precomputed_threshold():
     adv = torch.tensor([2.0, -2.0], dtype=F64)
     h = H10.repeat(2, 1)
     gen = torch.Generator().manual_seed(0)
-    out = high_entropy_tokens(lp, lp, adv, torch.ones(2, 10), entropy=h, base="clip_cov", ratio=0.1, generator=gen, agg="token-mean")
+    out = high_entropy_tokens(
+        lp, lp, adv, torch.ones(2, 10), entropy=h, base="clip_cov", ratio=0.1, generator=gen, agg="token-mean"
+    )
     assert "covclip_frac" in out.metrics  # the base's statistics are still over all valid tokens
     ref = clip_cov(
-        lp, lp, adv, torch.ones(2, 10), ratio=0.1, generator=torch.Generator().manual_seed(0), token_weights=h >= 0.82, agg="token-mean"
+        lp,
+        lp,
+        adv,
+        torch.ones(2, 10),
+        ratio=0.1,
+        generator=torch.Generator().manual_seed(0),
+        token_weights=h >= 0.82,
+        agg="token-mean",
     )
     assert float(out.loss) == float(ref.loss)
     fixed = high_entropy_tokens(lp, lp, adv, torch.ones(2, 10), entropy=h, entropy_threshold=2.0, agg="token-mean")
@@ -146,7 +159,9 @@ def test_empty_batch_gives_all_false_mask_and_zero_loss():
     keep, tau = high_entropy_mask(torch.zeros(0, 4, dtype=F64), torch.zeros(0, 4))
     assert keep.shape == (0, 4) and float(tau) == 0.0
     m = torch.zeros(2, 3, dtype=torch.bool)
-    out = high_entropy_tokens(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), m, entropy=torch.ones(2, 3), agg="token-mean")
+    out = high_entropy_tokens(
+        torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), m, entropy=torch.ones(2, 3), agg="token-mean"
+    )
     assert float(out.loss) == 0.0
 
 
@@ -163,7 +178,8 @@ def test_base_must_accept_token_weights():
                 torch.ones(1),
                 torch.ones(1, 2),
                 entropy=torch.ones(1, 2),
-                base="_no_weights_for_test", agg="token-mean",
+                base="_no_weights_for_test",
+                agg="token-mean",
             )
         with pytest.raises(ValueError, match="valid names"):
             high_entropy_tokens(
@@ -172,7 +188,8 @@ def test_base_must_accept_token_weights():
                 torch.ones(1),
                 torch.ones(1, 2),
                 entropy=torch.ones(1, 2),
-                base="nope", agg="token-mean",
+                base="nope",
+                agg="token-mean",
             )
     finally:
         _POLICY_LOSSES.pop("_no_weights_for_test")
@@ -197,7 +214,15 @@ def test_bool_token_weights_equal_float_weights(base, dtype):
     def run(weights):
         x = lp.clone().requires_grad_(True)
         out = fn(
-            x, old, adv, mask, entropy=ent, agg="token-mean", generator=torch.Generator().manual_seed(3), token_weights=weights, **kw
+            x,
+            old,
+            adv,
+            mask,
+            entropy=ent,
+            agg="token-mean",
+            generator=torch.Generator().manual_seed(3),
+            token_weights=weights,
+            **kw,
         )
         out.loss.backward()
         return out.loss.detach(), x.grad
@@ -208,5 +233,3 @@ def test_bool_token_weights_equal_float_weights(base, dtype):
     assert torch.allclose(loss_b, loss_f, rtol=0, atol=tol)
     assert torch.allclose(grad_b, grad_f, rtol=0, atol=tol)
     assert bool((grad_b[~keep] == 0).all())
-
-

@@ -77,7 +77,9 @@ def test_clip_cov_seeded_generator_is_reproducible_and_unseeded_respects_members
 
 def test_clip_cov_zeroed_tokens_stay_in_the_denominator():
     lp, adv, m = spec_tokens()
-    out = clip_cov(lp, lp, adv, m, ratio=1.0, generator=torch.Generator().manual_seed(0), agg="token-mean")  # both candidates go
+    out = clip_cov(
+        lp, lp, adv, m, ratio=1.0, generator=torch.Generator().manual_seed(0), agg="token-mean"
+    )  # both candidates go
     assert float(out.loss) == pytest.approx((-1.0 + 1.0) / 4, abs=1e-12)  # tokens 1 and 2 remain, over 4
 
 
@@ -92,7 +94,9 @@ def test_clip_cov_never_selects_ppo_clipped_or_padding_tokens():
     m2 = m.clone()
     m2[0, 3] = False
     x = lp.clone().requires_grad_(True)
-    out2 = clip_cov(x, lp, adv, m2, ratio=1.0, cov_center=(0.0, -1.4), generator=torch.Generator().manual_seed(0), agg="token-mean")
+    out2 = clip_cov(
+        x, lp, adv, m2, ratio=1.0, cov_center=(0.0, -1.4), generator=torch.Generator().manual_seed(0), agg="token-mean"
+    )
     assert float(out2.metrics["covclip_frac"]) == pytest.approx(1 / 3)  # only token 0 (Cov 1.3); token 3 is padding
 
 
@@ -179,7 +183,9 @@ def test_kl_cov_is_plain_unclipped_policy_gradient_on_policy():
     adv = torch.randn(3, generator=g, dtype=F64)
     m = torch.ones(3, 9, dtype=torch.bool)
     x = lp.clone().requires_grad_(True)
-    out = kl_cov(x, lp.clone(), adv, m, ratio=0.5, agg="token-mean")  # old == current: |lp - old| = 0 with subgradient 0
+    out = kl_cov(
+        x, lp.clone(), adv, m, ratio=0.5, agg="token-mean"
+    )  # old == current: |lp - old| = 0 with subgradient 0
     (grad,) = torch.autograd.grad(out.loss, x)
     assert torch.allclose(grad, -adv.unsqueeze(1).expand(3, 9) / 27, atol=1e-15)
 

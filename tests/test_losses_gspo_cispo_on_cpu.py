@@ -31,7 +31,9 @@ def test_gspo_gradient_is_the_sequence_gradient():
     expected = torch.tensor([[s / 3 / 2] * 3, [2 * s / 2 / 2] * 2 + [0.0]], dtype=torch.float64)
     assert torch.allclose(lp.grad, expected, atol=1e-12)
     lp.grad = None
-    gspo(lp, OLD, torch.tensor([1.0, 1.0], dtype=torch.float64), MASK, agg="seq-mean-token-mean").loss.backward()  # both clipped
+    gspo(
+        lp, OLD, torch.tensor([1.0, 1.0], dtype=torch.float64), MASK, agg="seq-mean-token-mean"
+    ).loss.backward()  # both clipped
     assert torch.equal(lp.grad, torch.zeros_like(lp))
 
 

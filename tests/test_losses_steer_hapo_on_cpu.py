@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from entrolab.dynamics import steer_omega
 from entrolab.advantages import grpo_advantages, hapo_token_level_advantages
 from entrolab.batch_stats import masked_quantile
+from entrolab.dynamics import steer_omega
 from entrolab.losses import hapo, ppo, steer
 from entrolab.losses.hapo import HapoEntropyStats, hapo_normalized_entropy
 from entrolab.losses.steer import steer_weights
@@ -195,7 +195,8 @@ def test_hapo_section_20_5_intended_sign_example_through_fixed_statistics():
             entropy=ent,
             entropy_stats=st,
             dual_clip=None,
-            compat=compat, agg="token-mean",
+            compat=compat,
+            agg="token-mean",
         )
         return float(out.loss)
 

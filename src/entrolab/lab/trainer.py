@@ -71,7 +71,8 @@ from entrolab.lab.rollout import (
     turn_index,
     turn_means,
 )
-from entrolab.lab.tasks import VERIFIERS, Example, FileTask, Task, make_splits, resolve_task, sample_train
+from entrolab.lab.task_files import VERIFIERS, FileTask
+from entrolab.lab.tasks import Example, Task, make_splits, resolve_task, sample_train
 from entrolab.losses import (
     Aggregation,
     SirenAnchor,
