@@ -34,6 +34,7 @@ __all__ = [
     "debug_checks",
     "debug_enabled",
     "describe",
+    "guard_gradient",
 ]
 
 COMPAT = ("paper", "code")
@@ -74,6 +75,22 @@ def debug_checks(enabled: bool = True) -> Iterator[None]:
 def debug_enabled() -> bool:
     """Whether :func:`debug_checks` is active."""
     return _debug["enabled"]
+
+
+def guard_gradient(x: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` through an identity node whose backward hook, under :func:`debug_checks` only, raises ``ValueError``
+    naming ``name`` when the gradient is not finite in ``dtype`` (default ``x``'s).  Outside debug mode, ``x``."""
+    if not (debug_enabled() and x.requires_grad):
+        return x
+    limit = torch.finfo(dtype or x.dtype).max
+    y = x.view_as(x)
+
+    def hook(grad: torch.Tensor) -> None:
+        if grad.numel() and not bool(grad.abs().amax() <= limit):
+            raise ValueError(f"the gradient with respect to {name} overflows {dtype or x.dtype} (inputs too large)")
+
+    y.register_hook(hook)
+    return y
 
 
 def check_number(

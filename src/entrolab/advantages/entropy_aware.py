@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from entrolab import _dist
-from entrolab._validation import check_number, check_representable, describe
+from entrolab._validation import check_number, check_representable, describe, guard_gradient
+from entrolab.advantages.group import finite_advantages
 from entrolab.batch_stats import entropy_zscore
 from entrolab.losses._common import check_policy_inputs
 from entrolab.losses.balanced import _check_entropy_stats
@@ -74,5 +75,6 @@ def entropy_aware_advantages(
         x.entropy, x.m, stats=_check_entropy_stats(entropy_stats, x.entropy),
         group=_dist.resolve_group(global_stats, process_group),
     )  # fmt: skip
-    adv = advantages.unsqueeze(1) if advantages.ndim == 1 else advantages  # keeps the graph in advantages
-    return torch.where(x.m, adv.to(z.dtype) * (1 + coef * z), 0.0)
+    adv = guard_gradient(advantages, "advantages")
+    adv = adv.unsqueeze(1) if adv.ndim == 1 else adv  # keeps the graph in advantages
+    return finite_advantages(torch.where(x.m, adv.to(z.dtype) * (1 + coef * z), 0.0))

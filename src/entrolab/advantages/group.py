@@ -12,7 +12,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from entrolab._validation import describe
+from entrolab._validation import debug_enabled, describe, guard_gradient
 
 __all__ = ["dapo_overlong_penalty", "dr_grpo_advantages", "grpo_advantages", "rloo_advantages"]
 
@@ -48,13 +48,15 @@ def _groups(rewards: Tensor, group_ids: Tensor | None, group_size: int | None) -
 def _group_stats(rewards: Tensor, index: Tensor, num_groups: int, *, allow_singleton: bool):
     """Per-response (valid mask, group mean, unbiased group std, group count, zero-range flag)."""
     valid = ~torch.isnan(rewards)
-    r = torch.where(valid, rewards, 0.0)
+    r = torch.where(valid, rewards, 0.0).to(torch.float64)  # (B,) statistics in float64: cheap, and no overflow
     count = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(0, index, valid.to(r.dtype))
     total = torch.zeros_like(count).index_add_(0, index, r)
     mean = total / count.clamp_min(1)
     dev = torch.where(valid, r - mean[index], 0.0)
     sq = torch.zeros_like(count).index_add_(0, index, dev * dev)
-    std = (sq / (count - 1).clamp_min(1)).sqrt()
+    # sqrt has an infinite slope at 0: clamp before it, so a zero-variance group has a zero (not NaN) gradient
+    var = (sq / (count - 1).clamp_min(1)).clamp_min(torch.finfo(r.dtype).tiny)
+    std = torch.where(sq > 0, var.sqrt(), 0.0)
     big = torch.full_like(count, float("-inf")).scatter_reduce_(0, index, torch.where(valid, r, float("-inf")), "amax")
     small = torch.full_like(count, float("inf")).scatter_reduce_(0, index, torch.where(valid, r, float("inf")), "amin")
     flat = (big <= small)[index]  # every valid reward of the group is equal (or there is at most one)
@@ -118,17 +120,29 @@ def grpo_advantages(
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not float(eps) >= 0:
         raise ValueError(f"eps must be a number >= 0, got {describe(eps)}")
     index, num_groups = _groups(rewards, group_ids, group_size)
+    rewards = guard_gradient(rewards, "rewards")
     valid, mean, std, _, flat = _group_stats(rewards, index, num_groups, allow_singleton=allow_singleton)
-    centred = torch.where(valid, rewards - mean, 0.0)
+    centred = torch.where(valid, rewards.to(torch.float64) - mean, 0.0)  # (B,)
     if scale == "group":
         adv = centred / (std + eps)
     elif scale == "batch":
-        r = rewards[valid]
-        batch_std = r.std() if r.numel() > 1 else r.new_zeros(())
+        r = torch.where(valid, rewards, 0.0).to(torch.float64)
+        n = valid.sum()
+        batch_mean = r.sum() / n.clamp_min(1)
+        batch_sq = torch.where(valid, (r - batch_mean) ** 2, 0.0).sum()
+        batch_var = (batch_sq / (n - 1).clamp_min(1)).clamp_min(torch.finfo(r.dtype).tiny)
+        batch_std = torch.where(batch_sq > 0, batch_var.sqrt(), 0.0)
         adv = centred / (batch_std + eps)
     else:
         adv = centred
-    return torch.where(valid & ~flat, adv, 0.0)
+    return finite_advantages(torch.where(valid & ~flat, adv, 0.0).to(rewards.dtype))
+
+
+def finite_advantages(adv: Tensor) -> Tensor:
+    """Under ``debug_checks``: advantages that overflowed their dtype raise ``ValueError`` naming the rewards."""
+    if debug_enabled() and not bool(torch.isfinite(adv).all()):
+        raise ValueError(f"the advantages overflow {adv.dtype}: the rewards or advantages given are out of its range")
+    return adv
 
 
 def dr_grpo_advantages(
@@ -170,9 +184,11 @@ def rloo_advantages(
     [0.5, -0.75, -0.75, 0.5, 0.5]
     """
     index, num_groups = _groups(rewards, group_ids, group_size)
+    rewards = guard_gradient(rewards, "rewards")
     valid, mean, _, count, flat = _group_stats(rewards, index, num_groups, allow_singleton=allow_singleton)
     factor = count / (count - 1).clamp_min(1)
-    return torch.where(valid & ~flat & (count > 1), factor * (rewards - mean), 0.0)
+    adv = torch.where(valid & ~flat & (count > 1), factor * (rewards.to(torch.float64) - mean), 0.0)
+    return finite_advantages(adv.to(rewards.dtype))
 
 
 def dapo_overlong_penalty(lengths: Tensor, *, max_length: int = 20480, cache_length: int = 4096) -> Tensor:

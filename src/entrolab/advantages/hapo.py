@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from entrolab._validation import as_mask, check_number, describe
-from entrolab.advantages.group import _groups, grpo_advantages
+from entrolab._validation import as_mask, check_number, describe, guard_gradient
+from entrolab.advantages.group import _groups, finite_advantages, grpo_advantages
 
 __all__ = ["hapo_token_level_advantages"]
 
@@ -61,19 +61,21 @@ def hapo_token_level_advantages(
     m = as_mask(mask, mask.shape)
     eps = check_number("eps", eps, low=0.0)
     fallback_threshold = check_number("fallback_threshold", fallback_threshold, low=0.0, low_open=True)
+    rewards = guard_gradient(rewards, "rewards")
     valid = ~torch.isnan(rewards)
-    r = torch.where(valid, rewards, 0.0)
-    w = torch.where(valid, m.sum(-1).to(r.dtype), 0.0)
+    r = torch.where(valid, rewards, 0.0).to(torch.float64)  # (B,) statistics in float64
+    w = torch.where(valid, m.sum(-1).to(r.dtype), 0.0)  # (B,) token counts as weights
     wsum = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(0, index, w)
     mean = torch.zeros_like(wsum).index_add_(0, index, w * r) / wsum.clamp_min(1)
     dev = r - mean[index]
     var = torch.zeros_like(wsum).index_add_(0, index, w * dev * dev) / wsum.clamp_min(1)
-    adv = torch.where(valid, dev / (var.sqrt()[index] + eps), 0.0)
-    adv = torch.where(var[index] > 0, adv, 0.0)
+    std = var.clamp_min(torch.finfo(r.dtype).tiny).sqrt()  # clamped: a zero-variance group has a zero gradient
+    adv = torch.where(valid, dev / (std[index] + eps), 0.0)
+    adv = torch.where(var[index] > 0, adv, 0.0).to(rewards.dtype)
     big = torch.zeros(num_groups, dtype=torch.bool, device=r.device).index_put_(
         (index,), adv.abs() >= fallback_threshold, accumulate=True
     )
     if bool(big.any()):
         grpo = grpo_advantages(rewards, index, allow_singleton=True)
         adv = torch.where(big[index], grpo, adv)
-    return adv
+    return finite_advantages(adv)

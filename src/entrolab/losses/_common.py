@@ -18,6 +18,7 @@ from entrolab._validation import (
     check_same_device,
     debug_enabled,
     describe,
+    guard_gradient,
 )
 from entrolab.batch_stats import masked_mean
 from entrolab.losses.aggregation import Aggregation, aggregate_zero_masked, as_mask
@@ -86,8 +87,9 @@ def check_policy_inputs(
             f"got {tuple(advantages.shape)}"
         )
     dtype = compute_dtype(logp.dtype)
+    lp = guard_gradient(logp, "logp").to(dtype)  # debug mode: a gradient overflowing logp's dtype raises
     inputs = PolicyInputs(
-        logp.to(dtype),
+        lp,
         old_logp.detach().to(dtype),
         adv.detach().to(dtype),
         m,
@@ -153,6 +155,26 @@ def check_local_stat(name: str, value: object, like: Tensor) -> Tensor | None:
     return torch.tensor(v, dtype=like.dtype, device=like.device)
 
 
+def check_outputs_finite(loss: Tensor, metrics: dict[str, Tensor], inputs: PolicyInputs) -> None:
+    """Under ``debug_checks``: a loss or metric that overflowed raises ``ValueError`` with the inputs' ranges."""
+    bad = [name for name, v in (("loss", loss), *metrics.items()) if not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    m = inputs.m
+    named = [("logp", inputs.logp), ("old_logp", inputs.old_logp), ("advantages", inputs.adv)]
+    if inputs.entropy is not None:
+        named.append(("entropy", inputs.entropy))
+    ranges = ", ".join(
+        f"{name} in [{float(torch.where(m, t, 0).amin()):.3g}, {float(torch.where(m, t, 0).amax()):.3g}]"
+        for name, t in named
+        if t.numel()
+    )
+    raise ValueError(
+        f"{', '.join(bad)} overflowed (computed in {inputs.logp.dtype}, metrics in float32; {ranges}): "
+        "the inputs are out of the range this loss can represent"
+    )
+
+
 def finish_loss(
     per_token: Tensor,
     inputs: PolicyInputs,
@@ -168,11 +190,6 @@ def finish_loss(
     if inputs.entropy is not None:
         metrics["entropy"] = masked_mean(inputs.entropy, m)
     loss = aggregate_zero_masked(torch.where(m, per_token, 0), m, Aggregation.of(agg))  # type: ignore[arg-type]
-    if debug_enabled() and not bool(torch.isfinite(loss)):
-        ranges = ", ".join(
-            f"{name} in [{float(torch.where(m, t, 0).amin()):.3g}, {float(torch.where(m, t, 0).amax()):.3g}]"
-            for name, t in (("logp", inputs.logp), ("old_logp", inputs.old_logp), ("advantages", inputs.adv))
-            if t.numel()
-        )
-        raise ValueError(f"the loss overflowed in {per_token.dtype} ({ranges}); rescale the advantages")
+    if debug_enabled():
+        check_outputs_finite(loss, metrics, inputs)
     return LossOutput(loss, metrics)

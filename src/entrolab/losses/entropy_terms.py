@@ -45,6 +45,21 @@ def _check_values(name: str, x: Tensor, m: Tensor) -> None:
         raise ValueError(f"{name} is not finite at a valid position")
 
 
+def _checked(out: LossOutput, m: Tensor, **inputs: Any) -> LossOutput:
+    """Under ``debug_checks``: a loss or metric that overflowed raises ``ValueError`` with the inputs' ranges."""
+    if not debug_enabled():
+        return out
+    bad = [name for name, v in (("loss", out.loss), *out.metrics.items()) if not bool(torch.isfinite(v).all())]
+    if bad:
+        ranges = ", ".join(
+            f"{name} in [{float(torch.where(m, t, 0).amin()):.3g}, {float(torch.where(m, t, 0).amax()):.3g}]"
+            for name, t in inputs.items()
+            if isinstance(t, Tensor) and t.numel()
+        )
+        raise ValueError(f"{', '.join(bad)} overflowed ({ranges}): the inputs are out of the representable range")
+    return out
+
+
 def _agg(values: Tensor, m: Tensor, agg: str | Aggregation) -> Tensor:
     return aggregate(values, m, Aggregation.of(agg))
 
@@ -98,7 +113,8 @@ def entropy_bonus(
     if not math.isfinite(c):
         raise ValueError(f"coef must be finite, got {c}")
     h = _agg(entropy, m, agg)
-    return LossOutput(-c * h, {"entropy": masked_mean(entropy, m), "entropy_coef": torch.tensor(c)})
+    out = LossOutput(-c * h, {"entropy": masked_mean(entropy, m), "entropy_coef": torch.tensor(c)})
+    return _checked(out, m, entropy=entropy)
 
 
 # ---------------------------------------------------------------------------------------------------- KL penalties
@@ -191,7 +207,8 @@ def kl_penalty(
     _check_values("ref_logp", ref_logp, m) if isinstance(ref_logp, Tensor) else None
     coef = check_number("coef", coef, low=0.0)
     est = kl_estimate(torch.where(m, logp, 0.0), torch.where(m, ref_logp, 0.0), kind=kind)
-    return LossOutput(coef * _agg(est, m, agg), {"kl": masked_mean(est, m), "kl_coef": torch.tensor(coef)})
+    out = LossOutput(coef * _agg(est, m, agg), {"kl": masked_mean(est, m), "kl_coef": torch.tensor(coef)})
+    return _checked(out, m, logp=logp, ref_logp=ref_logp)
 
 
 # ------------------------------------------------------------------------------------------------------------ SIREN
@@ -581,4 +598,4 @@ def epo(
         epo_penalty=(p.detach().sum() / n_valid).to(torch.float32),
         epo_outside_band_frac=(outside.sum() / n_valid).to(torch.float32),
     )
-    return LossOutput(loss, metrics)
+    return _checked(LossOutput(loss, metrics), m, entropy=entropy)
