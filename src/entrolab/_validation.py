@@ -31,6 +31,7 @@ __all__ = [
     "check_positive_float",
     "check_representable",
     "check_same_device",
+    "check_temperature",
     "debug_checks",
     "debug_enabled",
     "describe",
@@ -191,6 +192,15 @@ def check_positive_float(name: str, value: object) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return value
+
+
+def check_temperature(name: str, value: object, dtype: torch.dtype) -> float:
+    """A finite temperature > 0 whose reciprocal is finite in the compute dtype ``dtype`` (logits are scaled by it)."""
+    t = check_positive_float(name, value)
+    limit = torch.finfo(dtype).max
+    if 1.0 / t > limit:
+        raise ValueError(f"{name}={t!r} is too small: 1/{name} overflows {dtype} (needs {name} >= {1 / limit:.3g})")
+    return t
 
 
 def check_chunk_size(name: str, value: object) -> int | None:

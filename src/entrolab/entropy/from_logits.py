@@ -14,7 +14,7 @@ from typing import overload
 import torch
 from torch import Tensor
 
-from entrolab._validation import check_chunk_size, check_floating, check_labels, check_positive_float
+from entrolab._validation import check_chunk_size, check_floating, check_labels, check_temperature
 from entrolab.entropy import _rows
 
 __all__ = ["token_logprob_and_entropy"]
@@ -145,7 +145,7 @@ def token_logprob_and_entropy(
     [-2.079442, 0.0]
     """
     check_floating("logits", logits, min_ndim=1)
-    temperature = check_positive_float("temperature", temperature)
+    temperature = check_temperature("temperature", temperature, _rows.compute_dtype(logits.dtype))
     chunk_size = check_chunk_size("chunk_size", chunk_size)
     width = logits.shape[-1]
     if width == 0:

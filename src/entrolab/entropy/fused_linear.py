@@ -18,7 +18,7 @@ from entrolab._validation import (
     check_chunk_size,
     check_floating,
     check_labels,
-    check_positive_float,
+    check_temperature,
     describe,
 )
 from entrolab.entropy import _rows
@@ -268,7 +268,7 @@ def linear_logprob_and_entropy(
     """
     check_floating("hidden", hidden, min_ndim=1)
     check_floating("weight", weight, min_ndim=2)
-    temperature = check_positive_float("temperature", temperature)
+    temperature = check_temperature("temperature", temperature, _rows.compute_dtype(hidden.dtype))
     chunk_size = check_chunk_size("chunk_size", chunk_size)
     if weight.ndim != 2:
         raise ValueError(f"weight must have shape (V, H), got {tuple(weight.shape)}")

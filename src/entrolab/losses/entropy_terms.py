@@ -265,7 +265,7 @@ def top_p_entropy(
     """
     if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point or logits.ndim < 1:
         raise TypeError(f"logits must be a floating tensor (..., V), got {describe(logits)}")
-    if bool(torch.isnan(logits).any()) or bool((logits == float("inf")).any()):
+    if debug_enabled() and (bool(torch.isnan(logits).any()) or bool((logits == float("inf")).any())):
         raise ValueError("logits must not contain NaN or +inf")
     top_p = check_number("top_p", top_p, low=0.0, low_open=True, high=1.0)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -274,6 +274,7 @@ def top_p_entropy(
     if v == 0:
         raise ValueError("logits has an empty vocabulary axis")
     k = min(top_k, v)
+    logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)  # 1e-12 underflows in half
     log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
     top = torch.topk(logits, k, dim=-1).values
     p = torch.exp(top - log_z)
@@ -335,8 +336,10 @@ class SirenAnchor:
 
 def _per_sequence_quantile(values: Tensor, m: Tensor, q: float) -> Tensor:
     """Linear-interpolation quantile of each row's valid values ``(B,)`` (NaN-padding semantics of nanquantile)."""
-    x = torch.where(m, values.detach(), float("nan"))
-    out = torch.nanquantile(x, q, dim=-1) if x.shape[-1] else x.new_full(x.shape[:1], float("nan"))
+    x = torch.where(m, values.detach(), float("nan")).to(
+        torch.float64 if values.dtype == torch.float64 else torch.float32
+    )
+    out = torch.nanquantile(x, q, dim=-1) if x.numel() else x.new_full(x.shape[:1], float("nan"))
     return out
 
 

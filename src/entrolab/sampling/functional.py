@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from entrolab._validation import describe
+from entrolab._validation import check_temperature, describe
 
 __all__ = [
     "ENTROPIX_REGIMES",
@@ -420,9 +420,7 @@ def adaptive_temperature(
 
     if not isinstance(stats, HapoEntropyStats):
         raise TypeError(f"stats must be a HapoEntropyStats (from hapo_normalized_entropy), got {describe(stats)}")
-    base_temperature = _number(
-        "base_temperature", base_temperature, low=0.0, high=math.inf, low_open=True, high_open=True
-    )
+    base_temperature = check_temperature("base_temperature", base_temperature, torch.float32)
     tau = _number("tau", tau, low=0.0, high=1.0, low_open=False, high_open=True)
     if compat not in ("paper", "code"):
         raise ValueError(f"compat must be 'paper' or 'code', got {compat!r}")
@@ -449,6 +447,10 @@ def sample_categorical(probs: Tensor, *, generator: torch.Generator | None = Non
     """
     if not isinstance(probs, Tensor) or not probs.dtype.is_floating_point or probs.ndim != 2:
         raise ValueError(f"probs must be a floating (B, V) tensor, got {describe(probs)}")
+    if probs.shape[1] == 0:
+        if probs.shape[0]:
+            raise ValueError(f"probs has an empty vocabulary axis (shape {tuple(probs.shape)}): nothing to draw")
+        return torch.zeros(0, dtype=torch.int64, device=probs.device)
     cdf = torch.cumsum(probs, -1, dtype=torch.float64)  # (B, V)
     total = cdf[:, -1]
     if probs.numel() and not bool((total > 0).all() & torch.isfinite(total).all() & (probs.amin() >= 0)):
