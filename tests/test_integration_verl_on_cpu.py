@@ -125,7 +125,7 @@ def test_hyperparameters_come_from_config_overrides_and_bound_aliases(tmp_path, 
           "rollout_is_weights": None}  # fmt: skip
 
     def steer_ref(**hp):
-        base = {"eps_low": 0.2, "eps_high": 0.28, **hp}
+        base = {"eps_low": 0.2, "eps_high": 0.28, "agg": "token-mean", **hp}
         return get_policy_loss("steer")(new, old, adv, mask, entropy=ent, **base).loss
 
     token = ev._ENTROPY.set(ent)

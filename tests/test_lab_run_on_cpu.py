@@ -378,5 +378,5 @@ def test_adam8bit_optimizer_trains_and_resumes(tmp_path, monkeypatch):
 
 
 def test_unknown_lab_optimizer_is_refused():
-    with pytest.raises(ValueError, match="optimizer must be one of adam, adam8bit"):
+    with pytest.raises(ValueError, match="optimizer must be one of 'adam', 'adam8bit'"):
         LabConfig(methods=("grpo",), optimizer="lion")

@@ -300,7 +300,7 @@ def test_preset_composition_and_errors():
         preset_from_mapping("x", {"base": "steer", "loss_kwargs": {"k": 1}})
     with pytest.raises(ValueError, match="not registered"):
         preset_from_mapping("x", {"loss": "nope"})
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match=r"temperature must be in \(0.0"):
         preset_from_mapping("x", {"temperature": 0})
     with pytest.raises(ValueError, match="spear_buffer_size must be an int >= 0"):
         preset_from_mapping("x", {"spear_buffer_size": -1})
@@ -389,9 +389,10 @@ def test_sample_categorical_draws_from_the_distribution():
 
 
 def test_cure_rollout_groups_branches_and_prefixes():
+    from entrolab.lab.method_rollouts import CURE_BRANCHES
+    from entrolab.lab.method_rollouts import cure_rollout as _cure_rollout
     from entrolab.lab.presets import PRESETS
     from entrolab.lab.tasks import Example
-    from entrolab.lab.trainer import CURE_BRANCHES, _cure_rollout
 
     tok, model = _model(3)
     examples = [Example("1+2=", "3"), Example("4*5=", "20")]
@@ -428,11 +429,11 @@ def test_cure_rollout_groups_branches_and_prefixes():
 
 
 def test_aepo_mix_in_replaces_head_rows_with_tempered_positives(monkeypatch):
-    from entrolab.lab import trainer
+    from entrolab.advantages import grpo_advantages
+    from entrolab.lab import method_rollouts
     from entrolab.lab.presets import PRESETS
     from entrolab.lab.rollout import generate
     from entrolab.lab.tasks import Example
-    from entrolab.losses import grpo_advantages
 
     tok, model = _model(5)
     examples = [Example(f"{a}+{b}=", str(a + b), {"value": a + b}) for a, b in ((1, 2), (3, 4), (2, 2), (5, 1))]
@@ -446,10 +447,9 @@ def test_aepo_mix_in_replaces_head_rows_with_tempered_positives(monkeypatch):
     main = generate(model, prompts, max_new_tokens=4, eos_id=tok.eos_id, pad_id=tok.pad_id,
                     generator=torch.Generator().manual_seed(0))  # fmt: skip
     adv = grpo_advantages(torch.arange(16.0) % 2, group_size=g)
-    cfg = trainer.LabConfig(group_size=g, prompts_per_step=4, minibatches=1, methods=("aepo_entropy",))
-    monkeypatch.setattr(trainer, "AEPO_K_FRACTION", 0.25)  # up to 4 of the 16 rows
-    out, adv_out, metrics = trainer._aepo_mix_in(
-        model, Always(), tok, examples, main, adv, cfg=cfg, preset=PRESETS["aepo_entropy"], max_new=4,
+    monkeypatch.setattr(method_rollouts, "AEPO_K_FRACTION", 0.25)  # up to 4 of the 16 rows
+    out, adv_out, metrics = method_rollouts.aepo_mix_in(
+        model, Always(), tok, examples, main, adv, group_size=g, preset=PRESETS["aepo_entropy"], max_new=4,
         prev_entropy=0.0, target=0.5, generator=torch.Generator().manual_seed(1),
     )  # fmt: skip
     assert metrics["aepo_temperature"] == 1.2  # the first step (previous entropy 0) samples hot
@@ -458,16 +458,16 @@ def test_aepo_mix_in_replaces_head_rows_with_tempered_positives(monkeypatch):
     assert out.completion_ids.shape[0] == 16 and adv_out.shape == (16,)
     assert bool((adv_out[:k] == 1.0).all()) and torch.equal(adv_out[k:], adv[k:])
     assert torch.equal(out.completion_ids[k:, : main.completion_ids.shape[1]], main.completion_ids[k:])
-    _, _, above = trainer._aepo_mix_in(
-        model, Always(), tok, examples, main, adv, cfg=cfg, preset=PRESETS["aepo_entropy"], max_new=4,
+    _, _, above = method_rollouts.aepo_mix_in(
+        model, Always(), tok, examples, main, adv, group_size=g, preset=PRESETS["aepo_entropy"], max_new=4,
         prev_entropy=0.9, target=0.5, generator=torch.Generator().manual_seed(1),
     )  # fmt: skip
     assert above["aepo_temperature"] == 0.8
 
 
 def test_vote_keys_and_majority_pseudo_rewards():
+    from entrolab.lab.method_rollouts import majority_rewards as _majority_rewards
     from entrolab.lab.tasks import ArithmeticTask, CountdownTask, Example, FileTask
-    from entrolab.lab.trainer import _majority_rewards
 
     arith = ArithmeticTask()
     ex = Example("3+4=", "7", {"value": 7})

@@ -22,10 +22,12 @@ __all__ = [
     "COMPAT",
     "all_finite",
     "as_mask",
+    "check_bool",
     "check_choice",
     "check_chunk_size",
     "check_compat",
     "check_floating",
+    "check_int",
     "check_labels",
     "check_number",
     "check_positive_float",
@@ -125,6 +127,22 @@ def check_number(
             f"{high if high is not None else 'inf'}{hi}{what}, got {v!r}"
         )
     return v
+
+
+def check_int(name: str, value: object, *, low: int | None = None) -> int:
+    """An ``int`` (not a bool) at least ``low``, else an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int{f' >= {low}' if low is not None else ''}, got {describe(value)}")
+    if low is not None and int(value) < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {int(value)}")
+    return int(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """A ``bool`` (``true`` or ``false`` in a config file), else an error naming it."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {describe(value)}")
+    return value
 
 
 def check_representable(name: str, value: float, dtype: torch.dtype, *, factor: float = 1.0) -> float:

@@ -42,10 +42,10 @@ def _plan(num_rows: int, vocab: int, device: torch.device, chunk: int | None) ->
 def _auto_matmul_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """float32 matmuls for low-precision inputs on CPU, the input dtype elsewhere.
 
-    On CPUs without AMX, bfloat16 matmuls run slower than float32 ones (measured here: 165 vs 270 GFLOP/s), and
-    half-precision tiles of the gradient lose the small probabilities; upcasting one vocabulary block of the weight at
-    a time costs a few percent.  On accelerators the low-precision matmul (with float32 accumulation inside) is the
-    fast path, and the softmax statistics are float32 either way.
+    On CPUs without AMX, bfloat16 matmuls run slower than float32 ones (``bench/roofline.py`` measures both),
+    and half-precision tiles of the gradient lose the small probabilities; upcasting one vocabulary block of the
+    weight at a time is cheap next to the matmul.  On accelerators the low-precision matmul (with float32
+    accumulation inside) is the fast path, and the softmax statistics are float32 either way.
     """
     if dtype == torch.float64:
         return torch.float64

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from entrolab._validation import check_bool, check_choice, check_int, check_number
 from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses
 
 __all__ = ["ADVANTAGES", "PRESETS", "Preset", "get_preset", "preset_from_mapping"]
@@ -89,61 +90,35 @@ class Preset:
     paper: 100-200 steps)."""
 
     def __post_init__(self) -> None:
-        if self.rollout not in ROLLOUTS:
-            raise ValueError(
-                f"preset {self.name!r}: rollout must be one of {', '.join(ROLLOUTS)}; got {self.rollout!r}"
-            )
-        f = self.cure_stage1_fraction
-        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
-            raise ValueError(f"preset {self.name!r}: cure_stage1_fraction must be in (0, 1], got {f!r}")
-        t_aepo = self.aepo_target
-        if isinstance(t_aepo, bool) or not isinstance(t_aepo, int | float) or not 0 < t_aepo < 10:
-            raise ValueError(f"preset {self.name!r}: aepo_target must be in (0, 10), got {t_aepo!r}")
-        b = self.spear_buffer_size
-        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-            raise ValueError(f"preset {self.name!r}: spear_buffer_size must be an int >= 0, got {b!r}")
-        if not isinstance(self.spear_tool_bonus, bool):
-            raise ValueError(
-                f"preset {self.name!r}: spear_tool_bonus must be true or false, got {self.spear_tool_bonus!r}"
-            )
-        f = self.spear_schedule_fraction
-        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
-            raise ValueError(f"preset {self.name!r}: spear_schedule_fraction must be in (0, 1], got {f!r}")
-        if isinstance(self.cure_top_k, bool) or not isinstance(self.cure_top_k, int) or self.cure_top_k < 1:
-            raise ValueError(f"preset {self.name!r}: cure_top_k must be an int >= 1, got {self.cure_top_k!r}")
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"preset name must be a non-empty string, got {self.name!r}")
-        if self.advantage not in ADVANTAGES:
-            raise ValueError(
-                f"preset {self.name!r}: advantage must be one of {', '.join(ADVANTAGES)}; got {self.advantage!r}"
-            )
-        if self.loss not in policy_losses():
-            raise ValueError(
-                f"preset {self.name!r}: loss {self.loss!r} is not registered; "
-                f"valid losses: {', '.join(policy_losses())}"
-            )
-        if self.agg not in AGG_MODES:
-            raise ValueError(f"preset {self.name!r}: agg must be one of {', '.join(AGG_MODES)}; got {self.agg!r}")
-        if not isinstance(self.loss_kwargs, Mapping):
-            raise TypeError(f"preset {self.name!r}: loss_kwargs must be a mapping, got {self.loss_kwargs!r}")
+        try:
+            self._check_fields()
+        except (TypeError, ValueError) as exc:  # a config file's value: always a ValueError naming the preset
+            raise ValueError(f"preset {self.name!r}: {exc}") from None
+
+    def _check_fields(self) -> None:
+        check_choice("rollout", self.rollout, ROLLOUTS)
+        check_choice("advantage", self.advantage, ADVANTAGES)
+        check_choice("loss", self.loss, tuple(policy_losses()))
+        check_choice("agg", self.agg, AGG_MODES)
+        for key in ("cure_stage1_fraction", "spear_schedule_fraction"):
+            check_number(key, getattr(self, key), low=0.0, low_open=True, high=1.0)
+        check_number("aepo_target", self.aepo_target, low=0.0, low_open=True, high=10.0, high_open=True)
+        if self.adaptive_entropy_target is not None:
+            check_number("adaptive_entropy_target", self.adaptive_entropy_target, low=0.0, low_open=True, high=10.0)
         for key in ("entropy_coef", "siren_coef", "epo_coef", "kl_coef"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"preset {self.name!r}: {key} must be a number >= 0, got {value!r}")
-        t = self.adaptive_entropy_target
-        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < 10):
-            raise ValueError(f"preset {self.name!r}: adaptive_entropy_target must be in (0, 10) or None, got {t!r}")
-        if (
-            isinstance(self.temperature, bool)
-            or not isinstance(self.temperature, int | float)
-            or not self.temperature > 0
-        ):
-            raise ValueError(f"preset {self.name!r}: temperature must be > 0, got {self.temperature!r}")
-        fn = get_policy_loss(self.loss)
-        params = inspect.signature(fn).parameters
+            check_number(key, getattr(self, key), low=0.0)
+        check_number("temperature", self.temperature, low=0.0, low_open=True)
+        check_int("spear_buffer_size", self.spear_buffer_size, low=0)
+        check_int("cure_top_k", self.cure_top_k, low=1)
+        check_bool("spear_tool_bonus", self.spear_tool_bonus)
+        if not isinstance(self.loss_kwargs, Mapping):
+            raise TypeError(f"loss_kwargs must be a mapping, got {self.loss_kwargs!r}")
+        params = inspect.signature(get_policy_loss(self.loss)).parameters
         for key in self.loss_kwargs:
             if key not in params or key in ("logp", "old_logp", "advantages", "mask", "entropy", "agg", "generator"):
-                raise ValueError(f"preset {self.name!r}: loss {self.loss!r} has no hyperparameter {key!r}")
+                raise ValueError(f"loss {self.loss!r} has no hyperparameter {key!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -74,7 +74,7 @@ def clipped_surrogate(
         low = torch.as_tensor(low, dtype=ratio.dtype, device=ratio.device)
         high = torch.as_tensor(high, dtype=ratio.dtype, device=ratio.device)
     pg_unclipped = -a * ratio  # (B, T)
-    pg_clipped = -a * torch.clamp(ratio, low, high)  # (B, T)
+    pg_clipped = -a * torch.clamp(ratio, low, high)  # type: ignore[arg-type]  # (B, T); floats or tensors
     per_token = torch.maximum(pg_unclipped, pg_clipped)
     clipped = pg_clipped > pg_unclipped
     top = (clipped & (a > 0)) if stop_gradient_high else None

@@ -443,7 +443,7 @@ def sample_categorical(probs: Tensor, *, generator: torch.Generator | None = Non
 
     Inverse-CDF sampling: one uniform per row against the float64 running sum of the row.  It draws from the same
     distribution as ``torch.multinomial(probs, 1)`` (tested) but reads each row once, where the CPU ``multinomial``
-    costs about 40 ms for 128 rows of 32k probabilities.  Zero-probability entries are never drawn.
+    makes several passes (``bench/sampling.py`` compares them).  Zero-probability entries are never drawn.
     """
     if not isinstance(probs, Tensor) or not probs.dtype.is_floating_point or probs.ndim != 2:
         raise ValueError(f"probs must be a floating (B, V) tensor, got {describe(probs)}")

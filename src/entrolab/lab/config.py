@@ -1,0 +1,161 @@
+"""The lab's configuration: :class:`LabConfig` (every field is a command-line option of ``entrolab lab``) and
+:class:`LabError`, what a run that cannot continue raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from entrolab._validation import check_choice, check_int, check_positive_float
+from entrolab.lab.presets import Preset, get_preset
+from entrolab.lab.task_files import VERIFIERS
+from entrolab.lab.tasks import resolve_task
+from entrolab.optim import require_bitsandbytes
+
+__all__ = ["LAB_OPTIMIZERS", "LabConfig", "LabError"]
+
+_POSITIVE_INTS = (
+    "seeds", "steps", "prompts_per_step", "group_size", "ppo_epochs", "minibatches", "eval_every", "eval_prompts",
+    "eval_samples", "sft_batch", "d_model", "n_layer", "checkpoint_every",
+)  # fmt: skip
+
+
+class LabError(RuntimeError):
+    """A lab run cannot continue (NaN loss, an existing run directory, a bad resume)."""
+
+
+LAB_OPTIMIZERS = ("adam", "adam8bit")
+"""Optimizers of the lab's RL updates (``--optimizer``)."""
+
+
+@dataclass
+class LabConfig:
+    """Everything a lab run depends on.  Every field is a command-line option of ``entrolab lab``."""
+
+    methods: tuple[str, ...] = ("grpo", "dapo", "clip_cov", "kl_cov", "entropy_bonus")
+    """Methods (presets) to compare, run one after another."""
+    seeds: int = 3
+    """Seeds per method (0 .. seeds-1, offset by ``seed``)."""
+    seed: int = 0
+    """Base seed: the held-out split, the warm start and every run derive from it."""
+    steps: int = 120
+    """RL steps per run."""
+    task: str = "countdown"
+    """Built-in task: ``countdown`` (many correct answers) or ``arithmetic`` (one); or a ``.jsonl`` file of
+    ``{"prompt", "answer"}`` rows, scored by ``verifier``."""
+    verifier: str = "exact"
+    """How a task file's answers are checked: ``exact``, ``numeric``, ``regex`` (the answer is a pattern; then set
+    ``sft_steps`` to 0) or ``math`` (needs the math-verify package).  Ignored by the built-in tasks."""
+    model: str = "tiny"
+    """``tiny`` (the built-in transformer), or a local Hugging Face causal-LM checkpoint directory with its
+    tokenizer (needs transformers; nothing is downloaded)."""
+    prompts_per_step: int = 16
+    """Prompts per RL step."""
+    group_size: int = 8
+    """Completions per prompt (the group of GRPO)."""
+    max_new_tokens: int = 0
+    """Completion budget in tokens; 0 means the task's longest answer plus 2."""
+    lr: float = 3e-4
+    """Adam learning rate of the RL updates."""
+    optimizer: str = "adam"
+    """Optimizer of the RL updates (betas (0.9, 0.99)): ``adam`` (PyTorch) or ``adam8bit`` (bitsandbytes' block-wise
+    8-bit states, block size 256, fp32 state for tensors under 4,096 elements; needs the ``optim`` extra).  See
+    :func:`entrolab.optim.make_optimizer`."""
+    ppo_epochs: int = 2
+    """Passes over each step's samples.  With ``ppo_epochs = minibatches = 1`` every update is on-policy (ratio 1),
+    where PPO's clip, DAPO's clip-higher and KL-Cov's penalty are all inactive; the default 2 x 2 updates per step
+    make the later ones off-policy, as in real RL post-training."""
+    minibatches: int = 2
+    """Optimizer steps per pass (the step's groups are split evenly)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    eval_every: int = 20
+    """Held-out evaluation every this many steps (and at the first and last step)."""
+    eval_prompts: int = 64
+    """Held-out prompts."""
+    eval_samples: int = 16
+    """Samples per held-out prompt: pass@k is reported for k = 1, 2, 4, ... up to this."""
+    sft_steps: int = 600
+    """Warm-start steps (supervised, on generated solutions)."""
+    sft_batch: int = 64
+    """Warm-start batch size."""
+    sft_lr: float = 2e-3
+    """Warm-start learning rate."""
+    d_model: int = 96
+    """Width of the built-in model."""
+    n_layer: int = 2
+    """Layers of the built-in model."""
+    kl_metric_every: int = 1
+    """Measure the KL to the initial policy (one extra forward of the initial model) every this many steps when the
+    method has no KL term (the other steps' rows have no ``kl_to_init``); 0 never.  Methods with a KL term compute it at
+    every step anyway."""
+    checkpoint_every: int = 20
+    """Checkpoint every this many RL steps (and at the end)."""
+    threads: int = 0
+    """torch threads (0: leave torch's default)."""
+    out: str = "lab-runs/default"
+    """Run directory."""
+    deterministic: bool = True
+    """Deterministic torch algorithms (a resumed run then reproduces an uninterrupted one exactly)."""
+    presets: dict[str, Preset] = field(default_factory=dict)
+    """Extra presets defined in a config file (``[presets.NAME]`` tables)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):
+            self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())
+        self.methods = tuple(self.methods)
+        if not self.methods:
+            raise ValueError("methods must name at least one method")
+        for name in self.methods:
+            get_preset(name, self.presets)
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must not repeat a name, got {','.join(self.methods)}")
+        try:
+            for name in _POSITIVE_INTS:
+                check_int(name, getattr(self, name), low=1)
+            for name in ("sft_steps", "max_new_tokens", "threads", "seed", "kl_metric_every"):
+                check_int(name, getattr(self, name), low=0)
+            for name in ("lr", "sft_lr", "grad_clip"):
+                check_positive_float(name, getattr(self, name))
+            check_choice("optimizer", self.optimizer, LAB_OPTIMIZERS)
+            check_choice("verifier", self.verifier, VERIFIERS)
+        except TypeError as exc:  # a command-line or config value: a ValueError either way
+            raise ValueError(str(exc)) from None
+        for name in self.methods:
+            if get_preset(name, self.presets).rollout in ("cure", "ettrl") and self.group_size % (1 + 3):
+                raise ValueError(
+                    f"group_size must be a multiple of 4 for {name!r} (group_size / 4 originals, each with 3 "
+                    f"branches), got {self.group_size}"
+                )
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (group advantages need two samples), got {self.group_size}")
+        if self.prompts_per_step % self.minibatches:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be divisible by minibatches ({self.minibatches})"
+            )
+        if self.optimizer.endswith("8bit"):
+            require_bitsandbytes()
+        task = resolve_task(self.task, verifier=self.verifier)
+        if self.sft_steps and not task.has_solutions:
+            raise ValueError(
+                f"task {self.task!r} with verifier {self.verifier!r} has no reference completions for the warm start; "
+                "set sft_steps to 0"
+            )
+        for name in self.methods:
+            if get_preset(name, self.presets).rollout == "aepo_eb" and getattr(task, "tool", None) is None:
+                raise ValueError(
+                    f"method {name!r} branches at tool replies and needs a task with a tool (e.g. task='calculator'); "
+                    f"task {self.task!r} has none"
+                )
+        if self.model != "tiny" and not (Path(self.model) / "config.json").is_file():
+            raise ValueError(
+                f"model must be 'tiny' (the built-in policy) or a local Hugging Face checkpoint directory with a "
+                f"config.json, got {self.model!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "presets"}
+        d["methods"] = list(self.methods)
+        d["presets"] = {k: v.to_dict() for k, v in self.presets.items()}
+        return d
