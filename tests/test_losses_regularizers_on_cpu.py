@@ -10,7 +10,8 @@ import torch
 from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.entropy import debug_checks
 from entrolab.losses import SirenAnchor, entropy_bonus, epo, kl_estimate, kl_penalty, ppo, siren
-from entrolab.losses.entropy_terms import EntropyHistory, epo_phase_weight, top_p_entropy
+from entrolab.losses.entropy_terms import top_p_entropy
+from entrolab.losses.epo import EntropyHistory, epo_phase_weight
 
 F64 = torch.float64
 

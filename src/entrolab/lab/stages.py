@@ -53,7 +53,7 @@ from entrolab.lab.rollout import (
 )
 from entrolab.lab.tasks import Example, Task
 from entrolab.losses import Aggregation, LossOutput, SirenAnchor, entropy_bonus, epo, kl_estimate, kl_penalty, siren
-from entrolab.losses.entropy_terms import EntropyHistory
+from entrolab.losses.epo import EntropyHistory
 from entrolab.optim import make_optimizer
 
 __all__ = [

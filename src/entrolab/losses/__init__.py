@@ -21,15 +21,8 @@ from entrolab._typing import LossOutput
 from entrolab.losses.aggregation import AGG_MODES, Aggregation, aggregate
 from entrolab.losses.balanced import entropy_balanced
 from entrolab.losses.cov import clip_cov, kl_cov
-from entrolab.losses.entropy_terms import (
-    KL_ESTIMATORS,
-    SirenAnchor,
-    entropy_bonus,
-    epo,
-    kl_estimate,
-    kl_penalty,
-    siren,
-)
+from entrolab.losses.entropy_terms import KL_ESTIMATORS, SirenAnchor, entropy_bonus, kl_estimate, kl_penalty, siren
+from entrolab.losses.epo import epo
 from entrolab.losses.forking import high_entropy_tokens
 from entrolab.losses.gspo import cispo, gspo
 from entrolab.losses.hapo import hapo
@@ -93,8 +86,8 @@ _MOVED = {
             "window_entropy",
         )
     },
-    "EntropyHistory": "entrolab.losses.entropy_terms",
-    "epo_phase_weight": "entrolab.losses.entropy_terms",
+    "EntropyHistory": "entrolab.losses.epo",
+    "epo_phase_weight": "entrolab.losses.epo",
     "top_p_entropy": "entrolab.losses.entropy_terms",
     "HapoEntropyStats": "entrolab.losses.hapo",
     "hapo_normalized_entropy": "entrolab.losses.hapo",
