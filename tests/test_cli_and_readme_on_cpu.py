@@ -18,6 +18,16 @@ def test_readme_quickstart_runs():
         exec(compile(block, "README.md", "exec"), {})
 
 
+def test_readme_loss_example_runs_for_every_registered_name():
+    """The README says the example's loss swaps for any registered name in one line: run it for each."""
+    from entrolab.losses import policy_losses
+
+    text = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if 'get_policy_loss("clip_cov")' in b)
+    for name in policy_losses():
+        exec(compile(block.replace('"clip_cov"', repr(name)), f"README.md ({name})", "exec"), {})
+
+
 def test_readme_shows_the_two_commands():
     text = (ROOT / "README.md").read_text()
     assert "make demo" in text and "make test" in text

@@ -228,3 +228,31 @@ def test_float32_and_bfloat16_inputs_work(name):
         assert g.dtype == dtype and torch.isfinite(g).all()
         tol = 1e-4 if dtype == torch.float32 else 0.1
         assert abs(float(out.loss.detach()) - float(ref.loss)) <= tol * (1 + abs(float(ref.loss)))
+
+
+# ------------------------------------------------------------------ regressions of the retired native loss kernels
+@pytest.mark.parametrize("name", NAMES)
+def test_strided_inputs_equal_their_contiguous_copies(name):
+    """A mask sliced out of a wider prompt+response mask, advantages sliced per token and entropies transposed twice
+    (the old native HAPO path read freed memory for ``mask[:, prompt_len:]``)."""
+    logp, old, adv, mask, ent = batch(5, 9, seed=3)
+    wide_mask = torch.cat([torch.ones(5, 4, dtype=torch.bool), mask], 1)[:, 4:]  # non-contiguous view
+    wide_adv = torch.cat([torch.zeros(5, 3, dtype=adv.dtype), adv.unsqueeze(1).expand(5, 9)], 1)[:, 3:]
+    strided_ent = ent.t().contiguous().t()
+    assert not wide_mask.is_contiguous() and not wide_adv.is_contiguous() and not strided_ent.is_contiguous()
+    results = []
+    for m, a, e in ((wide_mask, wide_adv, strided_ent), (mask.clone(), adv.unsqueeze(1).expand(5, 9).clone(), ent)):
+        lp = logp.clone().requires_grad_(True)
+        out = call(name, lp, old, a, m, e, generator=torch.Generator().manual_seed(0), agg="token-mean")
+        out.loss.backward()
+        results.append((out.loss.detach(), lp.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_high_entropy_mask_refuses_a_mask_on_another_device():
+    """The native 80/20 path crashed the process for a mask on ``meta``; now a ValueError names the mask."""
+    ent = torch.rand(2, 5)
+    with pytest.raises(ValueError, match="mask"):
+        high_entropy_mask(ent, torch.ones(2, 5, dtype=torch.bool, device="meta"))
+    with pytest.raises(ValueError, match="mask"):
+        hapo_normalized_entropy(ent, torch.ones(2, 5, dtype=torch.bool, device="meta"))
