@@ -3,7 +3,6 @@ entropy-aware advantage (the advantage alone is :func:`entrolab.advantages.entro
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -34,10 +33,12 @@ def _check_entropy_stats(entropy_stats: object, like: Tensor) -> tuple[Tensor, T
         return None
     if not isinstance(entropy_stats, tuple | list) or len(entropy_stats) != 2:
         raise ValueError(f"entropy_stats must be a pair (mean, std), got {entropy_stats!r}")
+    for i, v in enumerate(entropy_stats):  # numbers are checked here; tensors only under debug_checks (no sync)
+        if not isinstance(v, Tensor):
+            check_number(f"entropy_stats[{i}]", v, low=0.0 if i == 1 else None)
+        elif v.numel() != 1 or not v.dtype.is_floating_point:
+            raise ValueError(f"entropy_stats[{i}] must be a one-element floating tensor, got {describe(v)}")
     mean, std = (torch.as_tensor(v, dtype=like.dtype, device=like.device).reshape(()) for v in entropy_stats)
-    given_numbers = not isinstance(entropy_stats[0], Tensor) and not isinstance(entropy_stats[1], Tensor)
-    if given_numbers and not (math.isfinite(float(mean)) and math.isfinite(float(std)) and float(std) >= 0):
-        raise ValueError(f"entropy_stats must be finite with std >= 0, got {entropy_stats!r}")
     return mean, std
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from entrolab import _dist
 from entrolab._typing import LossOutput
-from entrolab._validation import check_choice, check_number
+from entrolab._validation import check_choice, check_number, describe
 from entrolab.batch_stats import masked_mean, steer_omega_values
 from entrolab.losses._common import (
     PolicyInputs,
@@ -102,13 +102,15 @@ def _check_omega_range(omega_range: object, like: Tensor) -> tuple[Tensor, Tenso
     """A given ``(min |Omega|, max |Omega|)`` as 0-d tensors like ``like``, finite with ``0 <= min <= max``."""
     if not isinstance(omega_range, tuple | list) or len(omega_range) != 2:
         raise ValueError(f"omega_range must be a pair (min |Omega|, max |Omega|), got {omega_range!r}")
-    lo, hi = (torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in omega_range)
-    if lo.numel() != 1 or hi.numel() != 1:
-        raise ValueError(f"omega_range must hold two numbers, got {omega_range!r}")
-    given_numbers = not isinstance(omega_range[0], Tensor) and not isinstance(omega_range[1], Tensor)
-    if given_numbers and not (math.isfinite(float(lo)) and math.isfinite(float(hi)) and 0 <= float(lo) <= float(hi)):
+    for i, v in enumerate(omega_range):  # numbers are checked here; tensors only for their shape (no sync)
+        if not isinstance(v, Tensor):
+            check_number(f"omega_range[{i}]", v, low=0.0)
+        elif v.numel() != 1 or not v.dtype.is_floating_point:
+            raise ValueError(f"omega_range[{i}] must be a one-element floating tensor, got {describe(v)}")
+    if not any(isinstance(v, Tensor) for v in omega_range) and not omega_range[0] <= omega_range[1]:
         raise ValueError(f"omega_range must satisfy 0 <= min <= max, finite; got {omega_range!r}")
-    return lo.reshape(()), hi.reshape(())
+    lo, hi = (torch.as_tensor(v, dtype=like.dtype, device=like.device).reshape(()) for v in omega_range)
+    return lo, hi
 
 
 def _weights(x: PolicyInputs, lambda_min: float, lambda_max: float, mode: str, omega_range: Any, group: Any) -> Tensor:
