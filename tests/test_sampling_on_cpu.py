@@ -393,3 +393,15 @@ def test_top_h_large_vocabulary_matches_the_reference(top_n, kind):
         ours = top_h_mask(z, alpha, top_n=top_n)
         ref = _top_h_reference(z, alpha, top_n)
         assert int((ours ^ ref).sum()) <= 1, (alpha, int((ours ^ ref).sum()))
+
+
+def test_entropy_varentropy_is_finite_for_widely_separated_logits():
+    """Logits 1e30 apart: the far entry has p = 0 but a finite log-prob whose square overflows; it must drop out."""
+    h, v = entropy_varentropy(torch.tensor([[0.0, -1e30, 5.0]]), base=None)
+    p0 = 1 / (1 + math.exp(5.0))  # the two live entries: logits 0 and 5
+    lp = [math.log(p0), math.log(1 - p0)]
+    want_h = -(p0 * lp[0] + (1 - p0) * lp[1])
+    want_v = p0 * (lp[0] + want_h) ** 2 + (1 - p0) * (lp[1] + want_h) ** 2
+    assert float(h) == pytest.approx(want_h, rel=1e-5) and float(v) == pytest.approx(want_v, rel=1e-4)
+    h, v = entropy_varentropy(torch.tensor([[1e30, -1e30]]))
+    assert float(h) == 0.0 and float(v) == 0.0

@@ -334,9 +334,11 @@ def entropy_varentropy(logits: Tensor, *, base: float | None = 2.0) -> tuple[Ten
     p = logp.exp()
     if base is not None:
         logp = logp / math.log(base)
-    finite = ~torch.isneginf(logp)
-    h = torch.where(finite, -p * logp, 0.0).sum(-1)
-    var = torch.where(finite, p * (logp + h.unsqueeze(-1)) ** 2, 0.0).sum(-1)
+    # entries with p = 0 contribute nothing; testing p (not logp = -inf) also drops a finite but hugely negative
+    # log-prob (logits 1e30 apart), whose squared surprisal would overflow to inf and give 0 * inf = NaN
+    live = p > 0
+    h = torch.where(live, -p * logp, 0.0).sum(-1)
+    var = torch.where(live, p * (logp + h.unsqueeze(-1)) ** 2, 0.0).sum(-1)
     return h.clamp_min(0.0), var.clamp_min(0.0)
 
 
