@@ -405,3 +405,12 @@ def test_entropy_varentropy_is_finite_for_widely_separated_logits():
     assert float(h) == pytest.approx(want_h, rel=1e-5) and float(v) == pytest.approx(want_v, rel=1e-4)
     h, v = entropy_varentropy(torch.tensor([[1e30, -1e30]]))
     assert float(h) == 0.0 and float(v) == 0.0
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (0, 0), (0,)])
+def test_select_fork_points_on_empty_and_zero_width_inputs(shape):
+    """No candidate position: every row gets -1 (the documented "none"), with no crash."""
+    h = torch.zeros(shape)
+    out = select_fork_points(h, torch.ones(shape, dtype=torch.bool), 2)
+    rows = 1 if len(shape) == 1 else shape[0]
+    assert out.shape == ((2,) if len(shape) == 1 else (rows, 2)) and bool((out == -1).all())

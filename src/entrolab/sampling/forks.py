@@ -83,7 +83,7 @@ def select_fork_points(
     if not isinstance(entropy, Tensor) or not entropy.dtype.is_floating_point or entropy.ndim not in (1, 2):
         raise TypeError(f"entropy must be a floating tensor of shape (B, T) or (T,), got {describe(entropy)}")
     single = entropy.ndim == 1
-    h = entropy.detach().reshape(-1, entropy.shape[-1])
+    h = entropy.detach().reshape(1 if single else entropy.shape[0], entropy.shape[-1])  # (B, T), also when empty
     b, t = h.shape
     if not isinstance(mask, Tensor) or mask.shape != entropy.shape:
         raise ValueError(f"mask must be a tensor of entropy's shape {tuple(entropy.shape)}, got {describe(mask)}")
