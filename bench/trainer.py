@@ -303,11 +303,10 @@ def main() -> None:
             }
             if not vocab:  # the built-in model has the character vocabulary
                 runs["entrolab lab (built-in TinyGPT)"] = lambda t=tmp: lab_steps("tiny", args, Path(t) / "lab-tiny")
-            if vocab == args.vocabs[-1] and args.losses:  # the largest head: a realistic model step
+            if args.losses:  # the lab's own size (characters) and a realistic LM head
                 print(f"  {label} loss share of a lab step (Qwen2 checkpoint):", flush=True)
-                share_rows = loss_shares(str(ckpt), args, Path(tmp) / "shares")
-                for r in share_rows:
-                    r["vocab"] = label
+                for r in loss_shares(str(ckpt), args, Path(tmp) / "shares"):
+                    share_rows.append({**r, "vocab": label})
             for name, fn in runs.items():
                 try:
                     times = fn()
@@ -390,7 +389,10 @@ def main() -> None:
         "target": TARGET,
         "meets_target": {k: v >= TARGET for k, v in speedups.items()},
         "train_floor_ms": {r["vocab"]: round(r["train_floor_ms"], 2) for r in rows},
-        "loss_share_pct": {r["method"]: round(r["loss_share_pct"], 3) for r in share_rows},
+        "loss_share_pct": {
+            label: {r["method"]: round(r["loss_share_pct"], 3) for r in share_rows if r["vocab"] == label}
+            for label in dict.fromkeys(r["vocab"] for r in share_rows)
+        },
         "loss_share_goal_pct": 1.0,
         "roofline": roof,
         "machine": machine(),

@@ -298,7 +298,7 @@ def test_preset_composition_and_errors():
         preset_from_mapping("x", {"temprature": 1.0})
     with pytest.raises(ValueError, match="has no hyperparameter 'k'"):
         preset_from_mapping("x", {"base": "steer", "loss_kwargs": {"k": 1}})
-    with pytest.raises(ValueError, match="not registered"):
+    with pytest.raises(ValueError, match=r"loss must be one of 'cispo', .*; got 'nope'"):
         preset_from_mapping("x", {"loss": "nope"})
     with pytest.raises(ValueError, match=r"temperature must be in \(0.0"):
         preset_from_mapping("x", {"temperature": 0})

@@ -40,6 +40,18 @@ __all__ = [
     "resolve_task",
 ]
 
+_FILE_TASK_NAMES = ("VERIFIERS", "FileTask", "load_task_file", "parse_number")
+
+
+def __getattr__(name: str) -> Any:
+    """File tasks live in :mod:`entrolab.lab.task_files` (which imports this module); the names stay importable
+    from here, resolved on first use so there is no import cycle."""
+    if name in _FILE_TASK_NAMES:
+        from entrolab.lab import task_files
+
+        return getattr(task_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 MAX_EXPRESSION_CHARS = 64
 """Completions longer than this (after stripping) are rejected before any parsing."""
 MAX_DEPTH = 8
