@@ -308,7 +308,7 @@ def test_spear_replays_and_resumes_with_its_buffers(tmp_path, monkeypatch):
     from entrolab.lab import agentic
     from entrolab.lab.presets import preset_from_mapping
 
-    small = preset_from_mapping("spear_small", {"base": "spear", "spear_buffer_size": 4})
+    small = preset_from_mapping("spear_small", {"base": "spear", "replay_kwargs": {"buffer_size": 4}})
     settings = {**TINY, "steps": 8, "checkpoint_every": 4, "eval_every": 4}
 
     def cfg(name: str) -> LabConfig:

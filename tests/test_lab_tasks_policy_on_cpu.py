@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -302,12 +303,34 @@ def test_preset_composition_and_errors():
         preset_from_mapping("x", {"loss": "nope"})
     with pytest.raises(ValueError, match=r"temperature must be in \(0.0"):
         preset_from_mapping("x", {"temperature": 0})
-    with pytest.raises(ValueError, match="spear_buffer_size must be an int >= 0"):
-        preset_from_mapping("x", {"spear_buffer_size": -1})
-    with pytest.raises(ValueError, match="spear_schedule_fraction"):
-        preset_from_mapping("x", {"spear_schedule_fraction": 0})
-    with pytest.raises(ValueError, match="spear_tool_bonus must be true or false"):
-        preset_from_mapping("x", {"spear_tool_bonus": 1})
+    with pytest.raises(ValueError, match="buffer_size must be an int >= 1"):
+        preset_from_mapping("x", {"replay": "spear", "replay_kwargs": {"buffer_size": 0}})
+    with pytest.raises(ValueError, match="schedule_fraction must be in"):
+        preset_from_mapping("x", {"base": "spear", "replay_kwargs": {"schedule_fraction": 0}})
+    with pytest.raises(ValueError, match="tool_bonus must be true or false"):
+        preset_from_mapping("x", {"base": "spear", "replay_kwargs": {"tool_bonus": 1}})
+    with pytest.raises(ValueError, match=r"replay 'none' has no hyperparameter 'buffer_size'; valid: none"):
+        preset_from_mapping("x", {"replay_kwargs": {"buffer_size": 4}})
+    with pytest.raises(ValueError, match=r"rollout 'cure' has no hyperparameter 'k'; valid: top_k, stage1_fraction"):
+        preset_from_mapping("x", {"base": "cure", "rollout_kwargs": {"k": 4}})
+    with pytest.raises(ValueError, match=r"top_k must be an int >= 1"):
+        preset_from_mapping("x", {"base": "cure", "rollout_kwargs": {"top_k": 0}})
+    with pytest.raises(ValueError, match=r"target must be in \(0.0, 10.0\)"):
+        preset_from_mapping("x", {"base": "aepo_entropy", "rollout_kwargs": {"target": float("inf")}})
+    with pytest.raises(ValueError, match=r"'cure_top_k' is now rollout_kwargs.top_k"):
+        preset_from_mapping("x", {"base": "cure", "cure_top_k": 5})
+    with pytest.raises(ValueError, match="rollout_kwargs must be a mapping"):
+        preset_from_mapping("x", {"rollout_kwargs": [1]})
+    # knobs merge into the base's while the stage is unchanged, and reset when it changes
+    p = preset_from_mapping("cure_wide", {"base": "cure", "rollout_kwargs": {"top_k": 5}})
+    assert p.rollout_knobs == {"top_k": 5, "stage1_fraction": 0.5}
+    p = preset_from_mapping(
+        "c2", {"base": "cure_wide", "rollout_kwargs": {"stage1_fraction": 1.0}}, known={"cure_wide": p}
+    )
+    assert p.rollout_knobs == {"top_k": 5, "stage1_fraction": 1.0}
+    p = preset_from_mapping("std", {"base": "cure", "rollout": "standard"})
+    assert p.rollout_kwargs == {} and p.rollout_knobs == {}
+    assert PRESETS["spear"].replay_knobs == {"buffer_size": 64, "schedule_fraction": 0.5, "tool_bonus": True}
     with pytest.raises(ValueError, match="rollout must be one of"):
         preset_from_mapping("x", {"rollout": "tree"})
 
@@ -323,6 +346,20 @@ def test_config_files_toml_and_yaml(tmp_path):
     yml = tmp_path / "lab.yaml"
     yml.write_text("methods: grpo,clip_cov\nseeds: 3\n")
     assert LabConfig(**load_config_file(yml)).seeds == 3
+
+
+def test_docs_config_example_loads_and_stage_tables_agree(tmp_path):
+    """The config file in docs/lab.md is valid as written; every rollout the presets accept is dispatched."""
+    from entrolab.lab.presets import ROLLOUT_KNOBS
+    from entrolab.lab.stages import ROLLOUTS
+
+    text = (Path(__file__).parents[1] / "docs" / "lab.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "lab.toml").write_text(block)
+    cfg = LabConfig(**load_config_file(tmp_path / "lab.toml"))
+    assert cfg.presets["cure_wide"].rollout_knobs == {"top_k": 40, "stage1_fraction": 0.5}
+    assert cfg.presets["steer_hot"].kl_coef == 0.01
+    assert set(ROLLOUTS) == set(ROLLOUT_KNOBS)
 
 
 @pytest.mark.parametrize(
@@ -391,7 +428,6 @@ def test_sample_categorical_draws_from_the_distribution():
 def test_cure_rollout_groups_branches_and_prefixes():
     from entrolab.lab.method_rollouts import CURE_BRANCHES
     from entrolab.lab.method_rollouts import cure_rollout as _cure_rollout
-    from entrolab.lab.presets import PRESETS
     from entrolab.lab.tasks import Example
 
     tok, model = _model(3)
@@ -401,7 +437,7 @@ def test_cure_rollout_groups_branches_and_prefixes():
 
     def run(seed):
         return _cure_rollout(
-            model, ArithmeticTask(), examples, tok, group_size=group, max_new=max_new, preset=PRESETS["cure"],
+            model, ArithmeticTask(), examples, tok, group_size=group, max_new=max_new, temperature=1.0, top_k=20,
             generator=torch.Generator().manual_seed(seed),
         )  # fmt: skip
 
@@ -431,7 +467,6 @@ def test_cure_rollout_groups_branches_and_prefixes():
 def test_aepo_mix_in_replaces_head_rows_with_tempered_positives(monkeypatch):
     from entrolab.advantages import grpo_advantages
     from entrolab.lab import method_rollouts
-    from entrolab.lab.presets import PRESETS
     from entrolab.lab.rollout import generate
     from entrolab.lab.tasks import Example
 
@@ -449,7 +484,7 @@ def test_aepo_mix_in_replaces_head_rows_with_tempered_positives(monkeypatch):
     adv = grpo_advantages(torch.arange(16.0) % 2, group_size=g)
     monkeypatch.setattr(method_rollouts, "AEPO_K_FRACTION", 0.25)  # up to 4 of the 16 rows
     out, adv_out, metrics = method_rollouts.aepo_mix_in(
-        model, Always(), tok, examples, main, adv, group_size=g, preset=PRESETS["aepo_entropy"], max_new=4,
+        model, Always(), tok, examples, main, adv, group_size=g, temperature=1.0, max_new=4,
         prev_entropy=0.0, target=0.5, generator=torch.Generator().manual_seed(1),
     )  # fmt: skip
     assert metrics["aepo_temperature"] == 1.2  # the first step (previous entropy 0) samples hot
@@ -459,7 +494,7 @@ def test_aepo_mix_in_replaces_head_rows_with_tempered_positives(monkeypatch):
     assert bool((adv_out[:k] == 1.0).all()) and torch.equal(adv_out[k:], adv[k:])
     assert torch.equal(out.completion_ids[k:, : main.completion_ids.shape[1]], main.completion_ids[k:])
     _, _, above = method_rollouts.aepo_mix_in(
-        model, Always(), tok, examples, main, adv, group_size=g, preset=PRESETS["aepo_entropy"], max_new=4,
+        model, Always(), tok, examples, main, adv, group_size=g, temperature=1.0, max_new=4,
         prev_entropy=0.9, target=0.5, generator=torch.Generator().manual_seed(1),
     )  # fmt: skip
     assert above["aepo_temperature"] == 0.8

@@ -15,7 +15,6 @@ from entrolab.advantages import aepo_mix, aepo_temperature, grpo_advantages, spe
 from entrolab.lab.agentic import SpearReplay
 from entrolab.lab.config import LabError
 from entrolab.lab.policy import Policy, Tokenizer
-from entrolab.lab.presets import Preset
 from entrolab.lab.rollout import Rollout, concat_rollouts, generate, score_completions, subset_rollout, tool_kwargs
 from entrolab.lab.tasks import Example, Task
 from entrolab.losses import Aggregation, get_policy_loss
@@ -51,12 +50,13 @@ def cure_rollout(
     *,
     group_size: int,
     max_new: int,
-    preset: Preset,
+    temperature: float,
+    top_k: int,
     generator: torch.Generator,
 ) -> tuple[Rollout, list[str], dict[str, float]]:
     """CURE stage 1 (arXiv 2508.11016, section 3; ``shared/specs/llm_rl.md`` section 19): per prompt,
     ``n1 = group_size / 4`` originals; each is cut before a critical token drawn uniformly from its
-    ``cure_top_k`` highest-entropy positions (position 0 and the end-of-sequence token excluded) and continued
+    ``top_k`` highest-entropy positions (position 0 and the end-of-sequence token excluded) and continued
     ``CURE_BRANCHES`` times from ``prompt + response[:c]``, within the original answer budget.  The group is the
     originals and their branches, contiguous per prompt; a branch's prefix is part of its prompt, so the loss covers
     only the regenerated tokens, and it is rewarded on ``prefix + continuation``.
@@ -65,8 +65,8 @@ def cure_rollout(
     the built-in character tokenizer every token is one character, so only whitespace-only tokens are skipped.
     """
     rollout, texts, metrics = branched_rollout(
-        model, task, examples, tok, group_size=group_size, max_new=max_new, temperature=preset.temperature,
-        strategy="random_of_top", top_k=preset.cure_top_k, generator=generator,
+        model, task, examples, tok, group_size=group_size, max_new=max_new, temperature=temperature,
+        strategy="random_of_top", top_k=top_k, generator=generator,
     )  # fmt: skip
     return rollout, texts, {"cure_stage": 1.0, **{f"cure_{k}": v for k, v in metrics.items()}}
 
@@ -163,7 +163,7 @@ def aepo_mix_in(
     adv_seq: torch.Tensor,
     *,
     group_size: int,
-    preset: Preset,
+    temperature: float,
     max_new: int,
     prev_entropy: float | None,
     target: float | None,
@@ -195,7 +195,7 @@ def aepo_mix_in(
         return rollout, adv_seq, metrics
     chosen = subset_rollout(tempered, taken)
     with torch.no_grad():  # the behaviour policy at the training temperature, not the tempered one
-        logp, ent, _ = score_completions(model, chosen, temperature=preset.temperature)
+        logp, ent, _ = score_completions(model, chosen, temperature=temperature)
     chosen.sample_logp, chosen.sample_entropy = logp * chosen.completion_mask, ent
     both = concat_rollouts([rollout, chosen], pad_id=tok.pad_id)
     order = list(range(b))
@@ -216,7 +216,7 @@ def spear_replay(
     spear: SpearReplay,
     *,
     grad_clip: float,
-    preset: Preset,
+    temperature: float,
     agg: str | Aggregation,
     step: int,
     max_steps: int,
@@ -233,14 +233,14 @@ def spear_replay(
         return out
     weight = spear_replay_weight(step, max_steps=max_steps)
     with torch.no_grad():
-        old_logp, _, _ = score_completions(model, replay, temperature=preset.temperature)
-    logp, ent, _ = score_completions(model, replay, temperature=preset.temperature)
+        old_logp, _, _ = score_completions(model, replay, temperature=temperature)
+    logp, ent, _ = score_completions(model, replay, temperature=temperature)
     res = get_policy_loss("clip_cov")(
         logp, old_logp, adv, replay.completion_mask, entropy=ent, agg=agg, generator=generator, **SPEAR_REPLAY_LOSS
     )
     loss = weight * res.loss
     if not torch.isfinite(loss):
-        raise LabError(f"{preset.name}: the SPEAR replay loss is {float(loss.detach())} at step {step + 1}")
+        raise LabError(f"the SPEAR replay loss is {float(loss.detach())} at step {step + 1}")
     if weight > 0:
         opt.zero_grad(set_to_none=True)
         loss.backward()

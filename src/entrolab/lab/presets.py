@@ -18,17 +18,28 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from entrolab._validation import check_bool, check_choice, check_int, check_number
 from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses
 
-__all__ = ["ADVANTAGES", "PRESETS", "Preset", "get_preset", "preset_from_mapping"]
+__all__ = [
+    "ADVANTAGES",
+    "PRESETS",
+    "REPLAY_KNOBS",
+    "ROLLOUT_KNOBS",
+    "Preset",
+    "aepo_knobs",
+    "cure_knobs",
+    "get_preset",
+    "no_knobs",
+    "preset_from_mapping",
+    "spear_knobs",
+]
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo", "empg")
-ROLLOUTS = ("standard", "cure", "aepo", "ettrl", "aepo_eb")
 
 
 @dataclass(frozen=True)
@@ -68,26 +79,16 @@ class Preset:
     """Sampling temperature of the training rollouts."""
     rollout: str = "standard"
     """``standard`` (``group_size`` independent samples per prompt), ``cure`` (CURE stage 1: ``group_size / 4``
-    originals, each branched at a random one of its ``cure_top_k`` highest-entropy tokens into 3 continuations),
+    originals, each branched at a random one of its ``top_k`` highest-entropy tokens into 3 continuations),
     ``ettrl`` (entropy-fork trees branched at the top-entropy token, trained on majority-vote pseudo-rewards) or
     ``aepo`` (tempered REINFORCE samples mixed into the batch) or ``aepo_eb`` (agentic AEPO's entropy-balanced roots
     and branches at tool replies; needs a task with a tool)."""
-    cure_top_k: int = 20
-    """CURE: how many of the highest-entropy positions the fork is drawn from."""
-    cure_stage1_fraction: float = 0.5
-    """CURE: the share of the RL steps run as stage 1 (branching); the rest is stage 2, plain DAPO sampling from the
-    stage-1 policy (the paper: 300 stage-1 steps, then stage 2).  1.0 runs stage 1 only."""
-    aepo_target: float = 0.75
-    """AEPO (``rollout = "aepo"``): the entropy target as a fraction of the first step's mean token entropy."""
-
-    spear_buffer_size: int = 0
-    """SPEAR self-imitation (0: off): replay the positive-advantage trajectories of the last steps through a Clip-Cov
-    pass once the buffer holds more than 1.5 x this many (the paper's 2048, scaled to the lab's 128-row batches)."""
-    spear_tool_bonus: bool = False
-    """SPEAR's curriculum: add ``min(1, 0.1 n_calls) (cos(pi s / S) + 1) / 2`` to each reward (tool tasks)."""
-    spear_schedule_fraction: float = 0.5
-    """SPEAR: ``S`` (replay-loss warm-up) and ``S_tool`` (tool-bonus decay) as a fraction of the run's RL steps (the
-    paper: 100-200 steps)."""
+    rollout_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """The rollout's knobs, checked against ``ROLLOUT_KNOBS[rollout]`` (:func:`cure_knobs`, :func:`aepo_knobs`)."""
+    replay: str = "none"
+    """``none`` or ``spear`` (SPEAR's self-imitation replay and tool-call curriculum)."""
+    replay_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """The replay's knobs, checked against ``REPLAY_KNOBS[replay]`` (:func:`spear_knobs`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -98,32 +99,104 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: {exc}") from None
 
     def _check_fields(self) -> None:
-        check_choice("rollout", self.rollout, ROLLOUTS)
+        check_choice("rollout", self.rollout, tuple(ROLLOUT_KNOBS))
         check_choice("advantage", self.advantage, ADVANTAGES)
         check_choice("loss", self.loss, tuple(policy_losses()))
         check_choice("agg", self.agg, AGG_MODES)
-        for key in ("cure_stage1_fraction", "spear_schedule_fraction"):
-            check_number(key, getattr(self, key), low=0.0, low_open=True, high=1.0)
-        check_number("aepo_target", self.aepo_target, low=0.0, low_open=True, high=10.0, high_open=True)
+        check_choice("replay", self.replay, tuple(REPLAY_KNOBS))
         if self.adaptive_entropy_target is not None:
             check_number("adaptive_entropy_target", self.adaptive_entropy_target, low=0.0, low_open=True, high=10.0)
         for key in ("entropy_coef", "siren_coef", "epo_coef", "kl_coef"):
             check_number(key, getattr(self, key), low=0.0)
         check_number("temperature", self.temperature, low=0.0, low_open=True)
-        check_int("spear_buffer_size", self.spear_buffer_size, low=0)
-        check_int("cure_top_k", self.cure_top_k, low=1)
-        check_bool("spear_tool_bonus", self.spear_tool_bonus)
-        if not isinstance(self.loss_kwargs, Mapping):
-            raise TypeError(f"loss_kwargs must be a mapping, got {self.loss_kwargs!r}")
-        params = inspect.signature(get_policy_loss(self.loss)).parameters
-        for key in self.loss_kwargs:
-            if key not in params or key in ("logp", "old_logp", "advantages", "mask", "entropy", "agg", "generator"):
-                raise ValueError(f"loss {self.loss!r} has no hyperparameter {key!r}")
+        _check_kwargs("loss", self.loss, get_policy_loss(self.loss), self.loss_kwargs, exclude=_LOSS_INPUTS)
+        _check_kwargs("rollout", self.rollout, ROLLOUT_KNOBS[self.rollout], self.rollout_kwargs)
+        _check_kwargs("replay", self.replay, REPLAY_KNOBS[self.replay], self.replay_kwargs)
+        ROLLOUT_KNOBS[self.rollout](**self.rollout_kwargs)  # the values, by name
+        REPLAY_KNOBS[self.replay](**self.replay_kwargs)
+
+    @property
+    def rollout_knobs(self) -> dict[str, Any]:
+        """Every knob of the rollout, defaults filled in."""
+        return ROLLOUT_KNOBS[self.rollout](**self.rollout_kwargs)
+
+    @property
+    def replay_knobs(self) -> dict[str, Any]:
+        """Every knob of the replay, defaults filled in."""
+        return REPLAY_KNOBS[self.replay](**self.replay_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["loss_kwargs"] = dict(self.loss_kwargs)
+        for key in _KWARGS:
+            d[key] = dict(getattr(self, key))
         return d
+
+
+_LOSS_INPUTS = ("logp", "old_logp", "advantages", "mask", "entropy", "agg", "generator")
+_KWARGS = {"loss_kwargs": "loss", "rollout_kwargs": "rollout", "replay_kwargs": "replay"}
+
+
+def _check_kwargs(
+    stage: str, choice: str, fn: Callable[..., Any], kwargs: object, *, exclude: tuple[str, ...] = ()
+) -> None:
+    """``kwargs`` is a mapping whose keys are keyword parameters of ``fn`` (the stage's function)."""
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"{stage}_kwargs must be a mapping, got {kwargs!r}")
+    params = [
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in exclude
+    ]
+    for key in kwargs:
+        if key not in params:
+            valid = ", ".join(params) or "none"
+            raise ValueError(f"{stage} {choice!r} has no hyperparameter {key!r}; valid: {valid}")
+
+
+# ------------------------------------------------------------------------- per-stage knobs, checked by name
+def no_knobs() -> dict[str, Any]:
+    """A stage without knobs."""
+    return {}
+
+
+def cure_knobs(*, top_k: int = 20, stage1_fraction: float = 0.5) -> dict[str, Any]:
+    """CURE's rollout (arXiv 2508.11016): the fork is drawn from the ``top_k`` highest-entropy positions; stage 1
+    (branching) runs for the first ``stage1_fraction`` of the RL steps, stage 2 (plain DAPO sampling from the stage-1
+    policy) for the rest (the paper: 300 stage-1 steps, then stage 2; 1.0 runs stage 1 only)."""
+    check_int("top_k", top_k, low=1)
+    check_number("stage1_fraction", stage1_fraction, low=0.0, low_open=True, high=1.0)
+    return {"top_k": top_k, "stage1_fraction": stage1_fraction}
+
+
+def aepo_knobs(*, target: float = 0.75) -> dict[str, Any]:
+    """AEPO's rollout (arXiv 2510.08141): the entropy target as a fraction of the first step's mean token entropy
+    (the paper sets an absolute 0.5-0.75 nats for its models)."""
+    check_number("target", target, low=0.0, low_open=True, high=10.0, high_open=True)
+    return {"target": target}
+
+
+def spear_knobs(*, buffer_size: int = 64, schedule_fraction: float = 0.5, tool_bonus: bool = True) -> dict[str, Any]:
+    """SPEAR (arXiv 2509.22601): replay the positive-advantage trajectories of the last steps through a Clip-Cov pass
+    once the buffer holds more than 1.5 x ``buffer_size`` (the paper's 2048, scaled to the lab's 128-row batches);
+    ``schedule_fraction`` of the run's RL steps is both ``S`` (replay-loss warm-up) and ``S_tool`` (tool-bonus decay;
+    the paper: 100-200 steps); ``tool_bonus`` adds ``min(1, 0.1 n_calls) (cos(pi s / S) + 1) / 2`` to each reward on
+    tool tasks."""
+    check_int("buffer_size", buffer_size, low=1)
+    check_number("schedule_fraction", schedule_fraction, low=0.0, low_open=True, high=1.0)
+    check_bool("tool_bonus", tool_bonus)
+    return {"buffer_size": buffer_size, "schedule_fraction": schedule_fraction, "tool_bonus": tool_bonus}
+
+
+ROLLOUT_KNOBS: dict[str, Callable[..., dict[str, Any]]] = {
+    "standard": no_knobs,
+    "cure": cure_knobs,
+    "aepo": aepo_knobs,
+    "ettrl": no_knobs,
+    "aepo_eb": no_knobs,
+}
+"""Each rollout's knob function: its keyword parameters are the valid ``rollout_kwargs``."""
+REPLAY_KNOBS: dict[str, Callable[..., dict[str, Any]]] = {"none": no_knobs, "spear": spear_knobs}
+"""Each replay's knob function: its keyword parameters are the valid ``replay_kwargs``."""
 
 
 _LAB_RATIO = 0.02
@@ -256,8 +329,7 @@ PRESETS: dict[str, Preset] = {
             advantage="dr_grpo",
             agg="seq-mean-token-sum-norm",
             loss_kwargs={"eps_low": 0.2, "eps_high": 0.28},
-            spear_buffer_size=64,
-            spear_tool_bonus=True,
+            replay="spear",
         ),
     ]
 }
@@ -272,25 +344,39 @@ def get_preset(name: str, extra: Mapping[str, Preset] | None = None) -> Preset:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Preset)} - {"name"}
+_MOVED_FIELDS = {
+    "cure_top_k": "rollout_kwargs.top_k",
+    "cure_stage1_fraction": "rollout_kwargs.stage1_fraction",
+    "aepo_target": "rollout_kwargs.target",
+    "spear_buffer_size": 'replay = "spear" with replay_kwargs.buffer_size',
+    "spear_tool_bonus": "replay_kwargs.tool_bonus",
+    "spear_schedule_fraction": "replay_kwargs.schedule_fraction",
+}
 
 
 def preset_from_mapping(name: str, values: Mapping[str, Any], *, known: Mapping[str, Preset] | None = None) -> Preset:
     """A new preset ``name`` from a config-file table: ``base`` (default ``"grpo"``) plus overridden fields.
 
-    ``loss_kwargs`` are merged into the base's when the loss is unchanged, replaced otherwise.
+    ``loss_kwargs``, ``rollout_kwargs`` and ``replay_kwargs`` are merged into the base's while the loss (rollout,
+    replay) is unchanged, replaced otherwise.  Fields of earlier releases that became stage knobs (``cure_top_k``,
+    ``spear_buffer_size``, ...) are refused with their new place.
     """
     if not isinstance(values, Mapping):
         raise TypeError(f"preset {name!r} must be a table of fields, got {values!r}")
     values = dict(values)
     base = get_preset(values.pop("base", "grpo"), known)
+    moved = sorted(set(values) & set(_MOVED_FIELDS))
+    if moved:
+        raise ValueError(f"preset {name!r}: field {moved[0]!r} is now {_MOVED_FIELDS[moved[0]]}")
     unknown = sorted(set(values) - _FIELDS)
     if unknown:
         raise ValueError(f"preset {name!r}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(_FIELDS))}")
     merged = base.to_dict()
-    if "loss_kwargs" in values and values.get("loss", base.loss) == base.loss:
-        values["loss_kwargs"] = {**merged["loss_kwargs"], **dict(values["loss_kwargs"])}
-    elif "loss" in values and values["loss"] != base.loss:
-        merged["loss_kwargs"] = {}
+    for kwargs, stage in _KWARGS.items():  # knobs merge while the stage's choice is unchanged
+        if values.get(stage, merged[stage]) != merged[stage]:
+            merged[kwargs] = {}
+        elif isinstance(values.get(kwargs), Mapping):
+            values[kwargs] = {**merged[kwargs], **dict(values[kwargs])}
     merged.update(values)
     merged["name"] = name
     return Preset(**merged)

@@ -110,7 +110,8 @@ class RunState:
         self.anchor = SirenAnchor()
         # EPO's reference entropy: one per RL step on single-turn tasks, one per model turn on tool tasks
         self.history = EntropyHistory(max_steps=MAX_TURNS if has_tool else 1)
-        self.spear = SpearReplay(buffer_size=preset.spear_buffer_size) if preset.spear_buffer_size > 0 else None
+        spear = preset.replay_knobs if preset.replay == "spear" else None
+        self.spear = SpearReplay(buffer_size=spear["buffer_size"]) if spear else None
         self.aepo: dict[str, float | None] = {"prev_entropy": 0.0, "target": None}  # the code starts from entropy 0
         self.step = 0
         self.metric_rows = 0
@@ -191,12 +192,13 @@ def standard_rollout(
 def cure_stage(
     ctx: RunContext, state: RunState, examples: list[Example], step: int
 ) -> tuple[Rollout, list[str], dict[str, float]]:
-    """CURE: stage 1 (critical-token branching) for the first ``cure_stage1_fraction`` of the steps, then plain
-    sampling from the stage-1 policy."""
-    if step < round(ctx.preset.cure_stage1_fraction * ctx.cfg.steps):
+    """CURE: stage 1 (critical-token branching) for the first ``stage1_fraction`` of the steps, then plain
+    sampling from the stage-1 policy (knobs: :func:`~entrolab.lab.presets.cure_knobs`)."""
+    knobs = ctx.preset.rollout_knobs
+    if step < round(knobs["stage1_fraction"] * ctx.cfg.steps):
         return cure_rollout(
             state.model, ctx.task, examples, ctx.tok, group_size=ctx.cfg.group_size, max_new=ctx.max_new,
-            preset=ctx.preset, generator=state.gen,
+            temperature=ctx.preset.temperature, top_k=knobs["top_k"], generator=state.gen,
         )  # fmt: skip
     rollout, texts, _ = standard_rollout(ctx, state, examples, step)
     return rollout, texts, {"cure_stage": 2.0}
@@ -255,7 +257,7 @@ def advantage_stage(ctx: RunContext, state: RunState, b: Batch, step: int) -> No
     preset, g = ctx.preset, ctx.cfg.group_size
     group_advantages = GROUP_ADVANTAGES[preset.advantage]
     b.shaped = b.rewards
-    if preset.spear_tool_bonus and ctx.has_tool:
+    if preset.replay == "spear" and preset.replay_knobs["tool_bonus"] and ctx.has_tool:
         assert b.rollout.tool_mask is not None
         calls = b.turns.masked_fill(~(b.rollout.completion_mask | b.rollout.tool_mask), 0).amax(-1)
         bonus = spear_tool_bonus(calls, step, max_steps=ctx.spear_steps)
@@ -275,11 +277,11 @@ def advantage_stage(ctx: RunContext, state: RunState, b: Batch, step: int) -> No
         if state.aepo["target"] is None:  # a fraction of the first step's mean entropy, as adaptive_entropy
             assert b.rollout.sample_entropy is not None
             first = float(b.rollout.sample_entropy[b.rollout.completion_mask].mean())
-            state.aepo["target"] = preset.aepo_target * max(first, 1e-6)
+            state.aepo["target"] = preset.rollout_knobs["target"] * max(first, 1e-6)
         b.rollout, b.adv_seq, mixed = aepo_mix_in(
-            state.model, ctx.task, ctx.tok, b.examples, b.rollout, b.adv_seq, group_size=g, preset=preset,
-            max_new=ctx.max_new, prev_entropy=state.aepo["prev_entropy"], target=state.aepo["target"],
-            generator=state.gen,
+            state.model, ctx.task, ctx.tok, b.examples, b.rollout, b.adv_seq, group_size=g,
+            temperature=preset.temperature, max_new=ctx.max_new, prev_entropy=state.aepo["prev_entropy"],
+            target=state.aepo["target"], generator=state.gen,
         )  # fmt: skip
         b.metrics.update(mixed)
     b.adv = b.adv_seq
@@ -435,8 +437,9 @@ def after_update(ctx: RunContext, state: RunState, b: Batch, loss_metrics: dict[
         b.metrics["spear_buffer"] = float(len(state.spear))
         if state.spear.full:
             replayed = spear_replay(
-                state.model, state.opt, state.spear, grad_clip=ctx.cfg.grad_clip, preset=ctx.preset, agg=ctx.agg,
-                step=step, max_steps=ctx.spear_steps, pad_id=ctx.tok.pad_id, generator=state.gen,
+                state.model, state.opt, state.spear, grad_clip=ctx.cfg.grad_clip,
+                temperature=ctx.preset.temperature, agg=ctx.agg, step=step, max_steps=ctx.spear_steps,
+                pad_id=ctx.tok.pad_id, generator=state.gen,
             )  # fmt: skip
             b.metrics.update(replayed)
 

@@ -52,6 +52,7 @@ def __getattr__(name: str) -> Any:
         return getattr(task_files, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 MAX_EXPRESSION_CHARS = 64
 """Completions longer than this (after stripping) are rejected before any parsing."""
 MAX_DEPTH = 8

@@ -292,7 +292,7 @@ def train_one(
     agg = Aggregation(preset.agg, max_length=max_new) if preset.agg == "seq-mean-token-sum-norm" else preset.agg
     ctx = RunContext(
         cfg, preset, task, tok, max_new, loss_fn=get_policy_loss(preset.loss), agg=agg,
-        spear_steps=spear_schedule_steps(cfg.steps, preset.spear_schedule_fraction),
+        spear_steps=spear_schedule_steps(cfg.steps, preset.replay_knobs.get("schedule_fraction", 1.0)),
     )  # fmt: skip
     state = RunState(cfg, preset, seed, init_model, has_tool=ctx.has_tool)
     terms = build_terms(preset)
