@@ -380,3 +380,33 @@ def test_adam8bit_optimizer_trains_and_resumes(tmp_path, monkeypatch):
 def test_unknown_lab_optimizer_is_refused():
     with pytest.raises(ValueError, match="optimizer must be one of 'adam', 'adam8bit'"):
         LabConfig(methods=("grpo",), optimizer="lion")
+
+
+def test_a_run_directory_is_never_written_by_two_processes(tmp_path):
+    """A second process on a locked run directory fails at once, naming it; the lock dies with its holder."""
+    from entrolab.lab.trainer import run_directory_lock
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from entrolab.lab.trainer import run_directory_lock\n"
+            "with run_directory_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        cfg = LabConfig(methods=("grpo",), steps=1, seeds=1, out=str(out))
+        with pytest.raises(LabError, match=f"run directory {out} is in use by another lab process"):
+            run_lab(cfg, progress=False)
+        assert not (out / "config.json").exists()  # nothing written under the other process's feet
+    finally:
+        holder.kill()
+        holder.wait()
+    # released with the killed holder; one process re-entering its own lock is refused too
+    with run_directory_lock(out), pytest.raises(LabError, match="in use"), run_directory_lock(out):
+        pass

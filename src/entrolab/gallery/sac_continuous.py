@@ -114,6 +114,45 @@ def evaluate(actor: Actor, env_id: str, *, episodes: int, seed: int) -> float:
     return total / episodes
 
 
+def sac_update(
+    sample: tuple[torch.Tensor, ...],
+    *,
+    actor: Actor,
+    critic: Critic,
+    target: Critic,
+    opt_actor: torch.optim.Optimizer,
+    opt_critic: torch.optim.Optimizer,
+    temperature: LagrangianTemperature,
+    gamma: float,
+    tau: float,
+) -> float:
+    """One SAC update on a replay sample ``(obs, action, reward, next_obs, done)`` (arXiv 1812.05905, Algorithm 1):
+    the twin critics to the soft Bellman target, the actor, the temperature, then Polyak-averaged target critics.
+    Returns the policy's entropy estimate ``-E[log pi]`` on the sample."""
+    o, a, r, o2, d = sample
+    alpha = temperature.value
+    with torch.no_grad():  # soft Bellman target with the target critics
+        a2, logp2 = actor(o2)
+        q1t, q2t = target(o2, a2)
+        y = r + gamma * (1 - d) * (torch.min(q1t, q2t) - alpha * logp2)
+    q1, q2 = critic(o, a)
+    loss_q = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
+    opt_critic.zero_grad(set_to_none=True)
+    loss_q.backward()
+    opt_critic.step()
+    a_new, logp = actor(o)
+    q1n, q2n = critic(o, a_new)
+    loss_pi = (alpha * logp - torch.min(q1n, q2n)).mean()
+    opt_actor.zero_grad(set_to_none=True)
+    loss_pi.backward()
+    opt_actor.step()
+    temperature.observe(logp.detach())  # alpha up when the entropy -E[log pi] is below -dim(A)
+    with torch.no_grad():
+        for p, pt in zip(critic.parameters(), target.parameters()):
+            pt.lerp_(p, tau)
+    return float(-logp.detach().mean())
+
+
 def train(
     env_id: str = "Pendulum-v1",
     *,
@@ -167,28 +206,10 @@ def train(
         if term or trunc:
             obs, _ = env.reset()
         if step > learning_starts:
-            o, a, r, o2, d = replay.sample(batch, rng)
-            alpha = temperature.value
-            with torch.no_grad():  # soft Bellman target with the target critics
-                a2, logp2 = actor(o2)
-                q1t, q2t = target(o2, a2)
-                y = r + gamma * (1 - d) * (torch.min(q1t, q2t) - alpha * logp2)
-            q1, q2 = critic(o, a)
-            loss_q = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
-            opt_critic.zero_grad(set_to_none=True)
-            loss_q.backward()
-            opt_critic.step()
-            a_new, logp = actor(o)
-            q1n, q2n = critic(o, a_new)
-            loss_pi = (alpha * logp - torch.min(q1n, q2n)).mean()
-            opt_actor.zero_grad(set_to_none=True)
-            loss_pi.backward()
-            opt_actor.step()
-            temperature.observe(logp.detach())  # alpha up when the entropy -E[log pi] is below -dim(A)
-            entropy = float(-logp.detach().mean())
-            with torch.no_grad():
-                for p, pt in zip(critic.parameters(), target.parameters()):
-                    pt.lerp_(p, tau)
+            entropy = sac_update(
+                replay.sample(batch, rng), actor=actor, critic=critic, target=target, opt_actor=opt_actor,
+                opt_critic=opt_critic, temperature=temperature, gamma=gamma, tau=tau,
+            )  # fmt: skip
         if step % eval_every == 0 or step == steps:
             ret = evaluate(actor, env_id, episodes=eval_episodes, seed=10_000 + seed)
             out["returns"].append([step, ret])

@@ -81,6 +81,91 @@ def _annotate(path: _Path, vocab_size: int) -> None:
         path.cuts.append(int(own[0]) if own.numel() else len(path.ids))
 
 
+@dataclass
+class _Forest:
+    """The responses grown so far for a batch of questions (``paths[q]``) and the generation calls that made them."""
+
+    model: Policy
+    task: Task
+    tok: Tokenizer
+    base: list[list[int]]
+    max_new: int
+    temperature: float
+    generator: torch.Generator
+    paths: list[list[_Path]]
+    calls: list[Rollout] = field(default_factory=list)
+
+    def launch(self, questions: list[int], sources: list[_Path | None], cuts: list[int]) -> list[_Path]:
+        """Generate one response per ``questions[i]``: a fresh root when ``sources[i]`` is None, else a copy of
+        ``sources[i]`` up to ``cuts[i]`` that re-generates from there.  The new paths are appended and returned."""
+        if not questions:
+            return []
+        prefixes = [s.ids[:c] if s is not None else [] for s, c in zip(sources, cuts)]
+        out = generate(
+            self.model,
+            [self.base[q] + p for q, p in zip(questions, prefixes)],
+            max_new_tokens=self.max_new,
+            budgets=torch.tensor([self.max_new - len(p) for p in prefixes]),
+            temperature=self.temperature,
+            eos_id=self.tok.eos_id,
+            pad_id=self.tok.pad_id,
+            generator=self.generator,
+            **tool_kwargs(self.task, self.tok, prefixes),  # type: ignore[arg-type]
+        )
+        assert out.sample_entropy is not None and out.tool_mask is not None
+        self.calls.append(out)
+        vocab = int(self.model.head.weight.shape[0])
+        made = []
+        for i, (q, s, c) in enumerate(zip(questions, sources, cuts)):
+            n = int((out.completion_mask[i] | out.tool_mask[i]).sum())  # real tokens are a prefix of the row
+            path = _Path(
+                question=q,
+                ids=prefixes[i] + out.completion_ids[i, :n].tolist(),
+                entropy=(s.entropy[:c] if s is not None else []) + out.sample_entropy[i, :n].tolist(),
+                tool=(s.tool[:c] if s is not None else []) + out.tool_mask[i, :n].tolist(),
+                prefix_len=len(prefixes[i]),
+                call=len(self.calls) - 1,
+                row=i,
+            )
+            _annotate(path, vocab)
+            if s is not None:  # a copy keeps its source's first turn
+                path.turn_entropy[0] = s.turn_entropy[0]
+            self.paths[q].append(path)
+            made.append(path)
+        return made
+
+
+def _branch_round(
+    grow: _Forest, r: int, consecutive: list[int], *, budget: int, weight: float, penalty: float
+) -> tuple[list[_Path], bool]:
+    """Round ``r`` of AEPO-EB's branching: every path with an ``r``-th tool reply and text after it may branch
+    there while its question has budget left.  Updates ``consecutive`` in place; returns the new branches and
+    whether any path was a candidate (no candidate ends the branching)."""
+    todo_q: list[int] = []
+    todo_src: list[_Path | None] = []
+    todo_cut: list[int] = []
+    any_candidate = False
+    for q, question_paths in enumerate(grow.paths):
+        branched = False
+        for p in list(question_paths):
+            if len(p.cuts) < r or p.cuts[r - 1] < p.prefix_len or p.cuts[r - 1] >= len(p.ids):
+                continue  # no r-th reply of its own, or nothing generated after it
+            any_candidate = True
+            if len(question_paths) + todo_q.count(q) >= budget:
+                break
+            u = float(torch.rand((), generator=grow.generator, dtype=torch.float64))
+            prob = aepo_branch_probability(
+                u, p.turn_entropy[r], p.turn_entropy[0], consecutive=consecutive[q], weight=weight, penalty=penalty
+            )
+            if aepo_should_branch(prob, threshold=AEPO_BRANCH_PROBABILITY):
+                todo_q.append(q)
+                todo_src.append(p)
+                todo_cut.append(p.cuts[r - 1])
+                branched = True
+        consecutive[q] = consecutive[q] + 1 if branched else 0
+    return grow.launch(todo_q, todo_src, todo_cut), any_candidate
+
+
 def aepo_eb_rollout(
     model: Policy,
     task: Task,
@@ -126,101 +211,45 @@ def aepo_eb_rollout(
         branched) and ``aepo_fresh`` (mean fill-in roots per question).
     """
     k = group_size
-    vocab = int(model.head.weight.shape[0])
-    base = [tok.prompt_ids(ex.prompt) for ex in examples]
-    calls: list[Rollout] = []
-    paths: list[list[_Path]] = [[] for _ in examples]
-
-    def launch(questions: list[int], sources: list[_Path | None], cuts: list[int]) -> list[_Path]:
-        if not questions:
-            return []
-        prefixes = [s.ids[:c] if s is not None else [] for s, c in zip(sources, cuts)]
-        out = generate(
-            model,
-            [base[q] + p for q, p in zip(questions, prefixes)],
-            max_new_tokens=max_new,
-            budgets=torch.tensor([max_new - len(p) for p in prefixes]),
-            temperature=temperature,
-            eos_id=tok.eos_id,
-            pad_id=tok.pad_id,
-            generator=generator,
-            **tool_kwargs(task, tok, prefixes),  # type: ignore[arg-type]
-        )
-        assert out.sample_entropy is not None and out.tool_mask is not None
-        calls.append(out)
-        made = []
-        for i, (q, s, c) in enumerate(zip(questions, sources, cuts)):
-            n = int((out.completion_mask[i] | out.tool_mask[i]).sum())  # real tokens are a prefix of the row
-            path = _Path(
-                question=q,
-                ids=prefixes[i] + out.completion_ids[i, :n].tolist(),
-                entropy=(s.entropy[:c] if s is not None else []) + out.sample_entropy[i, :n].tolist(),
-                tool=(s.tool[:c] if s is not None else []) + out.tool_mask[i, :n].tolist(),
-                prefix_len=len(prefixes[i]),
-                call=len(calls) - 1,
-                row=i,
-            )
-            _annotate(path, vocab)
-            if s is not None:  # a copy keeps its source's first turn
-                path.turn_entropy[0] = s.turn_entropy[0]
-            made.append(path)
-        return made
-
+    grow = _Forest(
+        model=model,
+        task=task,
+        tok=tok,
+        base=[tok.prompt_ids(ex.prompt) for ex in examples],
+        max_new=max_new,
+        temperature=temperature,
+        generator=generator,
+        paths=[[] for _ in examples],
+    )
+    everyone = list(range(len(examples)))
     # 1. pre-monitoring: one response per question decides its number of roots
     roots_wanted = []
-    for p in launch(list(range(len(examples))), [None] * len(examples), [0] * len(examples)):
-        paths[p.question].append(p)
+    for p in grow.launch(everyone, [None] * len(everyone), [0] * len(everyone)):
         after = [h for h, cut in zip(p.turn_entropy[1:], p.cuts) if cut < len(p.ids)]
         h_tool = sum(after) / len(after) if after else p.turn_entropy[0]
         roots_wanted.append(aepo_root_count(p.turn_entropy[0], h_tool, budget=k, beta=beta))
     more = [q for q, m in enumerate(roots_wanted) for _ in range(m - 1)]
-    for p in launch(more, [None] * len(more), [0] * len(more)):
-        paths[p.question].append(p)
+    grow.launch(more, [None] * len(more), [0] * len(more))
     # 2. branching after tool replies, round by round
     consecutive = [0] * len(examples)
     branches = [0] * len(examples)
     rounds_with_branches = 0
-    r = 1
-    while True:
-        todo_q: list[int] = []
-        todo_src: list[_Path | None] = []
-        todo_cut: list[int] = []
-        any_candidate = False
-        for q in range(len(examples)):
-            branched = False
-            for p in list(paths[q]):
-                if len(p.cuts) < r or p.cuts[r - 1] < p.prefix_len or p.cuts[r - 1] >= len(p.ids):
-                    continue  # no r-th reply of its own, or nothing generated after it
-                any_candidate = True
-                if len(paths[q]) + sum(1 for x in todo_q if x == q) >= k:
-                    break
-                u = float(torch.rand((), generator=generator, dtype=torch.float64))
-                prob = aepo_branch_probability(
-                    u, p.turn_entropy[r], p.turn_entropy[0], consecutive=consecutive[q], weight=weight, penalty=penalty
-                )
-                if aepo_should_branch(prob, threshold=AEPO_BRANCH_PROBABILITY):
-                    todo_q.append(q)
-                    todo_src.append(p)
-                    todo_cut.append(p.cuts[r - 1])
-                    branched = True
-            consecutive[q] = consecutive[q] + 1 if branched else 0
-        for p in launch(todo_q, todo_src, todo_cut):
-            paths[p.question].append(p)
+    for r in range(1, max_new + 1):
+        made, any_candidate = _branch_round(grow, r, consecutive, budget=k, weight=weight, penalty=penalty)
+        for p in made:
             branches[p.question] += 1
-        rounds_with_branches += bool(todo_q)
-        if not any_candidate or r >= max_new:
+        rounds_with_branches += bool(made)
+        if not any_candidate:
             break
-        r += 1
     # 3. fill every question up to its budget with fresh roots
-    fill = [q for q in range(len(examples)) for _ in range(k - len(paths[q]))]
-    for p in launch(fill, [None] * len(fill), [0] * len(fill)):
-        paths[p.question].append(p)
+    fill = [q for q in everyone for _ in range(k - len(grow.paths[q]))]
+    grow.launch(fill, [None] * len(fill), [0] * len(fill))
     offsets = [0]
-    for c in calls:
+    for c in grow.calls:
         offsets.append(offsets[-1] + c.completion_ids.shape[0])
-    both = concat_rollouts(calls, pad_id=tok.pad_id)
-    order = [offsets[p.call] + p.row for q in range(len(examples)) for p in paths[q]]
-    texts = [tok.decode(p.ids) for q in range(len(examples)) for p in paths[q]]
+    both = concat_rollouts(grow.calls, pad_id=tok.pad_id)
+    order = [offsets[p.call] + p.row for q in everyone for p in grow.paths[q]]
+    texts = [tok.decode(p.ids) for q in everyone for p in grow.paths[q]]
     n = max(1, len(examples))
     metrics = {
         "aepo_roots": sum(roots_wanted) / n,

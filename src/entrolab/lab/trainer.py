@@ -19,14 +19,16 @@ Everything is seeded: with ``deterministic=True`` a resumed run reproduces the u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +345,60 @@ def train_one(
 
 
 # ------------------------------------------------------------------------------------------------------- driver
+@contextlib.contextmanager
+def run_directory_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory ``out`` (``out/.lock``, ``flock``): a second process that opens
+    the same directory fails at once with a :class:`LabError` naming it, instead of interleaving its writes.  The
+    lock goes with the process, so a killed run leaves nothing to clean up."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: run unlocked
+        yield
+        return
+    with open(out / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise LabError(
+                f"run directory {out} is in use by another lab process; wait for it or choose another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _prepare_directory(cfg: LabConfig, out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check ``out`` against ``resume``/``overwrite`` and write ``config.json``."""
+    config_path = out / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise LabError(f"--resume {out}: no config.json there (not a lab run directory)")
+        saved = json.loads(config_path.read_text())
+        if saved != json.loads(json.dumps(cfg.to_dict())):
+            raise LabError(f"--resume {out}: the settings differ from the saved config.json; resume with the same ones")
+    elif any(p.name != ".lock" for p in out.iterdir()):
+        if not overwrite:
+            raise LabError(f"run directory {out} exists and is not empty; pass --overwrite or choose another --out")
+        if (out / "runs").exists():
+            shutil.rmtree(out / "runs")
+    _atomic_write_bytes(config_path, json.dumps(cfg.to_dict(), indent=1).encode())
+
+
+def _task_and_splits(cfg: LabConfig) -> tuple[Task, Tokenizer, int, list[Example], set[str]]:
+    """The task, its tokenizer, the answer budget and the held-out prompts; bad settings raise :class:`LabError`."""
+    try:
+        task = resolve_task(cfg.task, verifier=cfg.verifier)
+        tok = _tokenizer(cfg, task)
+        max_new = cfg.max_new_tokens or task.max_answer_chars + 2
+        eval_examples, exclude = make_splits(task, seed=cfg.seed, num_eval=cfg.eval_prompts)
+        sample_train(task, random.Random(0), exclude)  # fails now, not mid-run, when every prompt is held out
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
+    return task, tok, max_new, eval_examples, exclude
+
+
 def run_lab(
     cfg: LabConfig,
     *,
@@ -351,41 +407,26 @@ def run_lab(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Run every method and seed of ``cfg``; returns the run directory (the report is built by the caller)."""
+    """Run every method and seed of ``cfg``; returns the run directory (the report is built by the caller).  The
+    directory is locked for the whole run (:func:`run_directory_lock`)."""
     out = Path(cfg.out)
-    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    config_path = out / "config.json"
-    if resume:
-        if not config_path.exists():
-            raise LabError(f"--resume {out}: no config.json there (not a lab run directory)")
-        saved = json.loads(config_path.read_text())
-        if saved != json.loads(json.dumps(cfg.to_dict())):
-            raise LabError(f"--resume {out}: the settings differ from the saved config.json; resume with the same ones")
-    elif out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise LabError(f"run directory {out} exists and is not empty; pass --overwrite or choose another --out")
-        for sub in (out / "runs",):
-            if sub.exists():
-                import shutil
+    with run_directory_lock(out):
+        _prepare_directory(cfg, out, resume=resume, overwrite=overwrite)
+        _run_all(cfg, out, resume=resume, progress=progress, say=log or _stderr)
+    return out
 
-                shutil.rmtree(sub)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(config_path, json.dumps(cfg.to_dict(), indent=1).encode())
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _run_all(cfg: LabConfig, out: Path, *, resume: bool, progress: bool | None, say: Callable[[str], None]) -> None:
+    """The warm start, its evaluation, then every (method, seed) run not already marked done."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    try:
-        task = resolve_task(cfg.task, verifier=cfg.verifier)
-        tok = _tokenizer(cfg, task)
-    except ValueError as exc:
-        raise LabError(str(exc)) from None
-    max_new = cfg.max_new_tokens or task.max_answer_chars + 2
-    try:
-        eval_examples, exclude = make_splits(task, seed=cfg.seed, num_eval=cfg.eval_prompts)
-        sample_train(task, random.Random(0), exclude)  # fails now, not mid-run, when every prompt is held out
-    except ValueError as exc:
-        raise LabError(str(exc)) from None
+    task, tok, max_new, eval_examples, exclude = _task_and_splits(cfg)
     say(f"entrolab lab: task {task.name}, methods {', '.join(cfg.methods)}, {cfg.seeds} seed(s), {cfg.steps} steps")
     t0 = time.perf_counter()
     try:
@@ -394,15 +435,12 @@ def run_lab(
         raise LabError(str(exc)) from None
     g = torch.Generator().manual_seed(cfg.seed)
     init_eval = evaluate(init_model, task, tok, eval_examples, samples=cfg.eval_samples, max_new=max_new, generator=g)
-    sft_meta = {**sft_meta, "eval": init_eval}
     (out / "sft").mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / "sft" / "summary.json", json.dumps(sft_meta, indent=1).encode())
+    _atomic_write_bytes(out / "sft" / "summary.json", json.dumps({**sft_meta, "eval": init_eval}, indent=1).encode())
     say(f"warm start: pass@1 {init_eval['pass@1']:.3f} ({time.perf_counter() - t0:.1f} s)")
     runs = [(name, cfg.seed + s) for name in cfg.methods for s in range(cfg.seeds)]
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = _progress(len(runs) * cfg.steps, show)
+    bar = _progress(len(runs) * cfg.steps, sys.stderr.isatty() if progress is None else progress)
     for name, seed in runs:
-        preset = get_preset(name, cfg.presets)
         directory = out / "runs" / name / f"seed{seed}"
         done_marker = directory / "done.json"
         if resume and done_marker.exists():
@@ -415,24 +453,14 @@ def run_lab(
 
         t_run = time.perf_counter()
         last = train_one(
-            cfg,
-            preset,
-            seed,
-            task=task,
-            tok=tok,
-            init_model=init_model,
-            eval_examples=eval_examples,
-            exclude=exclude,
-            max_new=max_new,
-            directory=directory,
-            resume=resume,
+            cfg, get_preset(name, cfg.presets), seed, task=task, tok=tok, init_model=init_model,
+            eval_examples=eval_examples, exclude=exclude, max_new=max_new, directory=directory, resume=resume,
             on_step=on_step,
-        )
+        )  # fmt: skip
         _atomic_write_bytes(
             done_marker, json.dumps({"last_eval": last, "seconds": time.perf_counter() - t_run}).encode()
         )
     bar.close()
-    return out
 
 
 class _NoBar:
