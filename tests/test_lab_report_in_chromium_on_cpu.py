@@ -53,7 +53,7 @@ def test_report_renders_every_figure_without_console_errors(tmp_path):
     paths = build_report(out)
     seen = inspect_page(Path(paths["html"]))
     assert seen["title"] == "entrolab lab report"
-    figures = {"entropy_accuracy", "pass_at_k", "entropy_law"}
+    figures = {"entropy_accuracy", "heldout", "entropy_law", "mechanism", "pass_at_k"}
     assert {alt for alt, *_ in seen["images"]} == figures
     for alt, width, height, natural in seen["images"]:
         assert natural > 0 and width > 100 and height > 100, (alt, width, height, natural)

@@ -89,14 +89,14 @@ def test_every_preset_trains_and_the_report_renders(tmp_path):
 
     paths = build_report(out)
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 5
     summary = paths["summary"].read_text()
     for name in SINGLE_TURN:
         assert f"| {name} |" in summary
     for diag in ("| cure | cure_fork_found_frac |", "| ettrl | ettrl_vote_accuracy |", "| aepo_entropy | aepo_mixed |"):
         assert diag in summary, diag
     assert "<h2>Method diagnostics</h2>" in page
-    for fig in ("entropy_accuracy", "pass_at_k", "entropy_law"):
+    for fig in ("entropy_accuracy", "heldout", "entropy_law", "mechanism", "pass_at_k"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
         assert (out / "figures" / f"{fig}.svg").exists()
 

@@ -117,7 +117,7 @@ def test_countdown_worked_example():
         assert task.score(ex, bad) == 0.0
 
 
-@pytest.mark.parametrize("name", ["arithmetic", "countdown", "calculator"])
+@pytest.mark.parametrize("name", ["arithmetic", "countdown", "calculator", "sort"])
 def test_solutions_are_correct_and_splits_are_disjoint_and_seeded(name):
     task = get_task(name)
     rng = random.Random(1)
@@ -593,3 +593,41 @@ def test_generate_rejects_bad_budgets_and_half_a_tool():
         generate(model, prompts, budgets=torch.tensor([2]), **kw)
     with pytest.raises(ValueError, match="tool"):
         generate(model, prompts, tool=lambda i, ids: [], **kw)
+
+
+def test_sort_task_scores_and_near_misses():
+    from entrolab.lab.tasks import Example, SortTask
+
+    task = get_task("sort")
+    ex = Example("507193=", "013579", {"digits": "507193"})
+    assert task.score(ex, "013579") == 1.0 and task.score(ex, " 013579 ") == 1.0
+    for bad in ("013597", "13579", "0135790", "", "01357a", "x" * 10_000):
+        assert task.score(ex, bad) == 0.0
+    rng = random.Random(0)
+    misses = {task.near_miss(ex, rng) for _ in range(200)}
+    # every near miss is the answer with one pair of unequal neighbours swapped: 5 of them here, all wrong
+    assert misses == {"103579", "031579", "015379", "013759", "013597"}
+    assert all(task.score(ex, m) == 0.0 for m in misses)
+    same = Example("333=", "333", {"digits": "333"})
+    assert SortTask(length=3).near_miss(same, rng) == "333"  # nothing to swap
+    with pytest.raises(ValueError, match="length"):
+        SortTask(length=1)
+
+
+def test_the_warm_start_imitates_an_imperfect_demonstrator():
+    from entrolab.lab.config import LabConfig
+    from entrolab.lab.trainer import demonstration
+
+    task = get_task("sort")
+    rng = random.Random(3)
+    examples = [task.sample(rng) for _ in range(4000)]
+    right = sum(task.score(ex, demonstration(task, ex, rng, correct=0.25)) for ex in examples) / len(examples)
+    # a quarter right, plus near misses that happen to equal the answer (all digits equal: 1e-5 of prompts)
+    assert abs(right - 0.25) < 0.03
+    assert all(task.score(ex, demonstration(task, ex, rng)) == 1.0 for ex in examples[:200])
+    assert LabConfig().sft_correct_for(task) == 0.25
+    assert LabConfig(task="countdown").sft_correct_for(get_task("countdown")) == 1.0
+    with pytest.raises(ValueError, match="sft_correct must be a number in"):
+        LabConfig(sft_correct=0.0)
+    with pytest.raises(ValueError, match=r"needs near misses .* 'countdown'"):
+        LabConfig(task="countdown", sft_correct=0.5)

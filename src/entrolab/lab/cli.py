@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, metavar="A,B,...", help=help_text)
         elif isinstance(default, int):
             parser.add_argument(flag, type=int, metavar="N", help=help_text)
-        elif isinstance(default, float):
+        elif isinstance(default, float) or (default is None and "float" in str(f.type)):
             parser.add_argument(flag, type=float, metavar="X", help=help_text)
         else:
             parser.add_argument(flag, metavar=f.name.upper(), help=help_text)

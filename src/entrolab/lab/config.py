@@ -35,14 +35,15 @@ class LabConfig:
 
     methods: tuple[str, ...] = ("grpo", "dapo", "clip_cov", "kl_cov", "entropy_bonus")
     """Methods (presets) to compare, run one after another."""
-    seeds: int = 3
+    seeds: int = 5
     """Seeds per method (0 .. seeds-1, offset by ``seed``)."""
     seed: int = 0
     """Base seed: the held-out split, the warm start and every run derive from it."""
-    steps: int = 120
+    steps: int = 60
     """RL steps per run."""
-    task: str = "countdown"
-    """Built-in task: ``countdown`` (many correct answers) or ``arithmetic`` (one); or a ``.jsonl`` file of
+    task: str = "sort"
+    """Built-in task: ``sort`` (sort digits; one correct answer; the default), ``countdown`` (many correct answers),
+    ``arithmetic`` (one) or ``calculator`` (multi-turn, with a tool); or a ``.jsonl`` file of
     ``{"prompt", "answer"}`` rows, scored by ``verifier``."""
     verifier: str = "exact"
     """How a task file's answers are checked: ``exact``, ``numeric``, ``regex`` (the answer is a pattern; then set
@@ -70,7 +71,7 @@ class LabConfig:
     """Optimizer steps per pass (the step's groups are split evenly)."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
-    eval_every: int = 20
+    eval_every: int = 15
     """Held-out evaluation every this many steps (and at the first and last step)."""
     eval_prompts: int = 64
     """Held-out prompts."""
@@ -78,6 +79,11 @@ class LabConfig:
     """Samples per held-out prompt: pass@k is reported for k = 1, 2, 4, ... up to this."""
     sft_steps: int = 600
     """Warm-start steps (supervised, on generated solutions)."""
+    sft_correct: float | None = None
+    """Fraction of warm-start demonstrations that are correct; the rest are the task's near misses (needs a task
+    with ``near_miss``, e.g. ``sort``).  Below 1 the warm start imitates an imperfect demonstrator: a policy that can
+    solve the task but spreads over near misses, the regime RL sharpens.  ``None``: the task's own
+    ``demonstrator_accuracy`` (``sort``: 0.25), else 1."""
     sft_batch: int = 64
     """Warm-start batch size."""
     sft_lr: float = 2e-3
@@ -90,6 +96,10 @@ class LabConfig:
     """Measure the KL to the initial policy (one extra forward of the initial model) every this many steps when the
     method has no KL term (the other steps' rows have no ``kl_to_init``); 0 never.  Methods with a KL term compute it at
     every step anyway."""
+    entropy_check_every: int = 1
+    """Every this many steps, measure the policy's entropy on the step's own completions just before and just after
+    its updates (two extra forwards without gradient): the observed entropy change the report checks against the
+    covariance prediction.  0 never."""
     checkpoint_every: int = 20
     """Checkpoint every this many RL steps (and at the end)."""
     threads: int = 0
@@ -114,7 +124,7 @@ class LabConfig:
         try:
             for name in _POSITIVE_INTS:
                 check_int(name, getattr(self, name), low=1)
-            for name in ("sft_steps", "max_new_tokens", "threads", "seed", "kl_metric_every"):
+            for name in ("sft_steps", "max_new_tokens", "threads", "seed", "kl_metric_every", "entropy_check_every"):
                 check_int(name, getattr(self, name), low=0)
             for name in ("lr", "sft_lr", "grad_clip"):
                 check_positive_float(name, getattr(self, name))
@@ -134,6 +144,12 @@ class LabConfig:
             raise ValueError(
                 f"prompts_per_step ({self.prompts_per_step}) must be divisible by minibatches ({self.minibatches})"
             )
+        if self.sft_correct is not None and (
+            isinstance(self.sft_correct, bool)
+            or not isinstance(self.sft_correct, int | float)
+            or not 0.0 < self.sft_correct <= 1.0
+        ):
+            raise ValueError(f"sft_correct must be a number in (0, 1], got {self.sft_correct!r}")
         if self.optimizer.endswith("8bit"):
             require_bitsandbytes()
         task = resolve_task(self.task, verifier=self.verifier)
@@ -141,6 +157,11 @@ class LabConfig:
             raise ValueError(
                 f"task {self.task!r} with verifier {self.verifier!r} has no reference completions for the warm start; "
                 "set sft_steps to 0"
+            )
+        if self.sft_correct_for(task) < 1.0 and self.sft_steps and not callable(getattr(task, "near_miss", None)):
+            raise ValueError(
+                f"sft_correct={self.sft_correct} needs near misses for the warm start, and task {self.task!r} has "
+                "none (the built-in 'sort' has); set sft_correct to 1"
             )
         for name in self.methods:
             if get_preset(name, self.presets).rollout == "aepo_eb" and getattr(task, "tool", None) is None:
@@ -153,6 +174,12 @@ class LabConfig:
                 f"model must be 'tiny' (the built-in policy) or a local Hugging Face checkpoint directory with a "
                 f"config.json, got {self.model!r}"
             )
+
+    def sft_correct_for(self, task: Any) -> float:
+        """The warm start's fraction of correct demonstrations for ``task`` (see ``sft_correct``)."""
+        if self.sft_correct is not None:
+            return float(self.sft_correct)
+        return float(getattr(task, "demonstrator_accuracy", 1.0))
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "presets"}

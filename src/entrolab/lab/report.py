@@ -1,13 +1,8 @@
-"""The lab's report: figures, a table of final metrics with intervals, ``report.html`` (self-contained) and
-``summary.md``, rebuilt from the metrics files of a run directory alone (``entrolab report DIR``).
-
-Figures (PNG for the HTML page and the README, SVG alongside):
-
-- entropy vs step and accuracy vs step per method, mean over seeds with a 95% band (Student t);
-- pass@k at the end of training per method (with the warm-started policy for reference);
-- entropy vs reward with the fitted law ``R = -a exp(H) + b`` (:func:`entrolab.dynamics.fit_entropy_law`) and its
-  predicted ceiling ``b - a`` per method.
-"""
+"""The lab's report: ``report.html`` (self-contained) and ``summary.md``, rebuilt from a run directory's metric files
+alone (``entrolab report DIR``).  It reads on its own: what was run, what entropy collapse is and what each metric
+means, what happened in numbers (:mod:`entrolab.lab.analysis`), each figure with a caption saying what it shows
+(:mod:`entrolab.lab.report_figures`), and what the run does not show.  Unfinished runs are listed and left out of
+every number."""
 
 from __future__ import annotations
 
@@ -15,13 +10,24 @@ import base64
 import html
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from entrolab._stats import format_interval, mean_interval
-from entrolab.dynamics import fit_entropy_law
+from entrolab._stats import PairedDifference, format_interval, mean_interval
+from entrolab.lab import report_figures as figs
+from entrolab.lab.analysis import (
+    TAIL,
+    LawFit,
+    Mechanism,
+    final_values,
+    is_finished,
+    law_fit,
+    mechanism,
+    paired_to_baseline,
+)
 
 __all__ = ["build_report", "load_run"]
 
@@ -56,45 +62,6 @@ def load_run(directory: str | Path) -> dict[str, Any]:
                     raise ValueError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
             runs.setdefault(method, {})[int(seed_dir.name[4:])] = rows
     return {"config": config, "sft": sft, "runs": runs, "dir": str(out)}
-
-
-def _series(
-    rows_by_seed: dict[int, list[dict]], kind: str, key: str, *, smooth: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps, mean and 95% half-width of ``key`` across seeds (steps present in every seed).  Each seed's curve is
-    smoothed first (trailing moving average over ``smooth`` points), so the band is the seed-to-seed spread of the
-    trend rather than of single noisy steps."""
-    per_seed = [
-        {r["step"]: r[key] for r in rows if r.get("kind") == kind and key in r} for rows in rows_by_seed.values()
-    ]
-    if not per_seed:
-        return np.array([]), np.array([]), np.array([])
-    steps = sorted(set.intersection(*(set(d) for d in per_seed)))
-    curves = [_smooth(np.array([d[s] for s in steps], dtype=np.float64), smooth) for d in per_seed]
-    means, halves = [], []
-    for i in range(len(steps)):
-        m, h = _interval([c[i] for c in curves])
-        means.append(m)
-        halves.append(h)
-    return np.array(steps), np.array(means), np.array(halves)
-
-
-def _smooth(y: np.ndarray, width: int) -> np.ndarray:
-    if width <= 1 or y.size < width:
-        return y
-    kernel = np.ones(width) / width
-    padded = np.concatenate([np.full(width - 1, y[0]), y])
-    return np.convolve(padded, kernel, mode="valid")
-
-
-def _endpoint(rows_by_seed: dict[int, list[dict]], kind: str, key: str, *, last: bool = True) -> tuple[float, float]:
-    """Mean and 95% half-width across seeds of ``key`` in each seed's last (or first) ``kind`` row."""
-    values = []
-    for rows in rows_by_seed.values():
-        cand = [r for r in rows if r.get("kind") == kind and key in r]
-        if cand:
-            values.append(cand[-1 if last else 0][key])
-    return _interval(values)
 
 
 _fmt = format_interval
@@ -144,6 +111,197 @@ def _diagnostics(
     return out
 
 
+BASELINE = "grpo"
+"""The method every other is compared with (when it was run)."""
+
+CAPTIONS = {
+    "entropy_accuracy": "Training reward (left) and the policy's mean token entropy on its own samples (right) per "
+    "step, mean over seeds with a 95% band.  Entropy collapse is the right panel falling while the left one climbs "
+    "and then flattens.",
+    "heldout": "Held-out pass@1 (solid) and pass@k at the largest k (dashed) at each evaluation, one panel per method "
+    "with the baseline in grey: does the method change what RL learns on prompts it never trains on?",
+    "entropy_law": "Training reward against entropy (trailing means) for every run, with the law R = -a exp(H) + b "
+    "of each method's median-R² run: reward bought with entropy, and what is left when entropy is spent.",
+    "mechanism": "Each point is one RL step: the covariance term -Cov(log pi, A) of its batch (the first-order "
+    "entropy change of softmax policy gradient) against the entropy change actually measured on the same batch "
+    "before and after the step's updates.",
+    "pass_at_k": "pass@k on held-out prompts after RL (mean over seeds, 95% interval) against the warm start "
+    "(dashed): RL that narrows the policy lifts small k and can lower large k.",
+}
+
+DEFINITIONS = [
+    "**Entropy collapse**: in RL fine-tuning the policy's token entropy falls fast as reward rises; once it is spent "
+    "the policy stops exploring and accuracy plateaus (Cui et al., arXiv 2505.22617).",
+    "**entropy**: mean over sampled tokens of the entropy (nats) of the policy's next-token distribution on its own "
+    f"training samples; a run's final value is the mean of its last {TAIL} steps.",
+    "**pass@k**: probability that at least one of k samples is correct, on held-out prompts never trained on "
+    "(unbiased estimator from n samples per prompt, Chen et al., arXiv 2107.03374); its SE is the standard error "
+    "over the held-out prompts within one run, averaged over seeds.",
+    "**difference to the baseline**: per seed, method minus baseline (same warm start, prompt order and sampling "
+    "stream), then the mean with its 95% interval and a paired t-test's p-value over seeds.",
+]
+
+
+@dataclass
+class Analysis:
+    """Everything the report states, computed once from the finished runs."""
+
+    runs: dict[str, dict[int, list[dict]]]
+    methods: list[str]
+    unfinished: list[str]
+    k_max: int
+    warm: dict[str, float]
+    finals: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    fits: dict[str, list[LawFit]] = field(default_factory=dict)
+    mech: dict[str, Mechanism] = field(default_factory=dict)
+    diffs: dict[str, dict[str, PairedDifference]] = field(default_factory=dict)
+    start_entropy: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def analyse(data: dict[str, Any]) -> Analysis:
+    """Split finished from unfinished runs and compute every number the report states."""
+    cfg, steps = data["config"], data["config"]["steps"]
+    runs: dict[str, dict[int, list[dict]]] = {}
+    unfinished = []
+    for m in cfg["methods"]:
+        for seed, rows in sorted(data["runs"].get(m, {}).items()):
+            if is_finished(rows, steps):
+                runs.setdefault(m, {})[seed] = rows
+            else:
+                last = max((r["step"] for r in rows if r.get("kind") == "train"), default=0)
+                unfinished.append(f"{m} seed {seed} (stopped at step {last} of {steps})")
+    methods = [m for m in cfg["methods"] if m in runs]
+    warm = data["sft"].get("eval", {})
+    ks = sorted(int(k[5:]) for k in warm if k.startswith("pass@") and k[5:].isdigit()) or [1]
+    an = Analysis(runs, methods, unfinished, ks[-1], warm)
+    for m in methods:
+        an.finals[m] = {s: {**final_values(rows, k_max=an.k_max), **_last_eval(rows)} for s, rows in runs[m].items()}
+        an.fits[m] = [f for rows in runs[m].values() if (f := law_fit(rows)) is not None]
+        if (me := mechanism(runs[m])) is not None:
+            an.mech[m] = me
+        first = [next(r["entropy"] for r in rows if r.get("kind") == "train") for rows in runs[m].values()]
+        an.start_entropy[m] = mean_interval(first)
+    an.diffs = paired_to_baseline(runs, baseline=BASELINE, steps=steps, k_max=an.k_max)
+    return an
+
+
+def _last_eval(rows: list[dict]) -> dict[str, float]:
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    return {k: v for k, v in evals[-1].items() if k.startswith("pass@")} if evals else {}
+
+
+def _mean(an: Analysis, m: str, key: str) -> tuple[float, float]:
+    return mean_interval([f[key] for f in an.finals[m].values() if key in f])
+
+
+def _p(p: float) -> str:
+    return "-" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def findings(an: Analysis) -> list[str]:
+    """What the run shows, in sentences built from the numbers (every claim with its interval)."""
+    out: list[str] = []
+    k = an.k_max
+    w1, wk = an.warm.get("pass@1", math.nan), an.warm.get(f"pass@{k}", math.nan)
+    if BASELINE in an.methods:
+        p1, pk, h1 = _mean(an, BASELINE, "pass@1"), _mean(an, BASELINE, f"pass@{k}"), _mean(an, BASELINE, "entropy")
+        h0 = an.start_entropy[BASELINE][0]
+        learned = p1[0] - w1 >= 0.25 or p1[0] >= 2 * w1
+        out.append(
+            f"**RL learns{'' if learned else ' only a little'}.** Under `{BASELINE}` held-out pass@1 goes from "
+            f"{w1:.3f} (warm start) to {_fmt(*p1)}."
+        )
+        drop = 1 - h1[0] / h0 if h0 > 0 else math.nan
+        out.append(
+            f"**Entropy {'collapses' if drop >= 0.6 else 'falls'}.** `{BASELINE}`'s mean token entropy falls from "
+            f"{h0:.3f} to {_fmt(*h1)} nats ({100 * drop:.0f}%); pass@{k} ends at {_fmt(*pk)} against the warm "
+            f"start's {wk:.3f} ({'below it: RL narrowed what the policy reaches' if pk[0] < wk else 'not below it'})."
+        )
+    for m in an.methods:
+        fits = an.fits.get(m, [])
+        if not fits:
+            continue
+        r2 = float(np.median([f.r2 for f in fits]))
+        good = [f for f in fits if f.meaningful]
+        ceil = f"; predicted ceiling {np.median([f.ceiling for f in good]):.3f}" if good else ""
+        reached = np.median([f.reached for f in fits])
+        out.append(
+            f"**Law, `{m}`:** median R² {r2:.2f} over {len(fits)} runs ({len(good)} meaningful{ceil}; reward "
+            f"reached {reached:.3f})."
+        )
+    for m, me in an.mech.items():
+        out.append(
+            f"**Mechanism, `{m}`:** predicted and observed entropy change per step correlate with r = {me.r:.2f} "
+            f"(slope {me.slope:.3g}, same sign in {100 * me.sign_agreement:.0f}% of {len(me.observed)} steps)."
+        )
+    out += _difference_sentences(an)
+    return out
+
+
+def _difference_sentences(an: Analysis) -> list[str]:
+    out = []
+    for m, d in an.diffs.items():
+        sig = [key for key in ("entropy", "pass@1", f"pass@{an.k_max}") if d[key].p_value < 0.05]
+        not_sig = [key for key in ("entropy", "pass@1", f"pass@{an.k_max}") if not d[key].p_value < 0.05]
+        ratio = d["entropy_ratio"]
+        out.append(
+            f"**`{m}` vs `{BASELINE}`** ({d['entropy'].n} paired seeds): final entropy {ratio.mean:.2f}x the "
+            f"baseline's; significant at 0.05: {', '.join(sig) or 'none'}; "
+            f"not significant: {', '.join(not_sig) or 'none'}."
+        )
+    return out
+
+
+def tables(an: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The report's tables: final metrics, differences to the baseline, and the law per method."""
+    k = an.k_max
+    final = (
+        ["method", "seeds", "entropy start", "entropy end", "pass@1", f"pass@{k}", f"SE of pass@{k}", "wall s / run"],
+        [
+            [
+                m, str(len(an.finals[m])), _fmt(*an.start_entropy[m]), _fmt(*_mean(an, m, "entropy")),
+                _fmt(*_mean(an, m, "pass@1")), _fmt(*_mean(an, m, f"pass@{k}")),
+                _fmt(_mean(an, m, f"pass@{k}_se")[0], 0.0), _wall(an.runs[m]),
+            ]
+            for m in an.methods
+        ],
+    )  # fmt: skip
+    diff_rows = []
+    for m, d in an.diffs.items():
+        cells = [m, f"{d['entropy_ratio'].mean:.2f}x"]
+        for key in ("entropy", "pass@1", f"pass@{k}"):
+            x = d[key]
+            lo, hi = x.mean - x.half_width, x.mean + x.half_width
+            cells.append(f"{x.mean:+.3f} [{lo:+.3f}, {hi:+.3f}], p {_p(x.p_value)}")
+        diff_rows.append(cells)
+    diffs = ([f"method - {BASELINE}", "entropy ratio", "entropy", "pass@1", f"pass@{k}"], diff_rows)
+    law_rows = []
+    for m in an.methods:
+        fits = an.fits.get(m, [])
+        good = [f for f in fits if f.meaningful]
+        law_rows.append([
+            m, f"{np.median([f.r2 for f in fits]):.2f}" if fits else "-", f"{len(good)} / {len(fits)}",
+            f"{np.median([f.ceiling for f in good]):.3f}" if good else "not reported",
+            f"{np.median([f.reached for f in fits]):.3f}" if fits else "-",
+        ])  # fmt: skip
+    law = (["method", "median R²", "meaningful fits", "median ceiling b - a", "reward reached"], law_rows)
+    return {"final": final, "diffs": diffs, "law": law}
+
+
+def _wall(by_seed: dict[int, list[dict]]) -> str:
+    secs = [sum(r.get("step_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in rows) for rows in by_seed.values()]
+    return f"{np.mean(secs):.1f}" if secs else "-"
+
+
+CAVEATS = (
+    "What this does not show: a small model on a synthetic task, warm-started on an imperfect demonstrator so that "
+    "it can solve most prompts but spreads over near misses (the regime RL sharpens); the methods' knobs are "
+    "lab-scaled (chosen on training entropy, never on the held-out prompts) and the papers' own scale and tasks "
+    "may rank them differently.  Intervals are over seeds of one warm start per seed; a difference that is not "
+    "significant here is not shown to be absent."
+)
+
+
 def build_report(directory: str | Path) -> dict[str, Path]:
     """Write ``report.html``, ``summary.md`` and ``figures/*.png|svg`` into ``directory``; returns their paths."""
     import matplotlib
@@ -153,181 +311,112 @@ def build_report(directory: str | Path) -> dict[str, Path]:
 
     data = load_run(directory)
     out = Path(directory)
+    an = analyse(data)
+    if not an.methods:
+        raise ValueError(f"{out}: no finished run yet (no runs/<method>/seed*/metrics.jsonl reaching the last step)")
+    paths = _figures(plt, out, an, data["config"]["steps"])
+    cfg = data["config"]
+    intro = (
+        f"Task `{cfg['task']}`, model `{cfg['model']}`, {len(an.methods)} methods x {cfg['seeds']} seed(s), "
+        f"{cfg['steps']} RL steps of {cfg['prompts_per_step']} prompts x {cfg['group_size']} samples; held-out: "
+        f"{cfg['eval_prompts']} prompts x {cfg['eval_samples']} samples.  Warm start pass@1 "
+        f"{an.warm.get('pass@1', math.nan):.3f}, pass@{an.k_max} {an.warm.get(f'pass@{an.k_max}', math.nan):.3f}.  "
+        "Intervals: 95% over seeds (Student t)."
+    )
+    if an.unfinished:
+        intro += "  Unfinished runs, left out of every number: " + "; ".join(an.unfinished) + "."
+    tabs = tables(an)
+    diagnostics = _diagnostics(an.runs, an.methods)
+    summary = out / "summary.md"
+    summary.write_text(_markdown(intro, an, tabs, diagnostics, paths))
+    report = out / "report.html"
+    report.write_text(_html(intro, an, tabs, diagnostics, paths))
+    return {"html": report, "summary": summary, **paths}
+
+
+def _figures(plt: Any, out: Path, an: Analysis, steps: int) -> dict[str, Path]:
     figdir = out / "figures"
     figdir.mkdir(exist_ok=True)
-    runs = data["runs"]
-    methods = [m for m in data["config"]["methods"] if m in runs]
-    if not methods:
-        raise ValueError(f"{out}: no metrics yet (no runs/<method>/seed*/metrics.jsonl)")
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    steps_total = data["config"]["steps"]
-    smooth = max(1, steps_total // 12)
-    paths: dict[str, Path] = {}
-
-    def save(fig: Any, name: str) -> None:
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(an.methods)}
+    made = {
+        "entropy_accuracy": figs.fig_training(plt, an.runs, an.methods, colors, max(1, steps // 12)),
+        "heldout": figs.fig_heldout(plt, an.runs, an.methods, colors, an.k_max, BASELINE),
+        "entropy_law": figs.fig_law(plt, an.runs, an.methods, colors, an.fits),
+        "mechanism": figs.fig_mechanism(plt, an.methods, colors, an.mech),
+        "pass_at_k": figs.fig_pass_at_k(plt, an.finals, an.methods, colors, an.warm),
+    }
+    paths = {}
+    for name, fig in made.items():
         fig.tight_layout()
         for ext in ("png", "svg"):
             fig.savefig(figdir / f"{name}.{ext}", dpi=110)
         plt.close(fig)
         paths[name] = figdir / f"{name}.png"
+    return paths
 
-    # 1. entropy and accuracy vs step, seed bands
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = ((axes[0], "entropy", "mean token entropy (nats)", None), (axes[1], "accuracy", "train accuracy", 1.0))
-    for ax, key, label, top in panels:
-        for m in methods:
-            x, y, h = _series(runs[m], "train", key, smooth=smooth)
-            if x.size == 0:
-                continue
-            ax.plot(x, y, color=colors[m], label=m)
-            lo, hi = np.maximum(y - h, 0.0), y + h if top is None else np.minimum(y + h, top)
-            ax.fill_between(x, lo, hi, color=colors[m], alpha=0.12, linewidth=0)
-        ax.set_xlabel("RL step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    axes[0].set_title(f"entropy ({smooth}-step moving average; mean over seeds, 95% band)", fontsize=9)
-    axes[1].set_title("accuracy on training prompts", fontsize=9)
-    save(fig, "entropy_accuracy")
 
-    # 2. pass@k at the end (and at the warm start)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sft_eval = data["sft"].get("eval", {})
-    ks = sorted(int(k[5:]) for k in sft_eval if k.startswith("pass@"))
-    if ks:
-        ax.plot(ks, [sft_eval[f"pass@{k}"] for k in ks], "k--", label="warm start")
-    for i, m in enumerate(methods):
-        vals = [_endpoint(runs[m], "eval", f"pass@{k}") for k in ks]
-        if ks and not any(math.isnan(v[0]) for v in vals):
-            mean = np.array([v[0] for v in vals])
-            half = np.array([v[1] for v in vals])
-            x = np.array(ks, dtype=np.float64) * 2 ** (0.04 * (i - (len(methods) - 1) / 2))  # dodge the bars
-            err = np.vstack([mean - np.maximum(mean - half, 0.0), np.minimum(mean + half, 1.0) - mean])
-            ax.errorbar(x, mean, yerr=err, color=colors[m], label=m, capsize=2, marker="o", markersize=3)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k")
-    ax.set_ylabel("pass@k (held-out prompts)")
-    ax.set_title("pass@k after RL (mean over seeds, 95% interval, clipped to [0, 1])", fontsize=9)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save(fig, "pass_at_k")
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
-    # 3. entropy vs reward with the fitted law per method
-    fig, ax = plt.subplots(figsize=(6, 4))
-    fits: dict[str, Any] = {}
-    for m in methods:
-        h_all, r_all = [], []
-        for rows in runs[m].values():
-            tr = [r for r in rows if r.get("kind") == "train"]
-            h_all += [r["entropy"] for r in tr]
-            r_all += [r["reward"] for r in tr]
-        if len(h_all) < 3:
-            continue
-        ax.scatter(h_all, r_all, s=4, color=colors[m], alpha=0.25)
-        try:
-            fit = fit_entropy_law(h_all, r_all)
-        except ValueError:
-            continue
-        fits[m] = fit
-        grid = np.linspace(0.0, max(h_all), 50)
-        ax.plot(grid, fit.predict(grid), color=colors[m], label=f"{m}: ceiling {fit.ceiling:.2f}")
-    ax.set_xlabel("mean token entropy (nats)")
-    ax.set_ylabel("train reward")
-    ax.set_title("R = -a exp(H) + b per method; ceiling = b - a at H = 0", fontsize=9)
-    ax.grid(alpha=0.3)
-    if fits:
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "too few distinct points for a fit", transform=ax.transAxes, ha="center", fontsize=9)
-    save(fig, "entropy_law")
 
-    # table of final metrics
-    header = [
-        "method",
-        "entropy start",
-        "entropy end",
-        "pass@1",
-        f"pass@{ks[-1]}" if ks else "pass@k",
-        "distinct correct",
-        "KL to init",
-        "law ceiling",
-        "wall s / run",
-        "tokens/s",
-    ]
-    table = []
-    for m in methods:
-        e0 = _endpoint(runs[m], "train", "entropy", last=False)
-        e1 = _endpoint(runs[m], "train", "entropy")
-        secs, tps = [], []
-        for rows in runs[m].values():
-            tr = [r for r in rows if r.get("kind") == "train"]
-            secs.append(sum(r.get("step_seconds", 0.0) for r in tr) + sum(r.get("eval_seconds", 0.0) for r in rows))
-            tps += [r.get("tokens_per_s", 0.0) for r in tr]
-        table.append(
-            [
-                m,
-                _fmt(*e0),
-                _fmt(*e1),
-                _fmt(*_endpoint(runs[m], "eval", "pass@1")),
-                _fmt(*_endpoint(runs[m], "eval", f"pass@{ks[-1]}")) if ks else "-",
-                _fmt(*_endpoint(runs[m], "eval", "distinct_correct"), digits=2),
-                _fmt(*_endpoint(runs[m], "train", "kl_to_init"), digits=4),
-                f"{fits[m].ceiling:.3f}" if m in fits else "-",
-                f"{np.mean(secs):.1f}",
-                f"{np.mean(tps):.0f}" if tps else "-",
-            ]
-        )
-    diagnostics = _diagnostics(runs, methods)
-    cfg = data["config"]
-    seeds = cfg["seeds"]
-    intro = (
-        f"Task `{cfg['task']}`, model `{cfg['model']}`, {len(methods)} methods x {seeds} seed(s), {cfg['steps']} RL "
-        f"steps of {cfg['prompts_per_step']} prompts x {cfg['group_size']} samples.  Warm start pass@1 "
-        f"{sft_eval.get('pass@1', float('nan')):.3f}.  Intervals: 95% over seeds (Student t)."
-    )
-    md = ["# entrolab lab report", "", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in table]
+def _markdown(intro: str, an: Analysis, tabs: dict, diagnostics: list, paths: dict[str, Path]) -> str:
+    md = ["# entrolab lab report", "", intro, "", "## What happened", "", *(f"- {s}" for s in findings(an))]
+    md += ["", "## Final metrics", "", *_md_table(*tabs["final"])]
+    if tabs["diffs"][1]:
+        md += ["", f"## Differences to `{BASELINE}` (paired over seeds)", "", *_md_table(*tabs["diffs"])]
+    md += ["", "## The entropy law per run", "", *_md_table(*tabs["law"])]
     if diagnostics:
-        md += ["", "Method diagnostics (mean over the last 10 train steps, then over seeds):", ""]
-        md += ["| method | metric | value |", "|---|---|---|"]
-        md += [f"| {m} | {k} | {_fmt(*v)} |" for m, k, v in diagnostics]
-    md += ["", *(f"![{name}](figures/{name}.png)" for name in paths)]
-    summary = out / "summary.md"
-    summary.write_text("\n".join(md) + "\n")
+        md += ["", "## Method diagnostics (mean over the last 10 train steps, then over seeds)", ""]
+        md += _md_table(["method", "metric", "value"], [[m, k, _fmt(*v)] for m, k, v in diagnostics])
+    md += ["", "## Definitions", "", *(f"- {d}" for d in DEFINITIONS), "", CAVEATS, ""]
+    for name in paths:
+        md += [f"![{name}](figures/{name}.png)", "", CAPTIONS[name], ""]
+    return "\n".join(md)
 
+
+def _inline(text: str) -> str:
+    """Markdown's ``**bold**`` and backticks as HTML, the rest escaped."""
+    parts = html.escape(text).split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(intro: str, an: Analysis, tabs: dict, diagnostics: list, paths: dict[str, Path]) -> str:
     def img(name: str) -> str:
         data64 = base64.b64encode(paths[name].read_bytes()).decode()
         return (
-            f'<figure><img alt="{name}" src="data:image/png;base64,{data64}"><figcaption>{name}</figcaption></figure>'
+            f'<figure><img alt="{name}" src="data:image/png;base64,{data64}">'
+            f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
         )
 
-    rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table)
-    diag_html = ""
+    parts = [f"<p>{_inline(intro)}</p>", "<h2>What happened</h2><ul>"]
+    parts += [f"<li>{_inline(s)}</li>" for s in findings(an)] + ["</ul>"]
+    parts += ["<h2>Final metrics</h2>", _html_table(*tabs["final"])]
+    if tabs["diffs"][1]:
+        parts += [f"<h2>Differences to {BASELINE} (paired over seeds)</h2>", _html_table(*tabs["diffs"])]
+    parts += ["<h2>The entropy law per run</h2>", _html_table(*tabs["law"])]
     if diagnostics:
-        diag_rows = "".join(
-            f"<tr><td>{html.escape(m)}</td><td>{html.escape(k)}</td><td>{html.escape(_fmt(*v))}</td></tr>"
-            for m, k, v in diagnostics
-        )
-        diag_html = (
-            "<h2>Method diagnostics</h2><p>Mean over the last 10 train steps, then over seeds.</p>"
-            f"<table><tr><th>method</th><th>metric</th><th>value</th></tr>{diag_rows}</table>"
-        )
-    page = f"""<!doctype html>
+        parts += ["<h2>Method diagnostics</h2><p>Mean over the last 10 train steps, then over seeds.</p>"]
+        parts.append(_html_table(["method", "metric", "value"], [[m, k, _fmt(*v)] for m, k, v in diagnostics]))
+    parts += ["<h2>Figures</h2>", *(img(name) for name in paths)]
+    parts += ["<h2>Definitions</h2><ul>", *(f"<li>{_inline(d)}</li>" for d in DEFINITIONS), "</ul>"]
+    parts.append(f"<p>{_inline(CAVEATS)}</p>")
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>entrolab lab report</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} figure {{ margin: 1em 0; }}
-figcaption {{ font-size: 0.8em; color: #666; }}
+figcaption {{ font-size: 0.85em; color: #555; }}
 </style></head><body>
 <h1>entrolab lab report</h1>
-<p>{html.escape(intro)}</p>
-<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr>{rows_html}</table>
-{diag_html}
-{"".join(img(name) for name in paths)}
+{"".join(parts)}
 </body></html>
 """
-    report = out / "report.html"
-    report.write_text(page)
-    return {"html": report, "summary": summary, **paths}

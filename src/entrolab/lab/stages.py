@@ -414,6 +414,18 @@ def update_stage(
     return out_metrics
 
 
+@torch.no_grad()
+def batch_entropy(ctx: RunContext, state: RunState, b: Batch) -> float:
+    """The current policy's mean token entropy over this step's completion tokens (at the method's temperature).
+
+    Evaluated just before and just after :func:`update_stage` on the same batch, its change is the *observed*
+    entropy change of the step, which the report sets against the covariance prediction ``-Cov(log pi, A)``
+    (``predicted_entropy_change``; Cui et al., arXiv 2505.22617, section 3)."""
+    _, ent, _ = score_completions(state.model, b.rollout, temperature=ctx.preset.temperature)
+    mask = b.rollout.completion_mask
+    return float(ent[mask].double().mean()) if bool(mask.any()) else 0.0
+
+
 def after_update(ctx: RunContext, state: RunState, b: Batch, loss_metrics: dict[str, float], step: int) -> None:
     """What the next steps carry: AEPO's entropy, the controller's observation, EPO's history, SPEAR's buffer and
     replay."""

@@ -123,7 +123,7 @@ def _figures(rows: list[dict[str, Any]], directory: Path, samples: int) -> dict[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = max(int(key.split("@")[1]) for key in rows[0] if key.startswith("pass@"))
+    k = max(int(key.split("@")[1]) for key in rows[0] if key.startswith("pass@") and key[5:].isdigit())
     paths = {}
     for i, policy in enumerate(dict.fromkeys(r["policy"] for r in rows)):
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -148,7 +148,7 @@ def _figures(rows: list[dict[str, Any]], directory: Path, samples: int) -> dict[
 
 
 def _summary(rows: list[dict[str, Any]], directory: Path, cfg: Any) -> Path:
-    k = max(int(key.split("@")[1]) for key in rows[0] if key.startswith("pass@"))
+    k = max(int(key.split("@")[1]) for key in rows[0] if key.startswith("pass@") and key[5:].isdigit())
     lines = [
         "# Decoding study",
         "",

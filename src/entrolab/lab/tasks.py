@@ -1,20 +1,25 @@
 """Built-in verifiable tasks for the lab: procedurally generated, seeded, scored by a parser that never ``eval``\\s.
 
-Two tasks ship with entrolab, chosen so that the entropy story shows on a laptop:
+Four tasks ship with entrolab, chosen so that the entropy story shows on a laptop:
 
+- ``sort`` (the default): sort the given digits (``507193=`` -> ``013579``).  One correct answer and a skill the
+  built-in model has after its warm start; with a warm start on an imperfect demonstrator (``sft_correct``) the
+  policy can solve nearly every prompt but spreads over near misses, which RL sharpens (see :class:`SortTask`).
 - ``arithmetic``: evaluate a short integer expression (``3+4*2-5=`` -> ``6``).  One correct answer per prompt:
   accuracy is what matters, and entropy collapse shows as a policy that stops trying alternatives.
 - ``countdown``: reach a target with given numbers, each used once (``3,7,4:25=`` -> ``3*7+4``, or ``4+7*3``, ...).
   Many answers are correct, so exploration shows in pass@k and in the number of *distinct* correct answers.
+- ``calculator``: multi-turn arithmetic with a tool (the substrate of the tool-use methods).
 
 Model output is untrusted input.  :func:`parse_expression` is a whitelisting recursive-descent parser with bounds on
 length, nesting depth, literal size and intermediate magnitude; anything else (exponents, non-ASCII, names, huge
 lines) is rejected in time linear in at most ``MAX_EXPRESSION_CHARS`` characters and scores 0.
 
 Every task exposes the same small interface (:class:`Task`): ``sample(rng)`` draws an :class:`Example`,
-``solution(example, rng)`` writes one correct completion (for supervised warm-start), ``score(example, completion)``
-returns the reward in ``[0, 1]`` and ``answer_key(example, completion)`` a canonical form of a correct answer (to count
-distinct ones).  :func:`make_splits` builds disjoint, seeded train/eval prompt sets.
+``solution(example, rng)`` writes one correct completion (for supervised warm-start), optionally
+``near_miss(example, rng)`` a plausible wrong one (for a warm start on an imperfect demonstrator),
+``score(example, completion)`` returns the reward in ``[0, 1]`` and ``answer_key(example, completion)`` a canonical
+form of a correct answer (to count distinct ones).  :func:`make_splits` builds disjoint, seeded train/eval prompt sets.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "CalculatorTask",
     "CountdownTask",
     "Example",
+    "SortTask",
     "Task",
     "get_task",
     "make_splits",
@@ -373,11 +379,66 @@ class CalculatorTask:
         return key if key == str(example.data["value"]) else None
 
 
+@dataclass(frozen=True)
+class SortTask:
+    """Sort the digits: ``507193=`` -> ``013579``.  One correct answer, a skill the built-in model learns well.
+
+    The lab's default task, paired with a warm start on an imperfect demonstrator (``sft_correct`` < 1): most of
+    its demonstrations make one slip, :meth:`near_miss` (two neighbouring digits swapped), so the warm-started policy
+    *can* sort (pass@16 near 1) but spreads its probability over the right answer and its near misses (pass@1 near
+    ``sft_correct``) -- the regime in which RL sharpens a policy and spends its entropy doing it.
+    """
+
+    length: int = 6
+    name: str = "sort"
+    description: str = "sort the given digits (one correct answer)"
+    alphabet: str = "0123456789="
+    max_answer_chars: int = 6
+    has_solutions: bool = True
+    demonstrator_accuracy: float = 0.25
+    """The lab's default ``sft_correct`` for this task: a quarter of the warm start's demonstrations are right."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.length, bool) or not isinstance(self.length, int) or not 2 <= self.length <= 32:
+            raise ValueError(f"length must be an int in [2, 32], got {self.length!r}")
+        object.__setattr__(self, "max_answer_chars", self.length)
+
+    def sample(self, rng: random.Random) -> Example:
+        digits = "".join(str(rng.randrange(10)) for _ in range(self.length))
+        return Example(prompt=digits + "=", answer="".join(sorted(digits)), data={"digits": digits})
+
+    def solution(self, example: Example, rng: random.Random) -> str:
+        return example.answer
+
+    def near_miss(self, example: Example, rng: random.Random) -> str:
+        """A plausible wrong answer: the sorted digits with one pair of unequal neighbours swapped (the correct
+        answer itself when every digit is the same)."""
+        a = list(example.answer)
+        pairs = [i for i in range(len(a) - 1) if a[i] != a[i + 1]]
+        if pairs:
+            i = rng.choice(pairs)
+            a[i], a[i + 1] = a[i + 1], a[i]
+        return "".join(a)
+
+    def score(self, example: Example, completion: str) -> float:
+        return 1.0 if self.answer_key(example, completion) is not None else 0.0
+
+    def answer_key(self, example: Example, completion: str) -> str | None:
+        return example.answer if self.vote_key(example, completion) == example.answer else None
+
+    def vote_key(self, example: Example, completion: str) -> str | None:
+        if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
+            return None
+        text = completion.strip()
+        return text if text.isascii() and text.isdigit() else None
+
+
 # frozen dataclasses expose the protocol attributes read-only, which mypy does not equate with a plain attribute
 TASKS: dict[str, Callable[[], Task]] = {
     "arithmetic": ArithmeticTask,  # type: ignore[dict-item]
     "countdown": CountdownTask,  # type: ignore[dict-item]
     "calculator": CalculatorTask,  # type: ignore[dict-item]
+    "sort": SortTask,  # type: ignore[dict-item]
 }
 
 

@@ -56,6 +56,7 @@ from entrolab.lab.stages import (
     RunState,
     advantage_stage,
     after_update,
+    batch_entropy,
     behaviour_stage,
     build_terms,
     score_batch,
@@ -126,16 +127,28 @@ def _build_model(cfg: LabConfig, task: Task, tok: Tokenizer, max_new: int) -> Po
 # ------------------------------------------------------------------------------------------------- warm start
 def _sft_key(cfg: LabConfig, task: Task, model_cfg: dict) -> str:
     keys = {k: getattr(cfg, k) for k in ("task", "model", "seed", "sft_steps", "sft_batch", "sft_lr", "eval_prompts")}
+    if cfg.sft_correct_for(task) != 1.0:  # (absent at 1: caches of earlier releases stay valid)
+        keys["sft_correct"] = cfg.sft_correct_for(task)
     if isinstance(task, FileTask):  # the file's content and verifier, not only its name
         keys["task_rows"] = hashlib.sha256(json.dumps([task.rows, task.verifier]).encode()).hexdigest()
     return hashlib.sha256(json.dumps({**keys, "model_cfg": model_cfg}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def sft_loss(model: Policy, task: Task, tok: Tokenizer, examples: list[Example], rng: random.Random) -> torch.Tensor:
-    """The warm start's loss: mean negative log-likelihood per completion token of ``task.solution`` completions (with
-    their end-of-sequence token) of ``examples``, teacher-forced after their prompts."""
+def demonstration(task: Task, example: Example, rng: random.Random, *, correct: float = 1.0) -> str:
+    """One warm-start completion: ``task.solution`` with probability ``correct``, else ``task.near_miss`` (an
+    imperfect demonstrator that knows the task but slips)."""
+    if correct < 1.0 and rng.random() >= correct:
+        return task.near_miss(example, rng)  # type: ignore[attr-defined]
+    return task.solution(example, rng)
+
+
+def sft_loss(
+    model: Policy, task: Task, tok: Tokenizer, examples: list[Example], rng: random.Random, *, correct: float = 1.0
+) -> torch.Tensor:
+    """The warm start's loss: mean negative log-likelihood per completion token of :func:`demonstration` completions
+    (with their end-of-sequence token) of ``examples``, teacher-forced after their prompts."""
     prompts = [prompt_ids(tok, ex) for ex in examples]
-    answers = [[*tok.encode(task.solution(ex, rng)), tok.eos_id] for ex in examples]
+    answers = [[*tok.encode(demonstration(task, ex, rng, correct=correct)), tok.eos_id] for ex in examples]
     width = max(len(a) for a in answers)
     comp = torch.full((len(answers), width), tok.pad_id, dtype=torch.long)
     cmask = torch.zeros((len(answers), width), dtype=torch.bool)
@@ -164,6 +177,7 @@ def warm_start(
         model.load_state_dict(state["model"])
         return model, json.loads(state["meta"])
     rng = random.Random(f"sft-{cfg.seed}")
+    correct = cfg.sft_correct_for(task)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
     t0 = time.perf_counter()
     losses = []
@@ -172,7 +186,7 @@ def warm_start(
         for group in opt.param_groups:
             group["lr"] = lr
         examples = [sample_train(task, rng, exclude) for _ in range(cfg.sft_batch)]
-        loss = sft_loss(model, task, tok, examples, rng)
+        loss = sft_loss(model, task, tok, examples, rng, correct=correct)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -197,8 +211,8 @@ def evaluate(
     temperature: float = 1.0,
     processors: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
 ) -> dict[str, float]:
-    """pass@k (k = 1, 2, 4, ... <= samples) at ``temperature`` (1 by default) after ``processors``, mean accuracy
-    and mean distinct correct answers."""
+    """pass@k (k = 1, 2, 4, ... <= samples) at ``temperature`` (1 by default) after ``processors`` with its standard
+    error over the prompts (``pass@k_se``), mean accuracy and mean distinct correct answers."""
     prompts = [ids for ex in examples for ids in [prompt_ids(tok, ex)] * samples]
     r = generate(
         model,
@@ -213,7 +227,7 @@ def evaluate(
     )
     texts = [tok.decode(row.tolist()) for row in r.completion_ids]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
-    totals = dict.fromkeys(ks, 0.0)
+    per_prompt: dict[int, list[float]] = {k: [] for k in ks}
     correct_total, distinct_total = 0, 0
     for i, ex in enumerate(examples):
         keys = [task.answer_key(ex, t) for t in texts[i * samples : (i + 1) * samples]]
@@ -221,9 +235,11 @@ def evaluate(
         correct_total += c
         distinct_total += len({k for k in keys if k is not None})
         for k in ks:
-            totals[k] += pass_at_k(samples, c, k)
+            per_prompt[k].append(pass_at_k(samples, c, k))
     n = len(examples)
-    out = {f"pass@{k}": totals[k] / n for k in ks}
+    out = {f"pass@{k}": float(np.mean(per_prompt[k])) for k in ks}
+    # standard error of each pass@k over the held-out prompts (the prompts are the sample, n samples each)
+    out.update({f"pass@{k}_se": float(np.std(per_prompt[k], ddof=1) / math.sqrt(n)) if n > 1 else 0.0 for k in ks})
     out["accuracy"] = correct_total / (n * samples)
     out["distinct_correct"] = distinct_total / n
     return out
@@ -327,7 +343,12 @@ def train_one(
             score_batch(ctx, b)
             advantage_stage(ctx, state, b, step)
             behaviour_stage(ctx, state, b, step)
+            check = cfg.entropy_check_every > 0 and step % cfg.entropy_check_every == 0
+            h_before = batch_entropy(ctx, state, b) if check else 0.0
             loss_metrics = update_stage(ctx, state, b, terms, seed=seed, step=step, ckpt=ckpt_path)
+            if check:  # the step's observed entropy change on its own batch (the report's mechanism check)
+                h_after = batch_entropy(ctx, state, b)
+                b.metrics.update(entropy_before_update=h_before, observed_entropy_change=h_after - h_before)
             after_update(ctx, state, b, loss_metrics, step)
             row = {"kind": "train", **base, "step": step + 1, **step_row(ctx, b, loss_metrics, t0=t0, t_gen=t_gen)}
             metrics.write(row)
