@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from entrolab.lab import LabConfig, LabError, run_lab
+from entrolab.lab.checkpoints import read_checkpoint
 from entrolab.lab.presets import PRESETS
 
 TINY = {
@@ -30,6 +31,7 @@ TINY = {
     "d_model": 32,
     "checkpoint_every": 2,
     "threads": 1,
+    "workers": 1,
 }
 TIMING = {"tokens_per_s", "step_seconds", "generation_seconds", "eval_seconds"}
 
@@ -140,7 +142,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     cfg = LabConfig(methods=("grpo",), out=str(tmp_path / "run"), **{**TINY, **overrides})
     with pytest.raises(LabError, match=r"the loss is nan at step 3; stopping. The last good checkpoint"):
         run_lab(cfg, progress=False, log=lambda s: None)
-    state = torch.load(tmp_path / "run" / "runs" / "grpo" / "seed0" / "checkpoint.pt", weights_only=True)
+    state = read_checkpoint(tmp_path / "run" / "runs" / "grpo" / "seed0" / "checkpoint.pt")
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
@@ -303,7 +305,6 @@ def test_multi_turn_methods_run_on_the_calculator_and_report_their_metrics(tmp_p
 def test_spear_replays_and_resumes_with_its_buffers(tmp_path, monkeypatch):
     """A SPEAR run killed after a checkpoint resumes with its replay buffer and baseline: the metrics equal an
     uninterrupted run's, and the buffer in the checkpoint is not empty (so the equality tests the restore)."""
-    import torch
 
     from entrolab.lab import agentic
     from entrolab.lab.presets import preset_from_mapping
@@ -332,7 +333,7 @@ def test_spear_replays_and_resumes_with_its_buffers(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_lab(cfg("killed"), progress=False, log=lambda s: None)
     monkeypatch.setattr(agentic.SpearReplay, "add", real_add)
-    state = torch.load(tmp_path / "killed" / "runs" / "spear_small" / "seed0" / "checkpoint.pt", weights_only=True)
+    state = read_checkpoint(tmp_path / "killed" / "runs" / "spear_small" / "seed0" / "checkpoint.pt")
     assert state["step"] == 4 and state["spear"]["group_means"]
     out = run_lab(cfg("killed"), resume=True, progress=False, log=lambda s: None)
     assert _strip(_rows(out / "runs" / "spear_small" / "seed0" / "metrics.jsonl")) == ref_rows
@@ -355,7 +356,7 @@ def test_adam8bit_optimizer_trains_and_resumes(tmp_path, monkeypatch):
 
     ref = run_lab(cfg("ref"), progress=False, log=lambda s: None)
     ref_rows = _strip(_rows(ref / "runs" / "entropy_bonus" / "seed0" / "metrics.jsonl"))
-    state = torch.load(ref / "runs" / "entropy_bonus" / "seed0" / "checkpoint.pt", weights_only=True)
+    state = read_checkpoint(ref / "runs" / "entropy_bonus" / "seed0" / "checkpoint.pt")
     # bitsandbytes nests its states; the 2-D weights of 4,096+ elements hold uint8 codes, and they moved
     quant = [s["__bnb_optimizer_quant_state__"] for s in state["optimizer"]["state"].values()]
     codes = [q["state1"] for q in quant if q["state1"].dtype == torch.uint8]
@@ -410,3 +411,47 @@ def test_a_run_directory_is_never_written_by_two_processes(tmp_path):
     # released with the killed holder; one process re-entering its own lock is refused too
     with run_directory_lock(out), pytest.raises(LabError, match="in use"), run_directory_lock(out):
         pass
+
+
+def test_parallel_workers_give_the_serial_results_row_for_row(tmp_path):
+    """Two worker processes (spawned, one thread each) against one process: the same rows, the same done markers."""
+    base = {**TINY, "seeds": 2, "steps": 3}
+    serial = run_lab(LabConfig(methods=("grpo", "clip_cov"), out=str(tmp_path / "serial"), **base), progress=False,
+                     log=lambda s: None)  # fmt: skip
+    lines: list[str] = []
+    par_cfg = LabConfig(methods=("grpo", "clip_cov"), out=str(tmp_path / "parallel"), **{**base, "workers": 2})
+    parallel = run_lab(par_cfg, progress=False, log=lines.append)
+    assert any("4 runs on 2 worker processes, 1 thread(s) each" in x for x in lines)
+    assert sum("done: held-out pass@1" in x for x in lines) == 4
+    for method in ("grpo", "clip_cov"):
+        for seed in (0, 1):
+            a = _strip(_rows(serial / "runs" / method / f"seed{seed}" / "metrics.jsonl"))
+            b = _strip(_rows(parallel / "runs" / method / f"seed{seed}" / "metrics.jsonl"))
+            assert a == b, (method, seed)
+            done = json.loads((parallel / "runs" / method / f"seed{seed}" / "done.json").read_text())
+            assert done["last_eval"]["step"] == 3 and done["cpu_seconds"] > 0
+
+
+def test_resume_continues_the_directory_it_is_given_even_when_moved(tmp_path):
+    """DIR is the run: a copied run resumes in the copy (the original is never written), and --resume refuses
+    settings that would change the run."""
+    import shutil
+
+    from entrolab.lab.cli import main
+
+    first = tmp_path / "first"
+    run_lab(LabConfig(methods=("grpo",), out=str(first), **TINY), progress=False, log=lambda s: None)
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    run_dir = moved / "runs" / "grpo" / "seed0"
+    (run_dir / "done.json").unlink()
+    (run_dir / "checkpoint.pt").unlink()  # start that run over, from its first row
+    before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
+    assert main(["--resume", str(moved), "--no-report", "--progress", "off"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == before
+    assert json.loads((moved / "config.json").read_text())["out"] == str(moved)
+    original = first / "runs" / "grpo" / "seed0" / "metrics.jsonl"
+    assert _strip(_rows(run_dir / "metrics.jsonl")) == _strip(_rows(original))
+    done = json.loads((run_dir / "done.json").read_text())
+    assert done["last_eval"]["step"] == TINY["steps"]
+    assert main(["--resume", str(moved), "--steps", "30", "--no-report"]) == 2

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,12 @@ class LabConfig:
     checkpoint_every: int = 20
     """Checkpoint every this many RL steps (and at the end)."""
     threads: int = 0
-    """torch threads (0: leave torch's default)."""
+    """torch threads per run (0: leave torch's default when runs are serial; with ``workers`` > 1, the machine's
+    cores divided among the workers)."""
+    workers: int = 0
+    """Runs (method x seed) trained at once, each in its own process; 0: as many as the machine's cores allow (one
+    per core, at most the number of runs).  Results are identical to a serial run with the same threads per run:
+    every run is seeded on its own and shares only the cached warm start."""
     out: str = "lab-runs/default"
     """Run directory."""
     deterministic: bool = True
@@ -124,7 +130,15 @@ class LabConfig:
         try:
             for name in _POSITIVE_INTS:
                 check_int(name, getattr(self, name), low=1)
-            for name in ("sft_steps", "max_new_tokens", "threads", "seed", "kl_metric_every", "entropy_check_every"):
+            for name in (
+                "sft_steps",
+                "max_new_tokens",
+                "threads",
+                "seed",
+                "kl_metric_every",
+                "entropy_check_every",
+                "workers",
+            ):
                 check_int(name, getattr(self, name), low=0)
             for name in ("lr", "sft_lr", "grad_clip"):
                 check_positive_float(name, getattr(self, name))
@@ -180,6 +194,11 @@ class LabConfig:
         if self.sft_correct is not None:
             return float(self.sft_correct)
         return float(getattr(task, "demonstrator_accuracy", 1.0))
+
+    def run_workers(self, runs: int) -> int:
+        """How many runs train at once for ``runs`` runs (``workers``, or the machine's cores when 0)."""
+        want = self.workers or (os.cpu_count() or 1)
+        return max(1, min(want, runs))
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "presets"}

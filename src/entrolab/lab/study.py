@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entrolab.lab.checkpoints import read_checkpoint
 from entrolab.lab.tasks import make_splits, resolve_task
 from entrolab.sampling import min_p_mask, top_h_mask, top_p_mask
 
@@ -52,7 +53,7 @@ def _policies(cfg: Any, out: Path, init_model: Any) -> list[tuple[str, Any]]:
         ckpt = out / "runs" / name / f"seed{cfg.seed}" / "checkpoint.pt"
         if ckpt.exists():
             model = copy.deepcopy(init_model)
-            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+            model.load_state_dict(read_checkpoint(ckpt)["model"])  # verified: a damaged file is a named error
             policies.append((f"{name} (seed {cfg.seed})", model))
     return policies
 

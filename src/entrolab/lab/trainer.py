@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from entrolab.lab.agentic import spear_schedule_steps
+from entrolab.lab.checkpoints import CheckpointError, latest_good, read_checkpoint, write_checkpoint
 from entrolab.lab.config import LAB_OPTIMIZERS, LabConfig, LabError
 from entrolab.lab.method_rollouts import prompt_ids
 from entrolab.lab.policy import (
@@ -90,15 +91,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
@@ -161,10 +153,18 @@ def sft_loss(
 
 
 def warm_start(
-    cfg: LabConfig, task: Task, tok: Tokenizer, exclude: set[str], max_new: int, directory: Path
+    cfg: LabConfig,
+    task: Task,
+    tok: Tokenizer,
+    exclude: set[str],
+    max_new: int,
+    directory: Path,
+    *,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """The warm-started policy: loaded from ``directory`` when a previous run used the same settings, else trained
-    by supervised fine-tuning on ``task.solution`` completions and saved there (atomically)."""
+    by supervised fine-tuning on :func:`demonstration` completions and saved there (atomically, with a checksum); a
+    damaged cache is reported and rebuilt."""
     torch.manual_seed(cfg.seed)
     model = _build_model(cfg, task, tok, max_new)
     key = _sft_key(cfg, task, model.config_dict())
@@ -173,9 +173,14 @@ def warm_start(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"sft-{key}.pt"
     if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        return model, json.loads(state["meta"])
+        try:
+            state = read_checkpoint(path)
+            model.load_state_dict(state["model"])
+            return model, json.loads(state["meta"])
+        except (CheckpointError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
+            (say or _stderr)(f"warm-start cache {path} is unusable ({exc}); training it again")
+            torch.manual_seed(cfg.seed)
+            model = _build_model(cfg, task, tok, max_new)
     rng = random.Random(f"sft-{cfg.seed}")
     correct = cfg.sft_correct_for(task)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
@@ -193,7 +198,7 @@ def warm_start(
         opt.step()
         losses.append(float(loss.detach()))
     meta = {"key": key, "sft_loss": losses[-1] if losses else None, "sft_seconds": time.perf_counter() - t0}
-    atomic_torch_save({"model": model.state_dict(), "meta": json.dumps(meta)}, path)
+    write_checkpoint({"model": model.state_dict(), "meta": json.dumps(meta)}, path, keep_previous=False)
     return model, meta
 
 
@@ -298,6 +303,7 @@ def train_one(
     directory: Path,
     resume: bool = False,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """One RL run of ``preset`` with ``seed``; metrics in ``directory/metrics.jsonl``; returns the last eval row.
 
@@ -317,8 +323,9 @@ def train_one(
     keep_rows = None
     if resume:
         keep_rows = 0
-        if ckpt_path.exists():
-            state.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
+        found = _resume_point(ckpt_path, directory / "metrics.jsonl", steps=cfg.steps, say=say)
+        if found is not None:
+            state.load_state_dict(found)
             keep_rows = state.metric_rows
     metrics = _Metrics(directory, keep_rows)
     base = {"method": preset.name, "seed": seed}
@@ -359,10 +366,33 @@ def train_one(
                 on_step(row)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 state.step, state.metric_rows = done, metrics.rows
-                atomic_torch_save(state.state_dict(), ckpt_path)
+                write_checkpoint(state.state_dict(), ckpt_path)
     finally:
         metrics.close()
     return last_eval
+
+
+def _resume_point(ckpt: Path, metrics: Path, *, steps: int, say: Callable[[str], None] | None) -> dict[str, Any] | None:
+    """The newest verified checkpoint of a run that its metrics file can continue from (``None``: start the run
+    over); a damaged or unusable one is reported and the one before it tried; :class:`LabError` when none works."""
+    rows = 0
+    if metrics.exists():  # complete rows only: a kill mid-write leaves a partial last line
+        rows = sum(1 for line in metrics.read_text(errors="replace").splitlines() if line.strip().endswith("}"))
+
+    def usable(state: dict[str, Any]) -> str | None:
+        if not isinstance(state, dict) or "metric_rows" not in state or "step" not in state:
+            return "it is not a lab run checkpoint"
+        if int(state["step"]) > steps:
+            return f"it is at step {state['step']}, beyond this run's {steps} steps"
+        if int(state["metric_rows"]) > rows:
+            return f"it continues after metric row {state['metric_rows']}, but {metrics} has only {rows} complete rows"
+        return None
+
+    try:
+        found = latest_good(ckpt, usable=usable, say=say or _stderr)
+    except CheckpointError as exc:
+        raise LabError(f"{exc}. Start this run over with --overwrite, or restore the files") from None
+    return None if found is None else found[0]
 
 
 # ------------------------------------------------------------------------------------------------------- driver
@@ -397,7 +427,9 @@ def _prepare_directory(cfg: LabConfig, out: Path, *, resume: bool, overwrite: bo
         if not config_path.exists():
             raise LabError(f"--resume {out}: no config.json there (not a lab run directory)")
         saved = json.loads(config_path.read_text())
-        if saved != json.loads(json.dumps(cfg.to_dict())):
+        free = ("workers", "out")  # how many runs at once changes no result; a moved directory is the same run
+        same = {k: v for k, v in cfg.to_dict().items() if k not in free}
+        if {k: v for k, v in saved.items() if k not in free} != json.loads(json.dumps(same)):
             raise LabError(f"--resume {out}: the settings differ from the saved config.json; resume with the same ones")
     elif any(p.name != ".lock" for p in out.iterdir()):
         if not overwrite:
@@ -451,7 +483,7 @@ def _run_all(cfg: LabConfig, out: Path, *, resume: bool, progress: bool | None, 
     say(f"entrolab lab: task {task.name}, methods {', '.join(cfg.methods)}, {cfg.seeds} seed(s), {cfg.steps} steps")
     t0 = time.perf_counter()
     try:
-        init_model, sft_meta = warm_start(cfg, task, tok, exclude, max_new, out / "sft")
+        init_model, sft_meta = warm_start(cfg, task, tok, exclude, max_new, out / "sft", say=say)
     except ValueError as exc:  # a checkpoint that cannot be loaded or used, a prompt that does not tokenize
         raise LabError(str(exc)) from None
     g = torch.Generator().manual_seed(cfg.seed)
@@ -460,28 +492,72 @@ def _run_all(cfg: LabConfig, out: Path, *, resume: bool, progress: bool | None, 
     _atomic_write_bytes(out / "sft" / "summary.json", json.dumps({**sft_meta, "eval": init_eval}, indent=1).encode())
     say(f"warm start: pass@1 {init_eval['pass@1']:.3f} ({time.perf_counter() - t0:.1f} s)")
     runs = [(name, cfg.seed + s) for name in cfg.methods for s in range(cfg.seeds)]
+    todo = [(n, s) for n, s in runs if not (resume and (out / "runs" / n / f"seed{s}" / "done.json").exists())]
+    workers = cfg.run_workers(len(todo))
+    if workers > 1:
+        _run_parallel(cfg, out, todo, workers=workers, resume=resume, say=say)
+        return
     bar = _progress(len(runs) * cfg.steps, sys.stderr.isatty() if progress is None else progress)
-    for name, seed in runs:
-        directory = out / "runs" / name / f"seed{seed}"
-        done_marker = directory / "done.json"
-        if resume and done_marker.exists():
-            bar.update(cfg.steps)
-            continue
+    bar.update((len(runs) - len(todo)) * cfg.steps)
+    for name, seed in todo:
 
         def on_step(row: dict[str, Any], _name: str = name, _seed: int = seed) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{_name} s{_seed} step {row['step']} H {row['entropy']:.3f} acc {row['accuracy']:.2f}")
 
-        t_run = time.perf_counter()
-        last = train_one(
-            cfg, get_preset(name, cfg.presets), seed, task=task, tok=tok, init_model=init_model,
-            eval_examples=eval_examples, exclude=exclude, max_new=max_new, directory=directory, resume=resume,
-            on_step=on_step,
+        _train_and_mark(
+            cfg, name, seed, out, task=task, tok=tok, init_model=init_model, eval_examples=eval_examples,
+            exclude=exclude, max_new=max_new, resume=resume, on_step=on_step, say=say,
         )  # fmt: skip
-        _atomic_write_bytes(
-            done_marker, json.dumps({"last_eval": last, "seconds": time.perf_counter() - t_run}).encode()
-        )
     bar.close()
+
+
+def _train_and_mark(cfg: LabConfig, name: str, seed: int, out: Path, **kwargs: Any) -> dict[str, Any]:
+    """One (method, seed) run, then its ``done.json`` (the last evaluation and the run's wall and CPU seconds)."""
+    directory = out / "runs" / name / f"seed{seed}"
+    t_run, c_run = time.perf_counter(), time.process_time()
+    last = train_one(cfg, get_preset(name, cfg.presets), seed, directory=directory, **kwargs)
+    if not last:  # resumed a run whose last checkpoint is its end: its last evaluation is in the metrics file
+        rows = [json.loads(x) for x in (directory / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        last = next((r for r in reversed(rows) if r.get("kind") == "eval"), {})
+    done = {"last_eval": last, "seconds": time.perf_counter() - t_run, "cpu_seconds": time.process_time() - c_run}
+    _atomic_write_bytes(directory / "done.json", json.dumps(done).encode())
+    return last
+
+
+def _worker_run(cfg: LabConfig, name: str, seed: int, out: str, resume: bool, threads: int) -> tuple[str, int, float]:
+    """A worker process's run: the task, splits and cached warm start rebuilt from ``cfg`` (bit-identical to the
+    parent's), then :func:`_train_and_mark`.  Returns ``(name, seed, held-out pass@1)``."""
+    torch.set_num_threads(threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    task, tok, max_new, eval_examples, exclude = _task_and_splits(cfg)
+    init_model, _ = warm_start(cfg, task, tok, exclude, max_new, Path(out) / "sft")
+    last = _train_and_mark(
+        cfg, name, seed, Path(out), task=task, tok=tok, init_model=init_model, eval_examples=eval_examples,
+        exclude=exclude, max_new=max_new, resume=resume,
+    )  # fmt: skip
+    return name, seed, float(last.get("pass@1", math.nan))
+
+
+def _run_parallel(
+    cfg: LabConfig, out: Path, todo: list[tuple[str, int]], *, workers: int, resume: bool, say: Callable[[str], None]
+) -> None:
+    """``todo`` on ``workers`` spawned processes, each with ``cfg.threads`` threads (or its share of the cores); a
+    line per finished run."""
+    import concurrent.futures
+    import multiprocessing
+
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+    say(f"{len(todo)} runs on {workers} worker processes, {threads} thread(s) each")
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_worker_run, cfg, n, s, str(out), resume, threads) for n, s in todo]
+        for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
+            name, seed, p1 = fut.result()
+            eta = (time.perf_counter() - t0) / i * (len(todo) - i)
+            say(f"[{i}/{len(todo)}] {name} seed {seed} done: held-out pass@1 {p1:.3f} (ETA {eta:.0f} s)")
 
 
 class _NoBar:
