@@ -170,6 +170,11 @@ def test_verifiers():
         (["", '{"prompt": "a", "answer": "one"}'], "numeric", "line 2: field 'answer' must be a plain decimal"),
         (['{"prompt": "a", "answer": "(unclosed"}'], "regex", "line 1: field 'answer' is not a valid regular"),
         ([""], "exact", "no rows"),
+        # hostile files: nesting beyond the parser's recursion, huge integers, huge lines and prompts
+        (['{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"], "exact", "line 1: JSON nested too deeply"),
+        (['{"prompt": "a", "answer": "1", "n": ' + "9" * 10_000 + "}"], "exact", "line 1: invalid JSON value"),
+        (['{"prompt": "' + "a" * 5_000_000 + '", "answer": "1"}'], "exact", "line 1: longer than"),
+        (['{"prompt": "' + "a" * 5_000 + '", "answer": "1"}'], "exact", "line 1: field 'prompt' has 5000 char"),
     ],
 )
 def test_malformed_task_files_name_file_line_and_field(tmp_path, lines, verifier, message):
@@ -177,6 +182,13 @@ def test_malformed_task_files_name_file_line_and_field(tmp_path, lines, verifier
     with pytest.raises(ValueError, match=message) as info:
         load_task_file(path, verifier=verifier)
     assert str(path) in str(info.value)
+
+
+def test_a_task_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "2"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl, line 2: not UTF-8"):
+        load_task_file(path)
 
 
 def test_task_file_config_errors(tmp_path, checkpoint):
@@ -208,3 +220,40 @@ def test_math_verifier_checks_equivalence_with_math_verify(tmp_path):
     assert task.score(ex, "0.5") == 1.0 and task.score(ex, "\\frac{2}{4}") == 1.0
     assert task.score(ex, "0.6") == 0.0 and task.score(ex, "(((((") == 0.0 and task.score(ex, "x" * 10**6) == 0.0
     assert task.has_solutions and task.solution(ex, None) == "1/2"  # type: ignore[arg-type]
+
+
+def test_math_verifier_is_bounded_in_time_and_works_off_the_main_thread(tmp_path, monkeypatch):
+    """math-verify's own time limits need signals (main thread only): entrolab runs it in a worker process with a
+    wall-clock limit, so a worker thread gets correct scores and a slow completion costs the limit, then 0."""
+    import threading
+
+    pytest.importorskip("math_verify")
+    from entrolab.lab import task_files
+
+    task = load_task_file(_write(tmp_path / "m.jsonl", ['{"prompt": "half is ", "answer": "1/2"}']), verifier="math")
+    ex = Ex("half is ", "1/2")
+    got: list[float] = []
+    worker = threading.Thread(target=lambda: got.append(task.score(ex, "0.5")))
+    worker.start()
+    worker.join()
+    assert got == [1.0]
+    monkeypatch.setattr(task_files, "MATH_TIMEOUT_S", 0.2)
+    t0 = time.perf_counter()
+    assert task.score(ex, "9^{9^{9^{9}}}") == 0.0  # about a second of sympy work, cut at 0.2 s
+    assert time.perf_counter() - t0 < 1.0
+    monkeypatch.setattr(task_files, "MATH_TIMEOUT_S", 30.0)
+    assert task.score(ex, "\\frac{2}{4}") == 1.0  # a fresh worker after the stuck one was terminated
+    # a completion over the length limit is wrong, even when its prefix is right
+    assert task.score(ex, "0.5" + " " * 300) == 0.0
+
+
+def test_text_after_the_length_limit_never_earns_reward():
+    from entrolab.lab.tasks import MAX_COMPLETION_CHARS, get_task
+
+    calc = get_task("calculator")
+    ex = calc.sample(__import__("random").Random(0))
+    right = calc.solution(ex, None)  # type: ignore[arg-type]
+    assert calc.score(ex, right) == 1.0
+    assert calc.score(ex, right + ";" * (MAX_COMPLETION_CHARS - len(right) + 1)) == 0.0
+    padded = "?" * MAX_COMPLETION_CHARS + f"#{ex.data['value']}"
+    assert calc.score(ex, padded) == 0.0

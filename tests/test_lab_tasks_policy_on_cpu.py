@@ -303,6 +303,11 @@ def test_preset_composition_and_errors():
         preset_from_mapping("x", {"loss": "nope"})
     with pytest.raises(ValueError, match=r"temperature must be in \(0.0"):
         preset_from_mapping("x", {"temperature": 0})
+    # loss values are checked when the preset is read (a dry run of the loss), not after the warm start
+    with pytest.raises(ValueError, match=r"preset 'x': ratio must be in \(0.0, 1.0\], got -1"):
+        preset_from_mapping("x", {"base": "clip_cov", "loss_kwargs": {"ratio": -1}})
+    with pytest.raises(ValueError, match=r"preset 'x': kl_coef must be in .* got nan"):
+        preset_from_mapping("x", {"base": "kl_cov", "loss_kwargs": {"kl_coef": float("nan")}})
     with pytest.raises(ValueError, match="buffer_size must be an int >= 1"):
         preset_from_mapping("x", {"replay": "spear", "replay_kwargs": {"buffer_size": 0}})
     with pytest.raises(ValueError, match="schedule_fraction must be in"):
@@ -373,6 +378,14 @@ def test_docs_config_example_loads_and_stage_tables_agree(tmp_path):
         ("f.toml", "[presets.grpo]\nbase = 'dapo'\n", r"f.toml, line 1: preset 'grpo' is built in"),
         ("g.toml", "[presets.x]\ntemprature = 2\n", r"g.toml, line 1: preset 'x': unknown field"),
         ("h.json", "{}", r"expected a .toml, .yaml or .yml file"),
+        # values are checked with the file and line too, before any work starts
+        ("i.toml", "seeds = 2\nlr = nan\n", r"i.toml, line 2: lr must be"),
+        ("j.toml", "steps = -5\n", r"j.toml, line 1: steps must be"),
+        ("k.yaml", "seeds: 2\nmethods: [grpo, nope]\n", r"k.yaml, line 2: .*valid methods"),
+        ("l.toml", "sft_correct = 1.5\n", r"l.toml, line 1: sft_correct must be a number in \(0, 1\]"),
+        ("m.yaml", "steps: " + "[" * 5000 + "]" * 5000 + "\n", r"m.yaml: nested too deeply|m.yaml.*steps"),
+        ("n.toml", "steps = " + "9" * 5000 + "\n", r"n.toml: invalid TOML: Exceeds the limit"),
+        ("o.yaml", "steps: " + "9" * 5000 + "\n", r"o.yaml: invalid YAML value: Exceeds the limit"),
     ],
 )
 def test_malformed_config_files_name_file_line_and_field(tmp_path, name, text, message):
@@ -380,6 +393,17 @@ def test_malformed_config_files_name_file_line_and_field(tmp_path, name, text, m
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         load_config_file(path)
+
+
+def test_config_files_that_are_not_text_or_too_large_are_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"seeds = 2\nsteps = 3 # caf\xe9\n")
+    with pytest.raises(ValueError, match=r"bad.toml, line 2: not UTF-8"):
+        load_config_file(bad)
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * 2**20 + "\n")
+    with pytest.raises(ValueError, match="larger than"):
+        load_config_file(big)
 
 
 def test_yaml_loader_is_safe(tmp_path):

@@ -19,7 +19,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "latest_good", "previous_path", "read_checkpoint", "write_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "latest_good",
+    "previous_path",
+    "read_checkpoint",
+    "resume_point",
+    "write_checkpoint",
+]
 
 _MAGIC = b"ENTROLAB-CHECKPOINT 1 "
 _MAX_HEADER = 200
@@ -112,3 +119,24 @@ def latest_good(
     if problems:
         raise CheckpointError("cannot resume: " + "; ".join(problems))
     return None
+
+
+def resume_point(ckpt: Path, metrics: Path, *, steps: int, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The state to resume a lab run from: the newest verified checkpoint (``ckpt`` or the one before) that its
+    metrics file can continue from (at least as many complete rows as it counts, a step within ``steps``); ``None``
+    to start the run over (no checkpoint yet); :class:`CheckpointError` when checkpoints exist but none works."""
+    rows = 0
+    if metrics.exists():  # complete rows only: a kill mid-write leaves a partial last line
+        rows = sum(1 for line in metrics.read_text(errors="replace").splitlines() if line.strip().endswith("}"))
+
+    def usable(state: Any) -> str | None:
+        if not isinstance(state, dict) or "metric_rows" not in state or "step" not in state:
+            return "it is not a lab run checkpoint"
+        if int(state["step"]) > steps:
+            return f"it is at step {state['step']}, beyond this run's {steps} steps"
+        if int(state["metric_rows"]) > rows:
+            return f"it continues after metric row {state['metric_rows']}, but {metrics} has only {rows} complete rows"
+        return None
+
+    found = latest_good(ckpt, usable=usable, say=say)
+    return None if found is None else found[0]

@@ -60,6 +60,10 @@ def _line_of(text: str, key: str) -> int | None:
     return None
 
 
+MAX_CONFIG_BYTES = 2**20
+"""A config file is at most this large."""
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """LabConfig values from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file.
 
@@ -69,7 +73,35 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--config {p}: no such file")
-    text = p.read_text()
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"--config {p}: larger than {MAX_CONFIG_BYTES} bytes")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{p}, line {line}: not UTF-8") from None
+    raw = _parse_config_text(p, text)
+    values = _config_values(p, text, raw)
+    try:  # the values alone, before any work: a bad one is reported with its file and line
+        LabConfig(**values)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        key = next((k for k in values if k != "presets" and re.search(rf"\b{k}\b", msg)), None)
+        found = _line_of(text, key) if key else None
+        raise ValueError(f"{p}{f', line {found}' if found else ''}: {msg}") from None
+    return values
+
+
+def _parse_config_text(p: Path, text: str) -> Any:
+    """The TOML or YAML document of a config file; syntax errors and documents nested too deeply are named."""
+    try:
+        return _parse_config_document(p, text)
+    except RecursionError:
+        raise ValueError(f"{p}: nested too deeply") from None
+
+
+def _parse_config_document(p: Path, text: str) -> Any:
     if p.suffix == ".toml":
         try:
             import tomllib
@@ -77,7 +109,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             import tomli as tomllib  # type: ignore[no-redef]
         try:
             raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except ValueError as exc:  # TOMLDecodeError, or an integer beyond int()'s digit limit
             raise ValueError(f"{p}: invalid TOML: {exc}") from None
     elif p.suffix in (".yaml", ".yml"):
         import yaml
@@ -88,9 +120,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             mark = getattr(exc, "problem_mark", None)
             where = f", line {mark.line + 1}" if mark is not None else ""
             raise ValueError(f"{p}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        except ValueError as exc:  # an integer beyond int()'s digit limit
+            raise ValueError(f"{p}: invalid YAML value: {exc}") from None
         raw = raw or {}
     else:
         raise ValueError(f"--config {p}: expected a .toml, .yaml or .yml file")
+    return raw
+
+
+def _config_values(p: Path, text: str, raw: Any) -> dict[str, Any]:
+    """LabConfig keyword values from a parsed config document, each checked by name and type."""
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: the top level must be a table of fields, got {type(raw).__name__}")
     names = {f.name: f for f in dataclasses.fields(LabConfig)}
@@ -126,7 +165,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{where}: field {key!r} must be an integer, got {value!r}")
-        elif isinstance(default, float):
+        elif isinstance(default, float) or (default is None and "float" in str(names[key].type)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{where}: field {key!r} must be a number, got {value!r}")
             value = float(value)

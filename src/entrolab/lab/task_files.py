@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -18,7 +19,15 @@ from typing import Any
 
 from entrolab.lab.tasks import MAX_COMPLETION_CHARS, Example
 
-__all__ = ["MAX_TASK_FILE_BYTES", "VERIFIERS", "FileTask", "load_task_file", "parse_number"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "MAX_PROMPT_CHARS",
+    "MAX_TASK_FILE_BYTES",
+    "VERIFIERS",
+    "FileTask",
+    "load_task_file",
+    "parse_number",
+]
 
 VERIFIERS = ("exact", "numeric", "regex", "math")
 """How a file task scores a completion against a row's ``answer``:
@@ -34,6 +43,11 @@ VERIFIERS = ("exact", "numeric", "regex", "math")
 """
 MAX_NUMBER_CHARS = 40
 MAX_TASK_FILE_BYTES = 256 * 2**20
+MAX_LINE_BYTES = 2**20
+"""A task file's line is at most this long (a 5 MB line is refused, not parsed)."""
+MAX_PROMPT_CHARS = 2048
+"""A prompt is at most this long: the built-in model's position table is sized from the longest prompt."""
+MAX_ANSWER_CHARS = 1024
 REGEX_TIMEOUT_S = 0.05
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
@@ -85,6 +99,45 @@ def _math_verify() -> tuple[Callable[..., Any], Callable[..., Any]]:
     return parse, verify
 
 
+MATH_TIMEOUT_S = 3.0
+"""The ``math`` verifier's time limit per check."""
+
+
+def _math_check(gold: str, text: str) -> bool:
+    parse, verify = _math_verify()
+    try:
+        return bool(verify(parse(gold), parse(text)))
+    except Exception:  # math-verify raises on unparsable model output: a wrong answer, not a crash
+        return False
+
+
+class _MathChecker:
+    """``math-verify`` in a separate process with a wall-clock limit per check: it works from any thread or process
+    of the caller (math-verify's own limits use signals, which only the main thread has), and a hostile completion
+    that would take seconds costs at most :data:`MATH_TIMEOUT_S` and scores 0 (the stuck worker is terminated)."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def equivalent(self, gold: str, text: str) -> bool:
+        import multiprocessing
+
+        with self._lock:
+            if self._pool is None:
+                self._pool = multiprocessing.get_context("spawn").Pool(1)
+            pending = self._pool.apply_async(_math_check, (gold, text))
+            try:
+                return bool(pending.get(timeout=MATH_TIMEOUT_S))
+            except multiprocessing.TimeoutError:
+                self._pool.terminate()
+                self._pool = None
+                return False
+
+
+_MATH = _MathChecker()
+
+
 @dataclass(frozen=True)
 class FileTask:
     """A task read from a JSONL file of ``{"prompt": ..., "answer": ...}`` rows, scored by one of :data:`VERIFIERS`.
@@ -117,18 +170,20 @@ class FileTask:
 
     def vote_key(self, example: Example, completion: str) -> str | None:
         """The stripped completion (``numeric``: its exact value), ``None`` when empty or not a number."""
-        if not isinstance(completion, str):
+        if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
             return None
-        text = completion[:MAX_COMPLETION_CHARS].strip()
+        text = completion.strip()
         if self.verifier == "numeric":
             value = parse_number(text)
             return None if value is None else str(value)
         return text or None
 
     def answer_key(self, example: Example, completion: str) -> str | None:
-        if not isinstance(completion, str):
+        """The canonical correct answer, or ``None``; a completion longer than ``MAX_COMPLETION_CHARS`` is wrong
+        (never judged by its prefix)."""
+        if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
             return None
-        text = completion[:MAX_COMPLETION_CHARS].strip()
+        text = completion.strip()
         if self.verifier == "exact":
             return text if text == example.answer.strip() else None
         if self.verifier == "numeric":
@@ -139,12 +194,20 @@ class FileTask:
             if pattern is None:
                 pattern = self._patterns.setdefault(example.answer, _compile_pattern(example.answer))
             return text if _fullmatch(pattern, text) else None
-        parse, verify = _math_verify()
-        try:
-            ok = bool(verify(parse(example.answer), parse(text)))
-        except Exception:  # math-verify raises on unparsable model output: that is a wrong answer, not a crash
-            ok = False
-        return text if ok else None
+        return text if _MATH.equivalent(example.answer, text) else None
+
+
+def _json_line(line: str, where: str) -> Any:
+    """One JSONL line, with every way it can fail named by file and line (nesting too deep for the parser's
+    recursion, an integer beyond Python's digit limit, invalid JSON)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than int() converts
+        raise ValueError(f"{where}: invalid JSON value: {exc}") from None
 
 
 def load_task_file(path: str | Path, *, verifier: str = "exact") -> FileTask:
@@ -163,15 +226,18 @@ def load_task_file(path: str | Path, *, verifier: str = "exact") -> FileTask:
     if p.stat().st_size > MAX_TASK_FILE_BYTES:
         raise ValueError(f"task file {p}: larger than {MAX_TASK_FILE_BYTES} bytes")
     rows: list[tuple[str, str]] = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{p}, line {lineno}"
+            if len(raw) > MAX_LINE_BYTES:
+                raise ValueError(f"{where}: longer than {MAX_LINE_BYTES} bytes")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where}: not UTF-8 (byte {exc.start + 1} of the line)") from None
             if not line.strip():
                 continue
-            where = f"{p}, line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON: {exc.msg}") from None
+            obj = _json_line(line, where)
             if not isinstance(obj, dict):
                 raise ValueError(f"{where}: expected a JSON object with fields 'prompt' and 'answer'")
             for key in ("prompt", "answer"):
@@ -181,6 +247,12 @@ def load_task_file(path: str | Path, *, verifier: str = "exact") -> FileTask:
                     raise ValueError(f"{where}: field {key!r} must be a string, got {type(obj[key]).__name__}")
             if not obj["prompt"]:
                 raise ValueError(f"{where}: field 'prompt' is empty")
+            for key, limit in (("prompt", MAX_PROMPT_CHARS), ("answer", MAX_ANSWER_CHARS)):
+                if len(obj[key]) > limit:
+                    raise ValueError(
+                        f"{where}: field {key!r} has {len(obj[key])} characters, more than {limit} (the lab's "
+                        "models have short windows; split or shorten it)"
+                    )
             if verifier == "numeric" and parse_number(obj["answer"]) is None:
                 raise ValueError(f"{where}: field 'answer' must be a plain decimal number, got {obj['answer']!r}")
             if verifier == "regex":

@@ -68,7 +68,7 @@ MAX_LITERAL_DIGITS = 6
 MAX_MAGNITUDE = 10**12
 """Maximum absolute value of any intermediate result."""
 MAX_COMPLETION_CHARS = 256
-"""Completions are scored on at most this many characters."""
+"""A completion longer than this many characters scores 0 (it is never judged by its prefix)."""
 
 _ALLOWED = frozenset("0123456789+-*() ")
 
@@ -366,9 +366,9 @@ class CalculatorTask:
         return "?;" if parsed is None else f"{parsed[0]};"
 
     def vote_key(self, example: Example, completion: str) -> str | None:
-        if not isinstance(completion, str) or "#" not in completion[:MAX_COMPLETION_CHARS]:
-            return None
-        value = parse_integer(completion[:MAX_COMPLETION_CHARS].rsplit("#", 1)[1])
+        if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS or "#" not in completion:
+            return None  # a completion over the limit is wrong, never judged by its prefix
+        value = parse_integer(completion.rsplit("#", 1)[1])
         return None if value is None else str(value)
 
     def score(self, example: Example, completion: str) -> float:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from entrolab.lab.agentic import spear_schedule_steps
-from entrolab.lab.checkpoints import CheckpointError, latest_good, read_checkpoint, write_checkpoint
+from entrolab.lab.checkpoints import CheckpointError, read_checkpoint, resume_point, write_checkpoint
 from entrolab.lab.config import LAB_OPTIMIZERS, LabConfig, LabError
 from entrolab.lab.method_rollouts import prompt_ids
 from entrolab.lab.policy import (
@@ -87,12 +87,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, rename; on failure (a full disk) the temporary
+    file is removed and a :class:`LabError` names ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LabError(f"could not write {path}: {exc.strerror}; free space and resume with --resume") from None
 
 
 def _tokenizer(cfg: LabConfig, task: Task) -> Tokenizer:
@@ -273,8 +279,12 @@ class _Metrics:
             self.tb = None
 
     def write(self, row: dict[str, Any]) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as exc:  # a full disk: the resume truncates the partial row
+            why = f"could not write {self.path}: {exc.strerror}"
+            raise LabError(f"{why}; free space and resume with --resume") from None
         self.rows += 1
         if self.tb is not None:
             prefix = "eval/" if row.get("kind") == "eval" else "train/"
@@ -320,13 +330,7 @@ def train_one(
     )  # fmt: skip
     state = RunState(cfg, preset, seed, init_model, has_tool=ctx.has_tool)
     terms = build_terms(preset)
-    keep_rows = None
-    if resume:
-        keep_rows = 0
-        found = _resume_point(ckpt_path, directory / "metrics.jsonl", steps=cfg.steps, say=say)
-        if found is not None:
-            state.load_state_dict(found)
-            keep_rows = state.metric_rows
+    keep_rows = _restore(state, ckpt_path, directory / "metrics.jsonl", steps=cfg.steps, say=say) if resume else None
     metrics = _Metrics(directory, keep_rows)
     base = {"method": preset.name, "seed": seed}
     last_eval: dict[str, Any] = {}
@@ -366,33 +370,25 @@ def train_one(
                 on_step(row)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 state.step, state.metric_rows = done, metrics.rows
-                write_checkpoint(state.state_dict(), ckpt_path)
+                try:
+                    write_checkpoint(state.state_dict(), ckpt_path)
+                except OSError as exc:
+                    raise LabError(f"{exc}; free space and resume with --resume") from None
     finally:
         metrics.close()
     return last_eval
 
 
-def _resume_point(ckpt: Path, metrics: Path, *, steps: int, say: Callable[[str], None] | None) -> dict[str, Any] | None:
-    """The newest verified checkpoint of a run that its metrics file can continue from (``None``: start the run
-    over); a damaged or unusable one is reported and the one before it tried; :class:`LabError` when none works."""
-    rows = 0
-    if metrics.exists():  # complete rows only: a kill mid-write leaves a partial last line
-        rows = sum(1 for line in metrics.read_text(errors="replace").splitlines() if line.strip().endswith("}"))
-
-    def usable(state: dict[str, Any]) -> str | None:
-        if not isinstance(state, dict) or "metric_rows" not in state or "step" not in state:
-            return "it is not a lab run checkpoint"
-        if int(state["step"]) > steps:
-            return f"it is at step {state['step']}, beyond this run's {steps} steps"
-        if int(state["metric_rows"]) > rows:
-            return f"it continues after metric row {state['metric_rows']}, but {metrics} has only {rows} complete rows"
-        return None
-
+def _restore(state: RunState, ckpt: Path, metrics: Path, *, steps: int, say: Callable[[str], None] | None) -> int:
+    """Load the run's resume point into ``state``; the metric rows to keep (0: the run starts over)."""
     try:
-        found = latest_good(ckpt, usable=usable, say=say or _stderr)
+        found = resume_point(ckpt, metrics, steps=steps, say=say or _stderr)
     except CheckpointError as exc:
         raise LabError(f"{exc}. Start this run over with --overwrite, or restore the files") from None
-    return None if found is None else found[0]
+    if found is None:
+        return 0
+    state.load_state_dict(found)
+    return state.metric_rows
 
 
 # ------------------------------------------------------------------------------------------------------- driver
@@ -555,7 +551,14 @@ def _run_parallel(
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(_worker_run, cfg, n, s, str(out), resume, threads) for n, s in todo]
         for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-            name, seed, p1 = fut.result()
+            try:
+                name, seed, p1 = fut.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                raise LabError(
+                    "a worker process died before finishing its run. Killed for memory, or started from a script "
+                    "without `if __name__ == '__main__':` around the lab call (spawned workers import the main "
+                    "module again); the finished runs are kept: resume with --resume, or use workers=1"
+                ) from None
             eta = (time.perf_counter() - t0) / i * (len(todo) - i)
             say(f"[{i}/{len(todo)}] {name} seed {seed} done: held-out pass@1 {p1:.3f} (ETA {eta:.0f} s)")
 
