@@ -455,3 +455,26 @@ def test_resume_continues_the_directory_it_is_given_even_when_moved(tmp_path):
     done = json.loads((run_dir / "done.json").read_text())
     assert done["last_eval"]["step"] == TINY["steps"]
     assert main(["--resume", str(moved), "--steps", "30", "--no-report"]) == 2
+
+
+def test_a_sweep_on_a_local_ray_instance_equals_the_serial_sweep(tmp_path):
+    """--ray: each run a Ray task writing its own run directory, on a local instance the test starts; the rows equal
+    a serial run's, and a resume of the Ray-made directory with local processes finds nothing left to do."""
+    if os.environ.get("ENTROLAB_REQUIRE_ENGINES") != "1":
+        pytest.importorskip("ray")
+    base = {**TINY, "seeds": 2, "steps": 2, "eval_every": 2, "checkpoint_every": 2}
+    serial = run_lab(LabConfig(methods=("grpo",), out=str(tmp_path / "serial"), **base), progress=False,
+                     log=lambda s: None)  # fmt: skip
+    lines: list[str] = []
+    on_ray = run_lab(
+        LabConfig(methods=("grpo",), out=str(tmp_path / "ray"), **{**base, "ray": "local"}), progress=False,
+        log=lines.append,
+    )  # fmt: skip
+    assert any("2 runs as Ray tasks on local" in x for x in lines), lines
+    for seed in (0, 1):
+        a = _strip(_rows(serial / "runs" / "grpo" / f"seed{seed}" / "metrics.jsonl"))
+        b = _strip(_rows(on_ray / "runs" / "grpo" / f"seed{seed}" / "metrics.jsonl"))
+        assert a == b, seed
+    before = (on_ray / "runs" / "grpo" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
+    run_lab(LabConfig(methods=("grpo",), out=str(on_ray), **base), resume=True, progress=False, log=lambda s: None)
+    assert (on_ray / "runs" / "grpo" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == before

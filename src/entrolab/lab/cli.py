@@ -234,17 +234,18 @@ def main(argv: list[str] | None = None) -> int:
             saved_path = directory / "config.json"
             if not saved_path.exists():
                 raise ValueError(f"--resume {directory}: no config.json there (not a lab run directory)")
-            given = [f.name for f in dataclasses.fields(LabConfig) if f.name in args and f.name != "workers"]
+            given = [
+                f.name for f in dataclasses.fields(LabConfig) if f.name in args and f.name not in ("workers", "ray")
+            ]
             if given or "config" in args or args.get("quick"):
                 flags = ", ".join("--" + n.replace("_", "-") for n in given) or "--config/--quick"
                 raise ValueError(
                     f"--resume {directory} continues the run with the settings in its config.json; {flags} would "
-                    "change them (only --workers may be given): drop them, or start a new run with --out"
+                    "change them (only --workers and --ray may be given): drop them, or start a new run with --out"
                 )
             # DIR is the run: a moved or copied directory resumes where it is, never where it was written
             cfg = dataclasses.replace(_saved_config(directory), out=str(directory))
-            if "workers" in args:
-                cfg = dataclasses.replace(cfg, workers=args["workers"])
+            cfg = dataclasses.replace(cfg, **{k: args[k] for k in ("workers", "ray") if k in args})
             resume = True
         else:
             values: dict[str, Any] = {}

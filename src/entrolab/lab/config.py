@@ -106,6 +106,11 @@ class LabConfig:
     threads: int = 0
     """torch threads per run (0: leave torch's default when runs are serial; with ``workers`` > 1, the machine's
     cores divided among the workers)."""
+    ray: str = ""
+    """Run the (method, seed) runs as Ray tasks on the cluster at this address (``auto``: the running cluster;
+    ``local``: start one on this machine), each task writing its own run directory, so the run directory must be
+    on storage every node sees; needs the ``ray`` package.  Empty: local processes (``workers``).  A resume may use
+    either."""
     workers: int = 0
     """Runs (method x seed) trained at once, each in its own process; 0: as many as the machine's cores allow (one
     per core, at most the number of runs).  Results are identical to a serial run with the same threads per run:

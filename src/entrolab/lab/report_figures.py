@@ -104,7 +104,10 @@ def fig_law(plt: Any, runs: Runs, methods: list[str], colors: dict[str, Any], fi
     ax.set_ylabel("training reward")
     ax.set_title(f"R = -a exp(H) + b, fitted per run ({TAIL}-step trailing means)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if any(fits.get(m) for m in methods):
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "too few distinct points for a fit", transform=ax.transAxes, ha="center", fontsize=9)
     return fig
 
 

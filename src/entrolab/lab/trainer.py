@@ -64,6 +64,7 @@ from entrolab.lab.stages import (
     step_row,
     update_stage,
 )
+from entrolab.lab.sweep import run_in_processes, run_on_ray
 from entrolab.lab.task_files import FileTask
 from entrolab.lab.tasks import Example, Task, make_splits, resolve_task, sample_train
 from entrolab.losses import Aggregation, get_policy_loss
@@ -423,7 +424,7 @@ def _prepare_directory(cfg: LabConfig, out: Path, *, resume: bool, overwrite: bo
         if not config_path.exists():
             raise LabError(f"--resume {out}: no config.json there (not a lab run directory)")
         saved = json.loads(config_path.read_text())
-        free = ("workers", "out")  # how many runs at once changes no result; a moved directory is the same run
+        free = ("workers", "ray", "out")  # where runs execute changes no result; a moved directory is the same run
         same = {k: v for k, v in cfg.to_dict().items() if k not in free}
         if {k: v for k, v in saved.items() if k not in free} != json.loads(json.dumps(same)):
             raise LabError(f"--resume {out}: the settings differ from the saved config.json; resume with the same ones")
@@ -490,8 +491,16 @@ def _run_all(cfg: LabConfig, out: Path, *, resume: bool, progress: bool | None, 
     runs = [(name, cfg.seed + s) for name in cfg.methods for s in range(cfg.seeds)]
     todo = [(n, s) for n, s in runs if not (resume and (out / "runs" / n / f"seed{s}" / "done.json").exists())]
     workers = cfg.run_workers(len(todo))
+    if cfg.ray and todo:
+        threads = cfg.threads or 1
+        calls = [(cfg, n, s, str(out), resume, threads) for n, s in todo]
+        run_on_ray(_worker_run, calls, address=cfg.ray, cpus=threads, say=say)
+        return
     if workers > 1:
-        _run_parallel(cfg, out, todo, workers=workers, resume=resume, say=say)
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+        say(f"{len(todo)} runs on {workers} worker processes, {threads} thread(s) each")
+        calls = [(cfg, n, s, str(out), resume, threads) for n, s in todo]
+        run_in_processes(_worker_run, calls, workers=workers, say=say)
         return
     bar = _progress(len(runs) * cfg.steps, sys.stderr.isatty() if progress is None else progress)
     bar.update((len(runs) - len(todo)) * cfg.steps)
@@ -534,33 +543,6 @@ def _worker_run(cfg: LabConfig, name: str, seed: int, out: str, resume: bool, th
         exclude=exclude, max_new=max_new, resume=resume,
     )  # fmt: skip
     return name, seed, float(last.get("pass@1", math.nan))
-
-
-def _run_parallel(
-    cfg: LabConfig, out: Path, todo: list[tuple[str, int]], *, workers: int, resume: bool, say: Callable[[str], None]
-) -> None:
-    """``todo`` on ``workers`` spawned processes, each with ``cfg.threads`` threads (or its share of the cores); a
-    line per finished run."""
-    import concurrent.futures
-    import multiprocessing
-
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
-    say(f"{len(todo)} runs on {workers} worker processes, {threads} thread(s) each")
-    t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_worker_run, cfg, n, s, str(out), resume, threads) for n, s in todo]
-        for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-            try:
-                name, seed, p1 = fut.result()
-            except concurrent.futures.process.BrokenProcessPool:
-                raise LabError(
-                    "a worker process died before finishing its run. Killed for memory, or started from a script "
-                    "without `if __name__ == '__main__':` around the lab call (spawned workers import the main "
-                    "module again); the finished runs are kept: resume with --resume, or use workers=1"
-                ) from None
-            eta = (time.perf_counter() - t0) / i * (len(todo) - i)
-            say(f"[{i}/{len(todo)}] {name} seed {seed} done: held-out pass@1 {p1:.3f} (ETA {eta:.0f} s)")
 
 
 class _NoBar:
