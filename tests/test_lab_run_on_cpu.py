@@ -384,7 +384,8 @@ def test_unknown_lab_optimizer_is_refused():
 
 
 def test_a_run_directory_is_never_written_by_two_processes(tmp_path):
-    """A second process on a locked run directory fails at once, naming it; the lock dies with its holder."""
+    """A second process on a locked run directory fails at once, naming it and its holder; the lock dies with its
+    holder."""
     from entrolab.lab.trainer import run_directory_lock
 
     out = tmp_path / "run"
@@ -402,7 +403,7 @@ def test_a_run_directory_is_never_written_by_two_processes(tmp_path):
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         cfg = LabConfig(methods=("grpo",), steps=1, seeds=1, out=str(out))
-        with pytest.raises(LabError, match=f"run directory {out} is in use by another lab process"):
+        with pytest.raises(LabError, match=f"run directory {out} is in use by process {holder.pid} on "):
             run_lab(cfg, progress=False)
         assert not (out / "config.json").exists()  # nothing written under the other process's feet
     finally:

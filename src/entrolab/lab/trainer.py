@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -396,8 +397,9 @@ def _restore(state: RunState, ckpt: Path, metrics: Path, *, steps: int, say: Cal
 @contextlib.contextmanager
 def run_directory_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory ``out`` (``out/.lock``, ``flock``): a second process that opens
-    the same directory fails at once with a :class:`LabError` naming it, instead of interleaving its writes.  The
-    lock goes with the process, so a killed run leaves nothing to clean up."""
+    the same directory fails at once with a :class:`LabError` naming it and the holder (process id and host, which
+    the lock file records), instead of interleaving its writes.  The lock goes with the process, so a killed run
+    leaves nothing to clean up."""
     out.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -408,9 +410,13 @@ def run_directory_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise LabError(
-                f"run directory {out} is in use by another lab process; wait for it or choose another --out"
-            ) from None
+            handle.seek(0)
+            holder = handle.read().strip() or "another lab process"
+            raise LabError(f"run directory {out} is in use by {holder}; wait for it or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
         try:
             yield
         finally:
