@@ -157,6 +157,7 @@ def lab_steps(
         n_layer=args.layers,
         checkpoint_every=10**6,
         kl_metric_every=0,  # no KL term (beta = 0 in TRL): no forward of the initial model
+        entropy_check_every=0,  # the mechanism check is the lab's own diagnostic; TRL does no such forwards
         threads=args.threads or 0,
         deterministic=False,
         out=str(out),

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from entrolab.gallery._common import cell, column, plot_seed_curves, pyplot, run_variants, save_figure
+from entrolab.lab.checkpoints import read_checkpoint
 from entrolab.lab.presets import get_preset
 from entrolab.lab.tasks import make_splits, resolve_task, sample_train
 from entrolab.lab.trainer import LabConfig, _build_model, _tokenizer, evaluate, sft_loss, train_one
@@ -52,7 +53,7 @@ def setup(quick: bool) -> str:
 
 
 def train_variant(variant: str, *, seed: int, updates: int, rl_steps: int = RL_STEPS) -> dict[str, Any]:
-    cfg = LabConfig(methods=("grpo",), seed=seed)
+    cfg = LabConfig(methods=("grpo",), seed=seed, task="countdown")  # the task its documented results used
     task = resolve_task(cfg.task)
     tok = _tokenizer(cfg, task)
     max_new = task.max_answer_chars + 2
@@ -96,14 +97,15 @@ def _rl(variant: str, model: Any, *, seed: int, steps: int, task: Any, tok: Any,
         exclude: set[str]) -> dict[str, Any]:  # fmt: skip
     """GRPO from the fine-tuned ``model`` with the lab's ``adam`` or ``adam8bit`` (the variant's kind of state):
     the reward curve, the final held-out pass@1 and the optimizer-state bytes of the last checkpoint."""
-    cfg = LabConfig(methods=("grpo",), seed=seed, steps=steps, optimizer="adam8bit" if "8bit" in variant else "adam",
+    cfg = LabConfig(methods=("grpo",), seed=seed, task="countdown", steps=steps, workers=1,
+                    optimizer="adam8bit" if "8bit" in variant else "adam",
                     eval_every=steps, eval_prompts=64, eval_samples=8, checkpoint_every=steps)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         last = train_one(cfg, get_preset("grpo"), seed, task=task, tok=tok, init_model=model,
                          eval_examples=held_out[:64], exclude=exclude, max_new=task.max_answer_chars + 2,
                          directory=Path(tmp))  # fmt: skip
         rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-        state = torch.load(Path(tmp) / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+        state = read_checkpoint(Path(tmp) / "checkpoint.pt")["optimizer"]["state"]
     return {
         "rl_reward": [r["reward"] for r in rows if r["kind"] == "train"],
         "rl_pass@1": last["pass@1"],
