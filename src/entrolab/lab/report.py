@@ -223,7 +223,7 @@ def findings(an: Analysis) -> list[str]:
             continue
         r2 = float(np.median([f.r2 for f in fits]))
         good = [f for f in fits if f.meaningful]
-        ceil = f"; predicted ceiling {np.median([f.ceiling for f in good]):.3f}" if good else ""
+        ceil = f"; predicted ceiling {_ceiling(float(np.median([f.ceiling for f in good])))}" if good else ""
         reached = np.median([f.reached for f in fits])
         out.append(
             f"**Law, `{m}`:** median R² {r2:.2f} over {len(fits)} runs ({len(good)} meaningful{ceil}; reward "
@@ -281,11 +281,16 @@ def tables(an: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
         good = [f for f in fits if f.meaningful]
         law_rows.append([
             m, f"{np.median([f.r2 for f in fits]):.2f}" if fits else "-", f"{len(good)} / {len(fits)}",
-            f"{np.median([f.ceiling for f in good]):.3f}" if good else "not reported",
+            _ceiling(float(np.median([f.ceiling for f in good]))) if good else "not reported",
             f"{np.median([f.reached for f in fits]):.3f}" if fits else "-",
         ])  # fmt: skip
     law = (["method", "median R²", "meaningful fits", "median ceiling b - a", "reward reached"], law_rows)
     return {"final": final, "diffs": diffs, "law": law}
+
+
+def _ceiling(value: float) -> str:
+    """The law's ceiling, flagged when the extrapolation passes the reward's maximum (1 for the lab's verifiers)."""
+    return f"{value:.3f}" if value <= 1.0 else f"{value:.3f} (above the maximum reward 1: an extrapolation)"
 
 
 def _wall(by_seed: dict[int, list[dict]]) -> str:
