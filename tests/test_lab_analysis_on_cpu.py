@@ -61,3 +61,11 @@ def test_paired_differences_to_the_baseline_over_finished_seeds_only():
     assert not is_finished(method[5], 10) and is_finished(method[0], 10)
     assert final_values(method[0], k_max=4)["pass@4"] == pytest.approx(0.8)
     assert math.isnan(final_values(_run([], []), k_max=4)["entropy"])
+
+
+def test_trailing_mean_worked_example():
+    from entrolab.lab.analysis import trailing_mean
+
+    assert trailing_mean(np.array([1.0, 2.0, 3.0, 4.0]), 2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    assert trailing_mean(np.array([4.0, 2.0, 0.0]), 5).tolist() == [4.0, 3.0, 2.0]  # fewer points at the start
+    assert trailing_mean(np.array([]), 3).size == 0

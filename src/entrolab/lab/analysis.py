@@ -42,6 +42,7 @@ __all__ = [
     "law_fit",
     "mechanism",
     "paired_to_baseline",
+    "trailing_mean",
 ]
 
 TAIL = 5
@@ -64,8 +65,8 @@ def _evals(rows: Rows) -> Rows:
 
 def is_finished(rows: Rows, steps: int) -> bool:
     """Whether a run's rows reach its configured last step (an interrupted run's do not)."""
-    train = _train(rows)
-    return bool(train) and train[-1].get("step") == steps and bool(_evals(rows)) and _evals(rows)[-1]["step"] == steps
+    train, evals = _train(rows), _evals(rows)
+    return bool(train and evals) and train[-1].get("step") == steps and evals[-1].get("step") == steps
 
 
 def final_values(rows: Rows, *, k_max: int) -> dict[str, float]:
@@ -83,13 +84,13 @@ def final_values(rows: Rows, *, k_max: int) -> dict[str, float]:
     return out
 
 
-def _trailing_mean(y: np.ndarray, width: int) -> np.ndarray:
-    c = np.cumsum(np.concatenate([[0.0], y]))
-    out = np.empty_like(y)
-    for i in range(y.size):
-        lo = max(0, i + 1 - width)
-        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
-    return out
+def trailing_mean(y: np.ndarray, width: int) -> np.ndarray:
+    """Trailing moving average over ``width`` points (fewer at the start: the mean of what there is so far)."""
+    y = np.asarray(y, dtype=np.float64)
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    end = np.arange(1, y.size + 1)
+    start = np.maximum(0, end - max(1, width))
+    return (c[end] - c[start]) / (end - start)
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ def law_fit(rows: Rows) -> LawFit | None:
     train = _train(rows)
     if len(train) < 3:
         return None
-    h = _trailing_mean(np.array([r["entropy"] for r in train], dtype=np.float64), TAIL)
-    rew = _trailing_mean(np.array([r["reward"] for r in train], dtype=np.float64), TAIL)
+    h = trailing_mean(np.array([r["entropy"] for r in train], dtype=np.float64), TAIL)
+    rew = trailing_mean(np.array([r["reward"] for r in train], dtype=np.float64), TAIL)
     try:
         fit = fit_entropy_law(h, rew)
     except ValueError:

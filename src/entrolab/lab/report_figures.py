@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from entrolab._stats import mean_interval
-from entrolab.lab.analysis import TAIL, LawFit, Mechanism
+from entrolab.lab.analysis import TAIL, LawFit, Mechanism, trailing_mean
 
 __all__ = ["fig_heldout", "fig_law", "fig_mechanism", "fig_pass_at_k", "fig_training"]
 
@@ -18,23 +18,16 @@ Runs = dict[str, dict[int, list[dict[str, Any]]]]
 
 def series(rows_by_seed: dict[int, list[dict]], kind: str, key: str, *, smooth: int = 1) -> tuple[Any, Any, Any]:
     """Steps, mean and 95% half-width of ``key`` across seeds (steps present in every seed); each seed's curve is
-    smoothed first by a trailing mean over ``smooth`` points."""
+    smoothed first by :func:`~entrolab.lab.analysis.trailing_mean` over ``smooth`` points."""
     per_seed = [
         {r["step"]: r[key] for r in rows if r.get("kind") == kind and key in r} for rows in rows_by_seed.values()
     ]
     if not per_seed:
         return np.array([]), np.array([]), np.array([])
     steps = sorted(set.intersection(*(set(d) for d in per_seed)))
-    curves = [_smooth(np.array([d[s] for s in steps], dtype=np.float64), smooth) for d in per_seed]
+    curves = [trailing_mean(np.array([d[s] for s in steps], dtype=np.float64), smooth) for d in per_seed]
     stats = [mean_interval([c[i] for c in curves]) for i in range(len(steps))]
     return np.array(steps), np.array([m for m, _ in stats]), np.array([h for _, h in stats])
-
-
-def _smooth(y: np.ndarray, width: int) -> np.ndarray:
-    if width <= 1 or y.size < width:
-        return y
-    padded = np.concatenate([np.full(width - 1, y[0]), y])
-    return np.convolve(padded, np.ones(width) / width, mode="valid")
 
 
 def _band(ax: Any, x: Any, y: Any, h: Any, color: Any, label: str, top: float | None = None) -> None:
@@ -92,8 +85,8 @@ def fig_law(plt: Any, runs: Runs, methods: list[str], colors: dict[str, Any], fi
     for m in methods:
         for rows in runs[m].values():
             tr = [r for r in rows if r.get("kind") == "train"]
-            h = _smooth(np.array([r["entropy"] for r in tr]), TAIL)
-            rew = _smooth(np.array([r["reward"] for r in tr]), TAIL)
+            h = trailing_mean(np.array([r["entropy"] for r in tr]), TAIL)
+            rew = trailing_mean(np.array([r["reward"] for r in tr]), TAIL)
             ax.scatter(h, rew, s=3, color=colors[m], alpha=0.3)
         good = sorted(fits.get(m, []), key=lambda f: f.r2)
         if good:
