@@ -7,7 +7,7 @@ each interleaved (TRL, plug-in, TRL, plug-in, ...) so that machine noise hits bo
 
 - **step**: the wall time of a whole TRL step (generation, rewards, advantages, loss, backward, optimizer) over
   ``--rounds`` fresh pairs of trainers, ``--warmup`` untimed steps each;
-- **loss**: ``_compute_loss`` forward + backward alone on one fixed batch (the part the plug-in replaces: the
+- **loss**: ``compute_loss`` forward + backward alone on one fixed batch (the part the plug-in replaces: the
   log-prob/entropy head and the policy loss), ``--reps`` alternating calls.
 
 Target: the plug-in's step within 10% of TRL's (``ratio <= 1.10``).
@@ -136,7 +136,7 @@ def main() -> None:
                 tr = pair[kind]
                 tr.model.zero_grad(set_to_none=True)
                 t0 = time.perf_counter()
-                tr._compute_loss(tr.model, dict(batch)).backward()
+                tr.compute_loss(tr.model, dict(batch)).backward()
                 if i >= 2:
                     loss_times[kind].append(time.perf_counter() - t0)
     rows = []

@@ -1,10 +1,11 @@
-"""``EntropyGRPOTrainer`` on TRL 1.16: parity with TRL's own ``_compute_loss`` (loss and gradients) for every
-aggregating ``loss_type``, entrolab's log-probs/entropy against TRL's fused head, and three real training steps of
-``clip_cov``, ``kl_cov`` and ``steer`` on a tiny random Qwen2 with a locally built tokenizer (no hub)."""
+"""``EntropyGRPOTrainer`` on TRL 1.16 in one process: parity with TRL's own loss (value and gradients) for every
+aggregating ``loss_type``, TRL's metric names in its logs, the adaptive entropy state through TRL's checkpoints,
+and three real training steps of ``clip_cov``, ``kl_cov`` and ``steer`` on a tiny random Qwen2 with a locally built
+tokenizer (no hub).  The 2-process DDP tests are in ``test_integration_trl_ddp_on_cpu.py``."""
 
 from __future__ import annotations
 
-import copy
+import json
 
 import pytest
 import torch
@@ -12,14 +13,10 @@ import torch
 from tests.conftest import engine
 
 trl = engine("trl")
-import datasets  # noqa: E402
-import tokenizers  # noqa: E402
-import transformers  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from entrolab.integrations.trl import EntropyGRPOTrainer, trl_aggregation  # noqa: E402
-
-CHARS = sorted(set("0123456789+-*= abcdefghijklmnopqrstuvwxyz"))
+from tests import _trl_fixtures as fixtures  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -30,43 +27,14 @@ def _offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
-    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<pad>"))
-    tk.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
-    tk.decoder = tokenizers.decoders.Fuse()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    )
+    return fixtures.tokenizer()
 
 
-def _model(tokenizer, seed: int = 0):
-    cfg = transformers.Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=1,
-        eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return transformers.Qwen2ForCausalLM(cfg)
-
-
-def _data(n: int = 16):
-    return datasets.Dataset.from_dict({"prompt": [f"{i % 7}+{i % 5}=" for i in range(n)]})
-
-
-def _reward(prompts, completions, **_):
-    return [float(len(c)) / 8 + (1.0 if c[:1].isdigit() else 0.0) for c in completions]
+_model, _data, _reward = fixtures.model, fixtures.data, fixtures.reward
 
 
 def _config(tmp_path, loss_type: str = "dapo", **kw) -> GRPOConfig:
-    base = {
-        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "num_generations": 4,
-        "max_completion_length": 6, "loss_type": loss_type, "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.0,
-        "learning_rate": 1e-3, "max_steps": 3, "logging_steps": 1, "save_strategy": "no", "report_to": [],
-        "use_cpu": True, "bf16": False, "gradient_checkpointing": False, "disable_tqdm": True, "seed": 0,
-        "dataloader_num_workers": 0,
-    }  # fmt: skip
-    base.update(kw)
-    return GRPOConfig(**base)
+    return fixtures.config(tmp_path / "out", loss_type, **kw)
 
 
 def _inputs(tokenizer, beta: bool, seed: int = 0) -> dict:
@@ -103,7 +71,6 @@ def test_ppo_equals_trls_own_loss_and_gradients(tmp_path, tokenizer, loss_type, 
     theirs = GRPOTrainer(str(path), reward_funcs=_reward, args=cfg, train_dataset=_data(), processing_class=tokenizer)
     ours = EntropyGRPOTrainer(str(path), reward_funcs=_reward, args=cfg, train_dataset=_data(),
                               processing_class=tokenizer, policy_loss="ppo")  # fmt: skip
-    assert ours._use_entrolab_head
     inputs = _inputs(tokenizer, beta > 0)
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
     am = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
@@ -118,7 +85,7 @@ def test_ppo_equals_trls_own_loss_and_gradients(tmp_path, tokenizer, loss_type, 
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 2
         trainer.model.zero_grad()
-        loss = trainer._compute_loss(trainer.model, dict(inputs))
+        loss = trainer.compute_loss(trainer.model, dict(inputs))
         loss.backward()
         results.append((loss.detach(), _grads(trainer.model)))
     (l1, g1), (l2, g2) = results
@@ -127,28 +94,6 @@ def test_ppo_equals_trls_own_loss_and_gradients(tmp_path, tokenizer, loss_type, 
     for name in g1:
         torch.testing.assert_close(g1[name], g2[name], rtol=2e-4, atol=2e-6, msg=name)
     assert any(k.startswith("entrolab/clipfrac") for k in ours._metrics["train"])
-
-
-def test_entrolab_head_equals_trls_fused_head_in_values_and_gradients(tmp_path, tokenizer):
-    base = _model(tokenizer, seed=3)
-    cfg = _config(tmp_path)
-    theirs = GRPOTrainer(copy.deepcopy(base), reward_funcs=_reward, args=cfg, train_dataset=_data(),
-                         processing_class=tokenizer)  # fmt: skip
-    ours = EntropyGRPOTrainer(copy.deepcopy(base), reward_funcs=_reward, args=cfg, train_dataset=_data(),
-                              processing_class=tokenizer, policy_loss="ppo")  # fmt: skip
-    inputs = _inputs(tokenizer, False, seed=4)
-    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
-    am = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-    out = []
-    for trainer in (ours, theirs):
-        trainer.model.zero_grad()
-        lp, ent, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, am, 6, compute_entropy=True)
-        (lp.sum() + 0.5 * ent.sum()).backward()
-        out.append((lp.detach(), ent.detach(), _grads(trainer.model)))
-    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-5, atol=1e-6)
-    for name in out[0][2]:
-        torch.testing.assert_close(out[0][2][name], out[1][2][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize(("policy_loss", "kwargs"), [("clip_cov", {"ratio": 0.2}), ("kl_cov", {"ratio": 0.2}),
@@ -170,6 +115,42 @@ def test_three_training_steps(tmp_path, tokenizer, policy_loss, kwargs):
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
+def test_every_metric_trl_logs_is_logged_under_the_same_name(tmp_path, tokenizer):
+    """Same model, data and seed, with a KL term and an adaptive entropy bonus: TRL's metric names are a subset of
+    the entrolab trainer's, and its entropy and KL statistics agree at the first step (on-policy, same head)."""
+    path = tmp_path / "ckpt"  # a local checkpoint: TRL loads the policy and the reference (beta > 0) from it
+    _model(tokenizer, seed=5).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    logs = []
+    for cls in (GRPOTrainer, EntropyGRPOTrainer):
+        cfg = _config(tmp_path, "dapo", beta=0.05, use_adaptive_entropy=True, entropy_coef=0.01, entropy_target=5.0,
+                      max_steps=2)  # fmt: skip
+        trainer = cls(str(path), reward_funcs=_reward, args=cfg, train_dataset=_data(), processing_class=tokenizer)
+        trainer.train()
+        logs.append([row for row in trainer.state.log_history if "loss" in row])
+    theirs, ours = logs
+    missing = set().union(*theirs) - set().union(*ours)
+    assert not missing, f"TRL logs {sorted(missing)}; EntropyGRPOTrainer does not"
+    assert {"policy_loss", "entropy_coef", "kl", "clip_ratio/high_max"} <= set(ours[0])
+    for key in ("entropy", "kl", "entropy_coef", "reward"):
+        assert ours[0][key] == pytest.approx(theirs[0][key], rel=1e-4, abs=1e-7), key
+
+
+def test_the_adaptive_entropy_state_travels_with_trls_checkpoints(tmp_path, tokenizer):
+    cfg = _config(tmp_path, use_adaptive_entropy=True, entropy_coef=0.01, entropy_target=50.0, entropy_coef_delta=0.003,
+                  max_steps=2, save_strategy="steps", save_steps=1)  # fmt: skip
+    first = EntropyGRPOTrainer(_model(tokenizer, seed=6), reward_funcs=_reward, args=cfg, train_dataset=_data(),
+                               processing_class=tokenizer)  # fmt: skip
+    first.train()
+    assert first.entropy_coef == pytest.approx(0.016)  # entropy below the target twice: +delta twice
+    state = json.loads((tmp_path / "out" / "checkpoint-2" / "entropy_ctrl_state.json").read_text())
+    assert state["entropy_coef"] == pytest.approx(0.016) and state["last_world_entropy"] < 50.0
+    again = EntropyGRPOTrainer(_model(tokenizer, seed=6), reward_funcs=_reward, args=cfg, train_dataset=_data(),
+                               processing_class=tokenizer)  # fmt: skip
+    again.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
+    assert again.entropy_coef == pytest.approx(0.016)
+
+
 def test_bad_configuration_is_refused(tmp_path, tokenizer):
     model = _model(tokenizer)
     common = {"reward_funcs": _reward, "train_dataset": _data(), "processing_class": tokenizer}
@@ -181,8 +162,6 @@ def test_bad_configuration_is_refused(tmp_path, tokenizer):
         EntropyGRPOTrainer(model, args=_config(tmp_path, "cispo"), policy_loss="ppo", **common)
     with pytest.raises(ValueError, match="delta"):
         EntropyGRPOTrainer(model, args=_config(tmp_path, delta=2.0), **common)
-    with pytest.raises(ValueError, match="entropy_backend"):
-        EntropyGRPOTrainer(model, args=_config(tmp_path), entropy_backend="fast", **common)
 
 
 def test_trl_aggregation_by_hand():

@@ -12,15 +12,17 @@
     trainer.train()
 
 Everything TRL does around the loss stays TRL's: generation (transformers or vLLM), rewards, group advantages,
-accumulation, accelerate/DeepSpeed/FSDP, logging.  What changes is :meth:`EntropyGRPOTrainer._compute_loss`:
+accumulation, accelerate/DeepSpeed/FSDP, checkpoints, logging.  The trainer overrides one public method,
+``compute_loss`` (the documented ``transformers.Trainer`` hook):
 
-- **Log-probs and entropy** come from :func:`entrolab.entropy.linear_logprob_and_entropy` on the backbone's final
-  hidden states, inside the model's forward (so DDP/FSDP wrappers see a normal forward), with gradient through both,
-  only at completion positions; models whose logits are not ``hidden @ W.T (+ b)`` (soft-capping, logit scales) and
-  multimodal or MoE-aux batches use TRL's own fused head instead (the ``entrolab/entropy_backend`` metric says which:
-  1 entrolab, 0 TRL).  Old and reference log-probs go through the same path, so the ratio is exactly 1 on-policy.
+- **Log-probs and entropy** come from TRL's own fused LM head (``trl.trainer.add_fused_lm_head``, which
+  ``GRPOTrainer`` installs with ``outputs=("log_probs", "entropy")``), called through the model's forward as its
+  docstring documents (``model(..., labels=labels, fused_lm_head=True)``), so DDP and FSDP see a normal forward
+  and a ``ModelOutput``; multimodal and MoE-aux batches go through TRL's per-chunk helper.  Old and reference
+  log-probs are TRL's, from the same head, so the ratio is exactly 1 on-policy.
 - **The policy loss** is ``get_policy_loss(policy_loss)`` with ``loss_kwargs``; ``eps_low``/``eps_high`` default to
-  TRL's ``epsilon``/``epsilon_high`` when the loss has them.
+  TRL's ``epsilon``/``epsilon_high`` when the loss has them.  ``global_stats=True`` reduces over the process group
+  accelerate initialised (every rank must call the loss, as DDP already requires).
 - **Aggregation keeps TRL's semantics for each** ``loss_type`` (tested against TRL's ``_compute_loss``):
   ``grpo`` per-sequence token mean, ``bnpo`` local token mean, ``dr_grpo`` token sum over ``B x
   max_completion_length``, ``dapo`` token sum over the generation batch's tokens per process and accumulation
@@ -29,11 +31,14 @@ accumulation, accelerate/DeepSpeed/FSDP, logging.  What changes is :meth:`Entrop
 - TRL's ``beta`` (k3 KL to the reference, times the ratio under ``use_bias_correction_kl``),
   ``top_entropy_quantile`` (the 80/20 mask, as token weights), vLLM importance-sampling correction,
   ``entropy_coef`` and the adaptive entropy controller (``use_adaptive_entropy``:
-  :class:`entrolab.control.AdaptiveEntropyCoefficient`, saved with checkpoints) work as in TRL.  ``regularizers``
-  add more terms; ``advantage_transform`` reshapes advantages per token (EMPG-style).
-- **Metrics**: every loss metric under ``entrolab/<name>`` (mean over processes), plus TRL's ``entropy``, ``kl``
-  and ``entropy_coef``, through TRL's own metric logging.
+  :class:`entrolab.control.AdaptiveEntropyCoefficient`, whose state is kept in TRL's own fields so TRL's
+  checkpoints carry it) work as in TRL.  ``regularizers`` add more terms; ``advantage_transform`` reshapes
+  advantages per token (EMPG-style).
+- **Metrics**: the ones TRL logs, under TRL's names (``entropy``, ``kl``, ``policy_loss`` and ``entropy_coef`` with
+  an entropy bonus, ``clip_ratio/*`` for TRL's epsilon regions, ``aux_loss``), plus every loss metric under
+  ``entrolab/<name>`` (mean over processes).
 
+Tested with TRL 1.16 (``pyproject.toml`` pins the range), in one process and under DDP with 2 processes.
 Refused with a clear error: ``delta``, ``off_policy_mask_threshold`` and ``importance_sampling_level="sequence"``
 (use ``policy_loss="gspo"``).
 """
@@ -41,9 +46,6 @@ Refused with a clear error: ``delta``, ``off_policy_mask_threshold`` and ``impor
 from __future__ import annotations
 
 import inspect
-import json
-import os
-import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,7 +54,6 @@ from torch import Tensor
 
 from entrolab._typing import LossOutput
 from entrolab.control import AdaptiveEntropyCoefficient
-from entrolab.entropy import linear_logprob_and_entropy
 from entrolab.losses import Aggregation, aggregate, entropy_bonus, get_policy_loss, kl_estimate
 
 try:
@@ -72,8 +73,6 @@ Regularizer = Callable[..., LossOutput]
 """``fn(*, logp, entropy, mask, agg) -> LossOutput``: an extra loss term (``(B, T)`` tensors, ``agg`` the step's
 :class:`~entrolab.losses.Aggregation`), e.g. ``lambda **kw: entrolab.losses.entropy_bonus(kw["entropy"],
 kw["mask"], coef=1e-3, agg=kw["agg"])``."""
-
-_STATE_FILE = "entrolab_state.json"
 
 
 def trl_aggregation(
@@ -111,52 +110,6 @@ def trl_aggregation(
     )
 
 
-class _EntrolabHeadOutput:
-    def __init__(self, log_probs: Tensor, entropy: Tensor) -> None:
-        self.log_probs, self.entropy = log_probs, entropy
-
-
-def _entrolab_head_supported(model: Any) -> bool:
-    """Whether the logits are exactly ``hidden @ W.T (+ b)`` divided by the temperature (no soft-capping or scale)."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if getattr(cfg, "final_logit_softcapping", None) is not None:
-        return False
-    for key in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"):
-        if getattr(cfg, key, None) not in (None, 1, 1.0):
-            return False
-    return model.config is cfg and hasattr(model, "base_model") and model.get_output_embeddings() is not None
-
-
-def _add_entrolab_head(model: Any, temperature: float) -> None:
-    """Patch ``model.forward`` to accept ``entrolab_head=True``: run the backbone, then entrolab's tiled
-    log-prob/entropy at the positions whose next-token label is not -100; anything else goes to the previous
-    forward (TRL's fused head, or the original)."""
-    previous = model.forward
-
-    def forward(self: Any, *args: Any, entrolab_head: bool = False, labels: Tensor | None = None, **kwargs: Any) -> Any:
-        if not entrolab_head:
-            if labels is not None:
-                kwargs["labels"] = labels
-            return previous(*args, **kwargs)
-        assert labels is not None
-        kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]  # (B, L - 1, d): predicts token t + 1
-        target = labels[:, 1:]
-        head = self.get_output_embeddings()
-        weight, bias = head.weight, head.bias
-        if hasattr(weight, "full_tensor"):  # FSDP2 DTensor shards
-            weight = weight.full_tensor()
-            bias = bias.full_tensor() if bias is not None else None
-        valid = target != -100
-        h = hidden[valid].to(weight.dtype)
-        lp, ent = linear_logprob_and_entropy(h, weight, target[valid], bias=bias, temperature=temperature)
-        assert lp is not None
-        zeros = lp.new_zeros(valid.shape)
-        return _EntrolabHeadOutput(zeros.masked_scatter(valid, lp), zeros.masked_scatter(valid, ent))
-
-    model.forward = types.MethodType(forward, model)
-
-
 class EntropyGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` whose policy loss is any registered entrolab loss (see the module docstring).
 
@@ -168,14 +121,13 @@ class EntropyGRPOTrainer(GRPOTrainer):
         A name from :func:`entrolab.losses.policy_losses` (default ``"ppo"``, which with TRL's epsilons reproduces
         TRL's clipped surrogate).
     loss_kwargs : mapping, optional
-        The loss's hyperparameters; unknown ones raise ``ValueError`` naming the valid ones.
+        The loss's hyperparameters; unknown ones raise ``ValueError`` naming the valid ones.  ``global_stats=True``
+        reduces over accelerate's process group (a no-op in a single process).
     regularizers : sequence of callables, optional
         Extra terms, :data:`Regularizer`.
     advantage_transform : callable, optional
         ``fn(advantages, *, entropy, mask, inputs) -> Tensor``: maps TRL's ``(B,)`` advantages to ``(B,)`` or
         ``(B, T)`` ones (``entropy`` detached, ``(B, T)``).
-    entropy_backend : {"auto", "entrolab", "trl"}
-        ``auto`` (default): entrolab's head when the model supports it, else TRL's fused head.
     """
 
     def __init__(
@@ -185,13 +137,13 @@ class EntropyGRPOTrainer(GRPOTrainer):
         loss_kwargs: Mapping[str, Any] | None = None,
         regularizers: Sequence[Regularizer] = (),
         advantage_transform: Callable[..., Tensor] | None = None,
-        entropy_backend: str = "auto",
         **kwargs: Any,
     ) -> None:
         self.policy_loss_fn = get_policy_loss(policy_loss)
         self.policy_loss = policy_loss
         params = inspect.signature(self.policy_loss_fn).parameters
-        reserved = {"logp", "old_logp", "advantages", "mask", "entropy", "agg", "generator", "token_weights"}
+        reserved = {"logp", "old_logp", "advantages", "mask", "entropy", "agg", "generator", "token_weights",
+                    "process_group"}  # fmt: skip
         loss_kwargs = dict(loss_kwargs or {})
         for key in loss_kwargs:
             if key not in params or key in reserved:
@@ -199,8 +151,6 @@ class EntropyGRPOTrainer(GRPOTrainer):
                 raise ValueError(
                     f"policy loss {policy_loss!r} has no hyperparameter {key!r}; valid: {', '.join(valid)}"
                 )
-        if entropy_backend not in ("auto", "entrolab", "trl"):
-            raise ValueError(f"entropy_backend must be 'auto', 'entrolab' or 'trl', got {entropy_backend!r}")
         if not all(callable(r) for r in regularizers):
             raise TypeError("regularizers must be callables fn(*, logp, entropy, mask, agg) -> LossOutput")
         if advantage_transform is not None and not callable(advantage_transform):
@@ -223,81 +173,46 @@ class EntropyGRPOTrainer(GRPOTrainer):
             loss_kwargs["eps_low"] = self.epsilon_low
         if "eps_high" in params and "eps_high" not in loss_kwargs and policy_loss != "gspo":
             loss_kwargs["eps_high"] = self.epsilon_high
+        if loss_kwargs.get("global_stats") and self.accelerator.num_processes == 1:
+            loss_kwargs["global_stats"] = False  # one process holds the whole batch: local statistics are global
         self.loss_kwargs = loss_kwargs
         self.regularizers = tuple(regularizers)
         self.advantage_transform = advantage_transform
         self._loss_generator = torch.Generator().manual_seed(int(a.seed) + 7919 * self.accelerator.process_index)
-        self._entropy_ctl: AdaptiveEntropyCoefficient | None = None
-        if self.use_adaptive_entropy:
-            self._entropy_ctl = AdaptiveEntropyCoefficient(
-                target=a.entropy_target, init=a.entropy_coef, delta=a.entropy_coef_delta,
-                coef_min=a.entropy_coef_min, coef_max=a.entropy_coef_max,
-            )  # fmt: skip
-        self._window: Tensor | None = None
-        model: Any = self.model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        supported = _entrolab_head_supported(base)
-        if entropy_backend == "entrolab" and not supported:
-            raise ValueError(
-                "entropy_backend='entrolab' needs logits = hidden @ W.T (+ b): this model scales or caps them"
+
+    # ------------------------------------------------------------------------------------------ log-probs
+    def _logps_and_entropy(self, model: Any, inputs: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Per-token log-probs and entropies of the completion, ``(B, T)`` each, and the MoE aux loss: TRL's fused
+        head (``trl.trainer.add_fused_lm_head``, which ``GRPOTrainer`` installs with ``outputs=("log_probs",
+        "entropy")``) through the model's own forward, so DDP/FSDP see a normal forward and output."""
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        am = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        keep = inputs["completion_ids"].size(1)
+        multimodal = {k: inputs[k] for k in _MULTIMODAL if inputs.get(k) is not None}
+        if multimodal or self.aux_loss_enabled:  # TRL's own slicing of images and tiles per chunk
+            lp, ent, aux = self._get_per_token_logps_and_entropies(
+                model, ids, am, keep, compute_entropy=True, compute_aux_loss=self.aux_loss_enabled, **multimodal
             )
-        self._use_entrolab_head = supported and entropy_backend != "trl"
-        if self._use_entrolab_head:
-            _add_entrolab_head(base, self.temperature)
-            if self.ref_model is not None:
-                _add_entrolab_head(self.ref_model, self.temperature)
+            assert ent is not None
+            return lp, ent, aux
+        labels = ids.masked_fill(am == 0, -100)
+        labels[:, :-keep] = -100
+        with self.accelerator.autocast():
+            out = model(input_ids=ids, attention_mask=am, labels=labels, fused_lm_head=True)
+        return out.log_probs[:, -keep:], out.entropy[:, -keep:], None
 
-    # -------------------------------------------------------------------------------------------- log-probs
-    def _get_per_token_logps_and_entropies(  # type: ignore[override]
-        self,
-        model: Any,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        logits_to_keep: int,
-        batch_size: int | None = None,
-        compute_entropy: bool = False,
-        compute_aux_loss: bool = False,
-        **multimodal: Any,
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        if not self._use_entrolab_head or compute_aux_loss or any(v is not None for v in multimodal.values()):
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal,
-            )  # fmt: skip
-        batch_size = batch_size or input_ids.size(0)
-        logps, ents = [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            ids, am = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-            labels = ids.masked_fill(am == 0, -100)
-            labels[:, :-logits_to_keep] = -100
-            with self.accelerator.autocast():
-                out = model(input_ids=ids, attention_mask=am, labels=labels, entrolab_head=True)
-            logps.append(out.log_probs[:, -logits_to_keep:])
-            ents.append(out.entropy[:, -logits_to_keep:])
-        return torch.cat(logps), (torch.cat(ents) if compute_entropy else None), None
-
-    # ------------------------------------------------------------------------------------------------- loss
-    def _log(self, mode: str, name: str, value: Tensor) -> None:
-        v = value.detach().float().reshape(1)
-        self._metrics[mode][name].append(self.accelerator.gather(v).nanmean().item())
-
-    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> Tensor:  # type: ignore[override]
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logits_to_keep = completion_ids.size(1)
-        mask_f = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        multimodal = {
-            k: inputs.get(k)
-            for k in ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
-                      "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
-        }  # fmt: skip
-        logp, entropy, aux_loss = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, logits_to_keep, compute_entropy=True,
-            compute_aux_loss=self.aux_loss_enabled, **multimodal,
-        )  # fmt: skip
-        assert entropy is not None
+    # ----------------------------------------------------------------------------------------------- loss
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Tensor:
+        """The entrolab policy loss on TRL's batch, aggregated as TRL's ``loss_type``; logs TRL's metrics under
+        TRL's names and the loss's under ``entrolab/<name>``."""
+        if return_outputs:
+            raise ValueError("EntropyGRPOTrainer does not support returning outputs")
+        logp, entropy, aux_loss = self._logps_and_entropy(model, inputs)
+        mask_f = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask_f = mask_f * inputs["tool_mask"]
         mask = mask_f.bool()
         args: Any = self.args
         mode = "train" if self.model is not None and self.model.training else "eval"
@@ -312,8 +227,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             advantages = self.advantage_transform(advantages, entropy=entropy.detach(), mask=mask, inputs=inputs)
         old = inputs.get("old_per_token_logps")
         old = logp.detach() if old is None else old
-        weights = None
-        entropy_mask = None
+        weights = entropy_mask = None
         if self.top_entropy_quantile < 1.0:
             entropy_mask = self.get_high_entropy_mask(entropy, mask_f, 1 - self.top_entropy_quantile)
             weights = entropy_mask.to(logp.dtype)
@@ -337,58 +251,78 @@ class EntropyGRPOTrainer(GRPOTrainer):
             loss = loss + term.loss
             metrics.update(term.metrics)
         if self._entropy_bonus_enabled:
+            # TRL's policy_loss: the policy (+ KL) term before the accumulation scaling, except for dapo
+            policy_loss = loss.detach() * (1.0 if self.loss_type == "dapo" else accumulation)
+            self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
             effective = mask_f if entropy_mask is None else mask_f * entropy_mask
             loss = loss + self._entropy_term(entropy, effective, mode, accumulation)
         if self.aux_loss_enabled and aux_loss is not None:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropy, mask_f))
+        self._log_clip_ratios(mode, torch.exp(logp.detach() - old), advantages, mask_f)
         for k, v in metrics.items():
             if k != "entropy":
                 self._log(mode, f"entrolab/{k}", v)
-        self._metrics[mode]["entrolab/entropy_backend"].append(float(self._use_entrolab_head))
         return loss
+
+    def _log(self, mode: str, name: str, value: Tensor) -> None:
+        v = value.detach().float().reshape(1)
+        self._metrics[mode][name].append(self.accelerator.gather(v).nanmean().item())
 
     def _global_masked_mean(self, x: Tensor, mask: Tensor) -> float:
         totals = self.accelerator.reduce(torch.stack([(x.detach() * mask).sum(), mask.sum().float()]), reduction="sum")
         return float(totals[0] / totals[1].clamp(min=1.0))
 
+    def _log_clip_ratios(self, mode: str, ratio: Tensor, advantages: Tensor, mask: Tensor) -> None:
+        """TRL's ``clip_ratio/*`` metrics (its epsilon-clip regions, whatever ``policy_loss`` clips)."""
+        adv = advantages.detach().unsqueeze(1) if advantages.dim() == 1 else advantages.detach()
+        low = ((ratio < 1 - self.epsilon_low) & (adv < 0)).float()
+        high = ((ratio > 1 + self.epsilon_high) & (adv > 0)).float()
+        m = self._metrics[mode]
+        m["clip_ratio/low_mean"].append(self._global_masked_mean(low, mask))
+        m["clip_ratio/high_mean"].append(self._global_masked_mean(high, mask))
+        m["clip_ratio/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
+        per_row = mask.sum(-1)  # a row without tokens gives NaN, skipped as TRL's nanmin/nanmax skip it
+        low_min = _nan_reduce((low * mask).sum(-1) / per_row, torch.amin)  # (1,): equal shapes on every rank
+        high_max = _nan_reduce((high * mask).sum(-1) / per_row, torch.amax)
+        m["clip_ratio/low_min"].append(float(_nan_reduce(self.accelerator.gather(low_min), torch.amin)))
+        m["clip_ratio/high_max"].append(float(_nan_reduce(self.accelerator.gather(high_max), torch.amax)))
+
     def _entropy_term(self, entropy: Tensor, effective: Tensor, mode: str, accumulation: float) -> Tensor:
-        """TRL's entropy bonus: ``-coef * masked mean entropy / accumulation``; the adaptive coefficient is the one
-        of the last completed window, updated from the window's token-weighted global mean entropy."""
-        coef = self._entropy_ctl.value if self._entropy_ctl is not None else self.entropy_coef
+        """TRL's entropy bonus: ``-coef * masked mean entropy / accumulation``.  With ``use_adaptive_entropy`` the
+        coefficient is :class:`entrolab.control.AdaptiveEntropyCoefficient`'s, whose state lives in TRL's own
+        fields (``entropy_coef`` and the last window's entropy) so that TRL's checkpoints save and restore it."""
+        a: Any = self.args
+        ctl: AdaptiveEntropyCoefficient | None = None
+        if self.use_adaptive_entropy:
+            ctl = AdaptiveEntropyCoefficient(
+                target=a.entropy_target, init=self.entropy_coef, delta=a.entropy_coef_delta,
+                coef_min=a.entropy_coef_min, coef_max=a.entropy_coef_max,
+            )  # fmt: skip
+            ctl.last_window_entropy = self._last_world_entropy
+        coef = ctl.value if ctl is not None else self.entropy_coef
         term = entropy_bonus(entropy, effective.bool(), coef=coef, agg="token-mean").loss / accumulation
-        if self._entropy_ctl is not None and mode == "train":
+        if ctl is not None and mode == "train":
             stats = torch.stack([(entropy.detach() * effective).sum(), effective.sum().float()])
-            self._window = stats if self._window is None else self._window + stats
+            window: Tensor | None = self._entropy_window_stats
+            window = stats if window is None else window + stats
             if self.accelerator.sync_gradients:
-                total = self.accelerator.reduce(self._window, reduction="sum")
-                self._entropy_ctl.observe(float(total[0] / total[1].clamp(min=1.0)))
-                self._window = None
-            self.entropy_coef = self._entropy_ctl.coef
+                total = self.accelerator.reduce(window, reduction="sum")
+                ctl.observe(float(total[0] / total[1].clamp(min=1.0)))
+                self.entropy_coef, self._last_world_entropy = ctl.coef, ctl.last_window_entropy
+                window = None
+            self._entropy_window_stats = window  # type: ignore[assignment]
         if mode == "train" and self.accelerator.sync_gradients:
-            self._metrics[mode]["entropy_coef"].append(float(coef))
+            self._metrics[mode]["entropy_coef"].append(float(self.entropy_coef))
         return term
 
-    # ------------------------------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        if self._entropy_ctl is None or not self.args.should_save:
-            return
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, _STATE_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"entropy_controller": self._entropy_ctl.state_dict()}, f)
-        os.replace(tmp, os.path.join(folder, _STATE_FILE))
+_MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+               "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")  # fmt: skip
 
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or self._entropy_ctl is None:
-            return
-        path = os.path.join(checkpoint, _STATE_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                self._entropy_ctl.load_state_dict(json.load(f)["entropy_controller"])
-            self.entropy_coef = self._entropy_ctl.coef
+
+def _nan_reduce(x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """``fn`` over the non-NaN entries of ``x`` as a ``(1,)`` tensor; NaN when there are none."""
+    kept = x[~torch.isnan(x)]
+    return fn(kept).reshape(1) if kept.numel() else x.new_full((1,), float("nan"))
