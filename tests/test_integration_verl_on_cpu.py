@@ -66,6 +66,8 @@ def test_every_loss_is_registered_with_verls_signature():
     ("entrolab_ppo", "vanilla", {}),
     ("entrolab_kl_cov", "kl_cov", {"kl_cov_ratio": 0.2, "ppo_kl_coef": 0.7}),
     ("entrolab_clip_cov", "clip_cov", {"clip_cov_ratio": 1.0, "clip_cov_lb": -0.5, "clip_cov_ub": 0.5}),
+    ("entrolab_cispo", "cispo", {}),
+    ("entrolab_gspo", "gspo", {}),
 ])  # fmt: skip
 def test_parity_with_verls_losses(mode, info, ours, theirs, policy_loss):
     config = _config(**policy_loss)
@@ -134,8 +136,10 @@ def test_hyperparameters_come_from_config_overrides_and_bound_aliases(tmp_path, 
         file = tmp_path / "kw.json"
         file.write_text('{"steer": {"mode": "linear", "lambda_min": 0.5}}')
         monkeypatch.setenv("ENTROLAB_VERL_LOSS_KWARGS", str(file))
+        ev.register("entrolab_steer_file", "steer")  # the file is read when a loss is built, not per call
+        file.write_text('{"steer": {"mode": "linear", "lambda_min": 0.9}}')
         torch.testing.assert_close(
-            core_algos.get_policy_loss_fn("entrolab_steer")(**kw)[0], steer_ref(mode="linear", lambda_min=0.5)
+            core_algos.get_policy_loss_fn("entrolab_steer_file")(**kw)[0], steer_ref(mode="linear", lambda_min=0.5)
         )
         monkeypatch.delenv("ENTROLAB_VERL_LOSS_KWARGS")
         ev.register("entrolab_steer_lin", "steer", mode="linear")
@@ -155,12 +159,13 @@ def test_hyperparameters_come_from_config_overrides_and_bound_aliases(tmp_path, 
     (tmp_path / "bad.json").write_text("[1, 2]")
     monkeypatch.setenv("ENTROLAB_VERL_LOSS_KWARGS", str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match="ENTROLAB_VERL_LOSS_KWARGS"):
-        core_algos.get_policy_loss_fn("entrolab_ppo")(**kw)
+        ev.register("entrolab_ppo_bad_file", "ppo")
 
 
 def test_entropy_reaches_the_loss_through_verls_actor_loss_function():
-    """verl's real ``ppo_loss`` (unpadded model output, TensorDict batch) with ``loss_mode=entrolab_hapo``: the hook
-    hands the update's entropy to the loss, whose value equals entrolab's HAPO on the padded tensors."""
+    """verl's real ``ppo_loss`` (unpadded model output, TensorDict batch) with ``loss_mode=entrolab_hapo``: after the
+    explicit opt-in the hook hands the update's entropy to the loss, whose value equals entrolab's HAPO on the padded
+    tensors."""
     from tensordict import TensorDict
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils import losses as verl_losses
@@ -185,6 +190,10 @@ def test_entropy_reaches_the_loss_through_verls_actor_loss_function():
     )  # fmt: skip
     tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
     config = _config(calculate_entropy=True, loss_mode="entrolab_hapo")
+    with pytest.raises(ValueError, match="verl_entropy"):  # without the opt-in the loss says how to get entropy
+        verl_losses.ppo_loss(config, {"log_probs": flat_lp, "entropy": flat_ent}, data)
+    import entrolab.integrations.verl_entropy  # noqa: F401  (the opt-in: wraps verl's actor loss function)
+
     loss, metrics = verl_losses.ppo_loss(config, {"log_probs": flat_lp, "entropy": flat_ent}, data)
     from verl.workers.utils.padding import no_padding_2_padding
 
@@ -234,3 +243,110 @@ def test_example_launch_overrides_compose_with_verls_config(method, monkeypatch)
     assert torch.isfinite(loss) and metrics
     script = (here / "run.sh").read_text()
     assert "VERL_USE_EXTERNAL_MODULES" in script and "entrolab.integrations.verl" in script
+    assert "entrolab.integrations.verl_entropy" in script  # the entropy opt-in for steer and hapo
+
+
+@pytest.mark.parametrize("name", ["cispo", "gspo", "ppo"])
+def test_verls_clip_fields_win_with_verls_fallback_to_clip_ratio(name):
+    """With ``clip_ratio_low``/``clip_ratio_high`` unset verl's losses use ``clip_ratio``; so do entrolab's."""
+    config = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, clip_ratio=0.3,
+                         clip_ratio_low=None, clip_ratio_high=None)  # fmt: skip
+    out = []
+    for fn in (f"entrolab_{name}", {"ppo": "vanilla"}.get(name, name)):
+        old, new, adv, mask = _batch(11)
+        loss, _ = core_algos.get_policy_loss_fn(fn)(
+            old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask, loss_agg_mode="token-mean",
+            config=config, rollout_is_weights=None,
+        )  # fmt: skip
+        out.append((loss.detach(), torch.autograd.grad(loss, new)[0]))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.29, 0.07])
+def test_kl_cov_selects_verls_tokens_on_exact_ties_and_verls_count(ratio):
+    """A realistic batch: 13 tokens at log-prob 0 (certain tokens) with equal advantages tie exactly in covariance;
+    the selected count is verl's ``int(N * ratio)`` (0.29 x 100 = 28, not 29)."""
+    g = torch.Generator().manual_seed(3)
+    b, t = 10, 10  # N = 100 valid tokens
+    old = -torch.rand(b, t, generator=g, dtype=torch.float64) * 2
+    new = old + 0.3 * torch.randn(b, t, generator=g, dtype=torch.float64)
+    new.view(-1)[torch.randperm(b * t, generator=g)[:13]] = 0.0
+    new.requires_grad_()
+    adv = torch.ones(b, 1, dtype=torch.float64).expand(b, t).clone()
+    adv[::2] = -1.0
+    mask = torch.ones(b, t, dtype=torch.bool)
+    config = _config(kl_cov_ratio=ratio, ppo_kl_coef=1.0)
+    out = []
+    for fn in ("entrolab_kl_cov", "kl_cov"):
+        loss, metrics = core_algos.get_policy_loss_fn(fn)(
+            old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask, loss_agg_mode="token-mean",
+            config=config, rollout_is_weights=None,
+        )  # fmt: skip
+        out.append((loss.detach(), torch.autograd.grad(loss, new)[0], metrics))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-12, atol=1e-12)
+    assert float(out[0][2]["actor/entrolab/klcov_frac"]) == pytest.approx(int(100 * ratio) / 100)
+    if ratio == 0.1:  # here the tie straddles the cut: the row-major rule (compat="paper") picks other tokens
+        paper = get_policy_loss("kl_cov")(new, old, adv, mask, agg="token-mean", ratio=ratio, kl_coef=1.0).loss
+        assert float(paper) != pytest.approx(float(out[1][0]), rel=1e-6)
+
+
+def test_importing_the_plugin_changes_only_verls_registries():
+    """In a fresh interpreter with verl's plug-in discovery off: snapshot every attribute of every imported verl
+    module, import ``entrolab.integrations.verl``, compare.  Only the two registries may change (gaining entries)."""
+    import subprocess
+    import sys
+
+    code = r"""
+import sys, importlib
+import verl, verl.trainer.ppo.core_algos, verl.workers.utils.losses, verl.trainer.ppo.ray_trainer
+def snap():
+    return {n: {k: id(v) for k, v in vars(m).items()} for n, m in list(sys.modules.items())
+            if (n == "verl" or n.startswith("verl.")) and m is not None}
+before = snap()
+regs = {k: dict(getattr(verl.trainer.ppo.core_algos, k)) for k in ("POLICY_LOSS_REGISTRY", "ADV_ESTIMATOR_REGISTRY")}
+import entrolab.integrations.verl
+after = snap()
+changed = sorted(f"{n}.{k}" for n in before for k in before[n] if after.get(n, {}).get(k) != before[n][k])
+assert not changed, changed
+for k, old in regs.items():
+    new = getattr(verl.trainer.ppo.core_algos, k)
+    assert all(new[n] is f for n, f in old.items()), k
+    assert len(new) > len(old), k
+print("ok", len(before))
+"""
+    env = {**__import__("os").environ, "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_hapo_advantage_through_verls_own_compute_advantage():
+    """``algorithm.adv_estimator=entrolab_hapo`` through verl's ``compute_advantage`` on a ``DataProto`` built as
+    verl's trainer builds it (``uid`` groups, token-level rewards at the last valid token)."""
+    import numpy as np
+    from verl import DataProto
+    from verl.trainer.config import AlgoConfig
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    from entrolab.advantages import hapo_token_level_advantages
+
+    g = torch.Generator().manual_seed(4)
+    b, t = 8, 6
+    mask = torch.ones(b, t, dtype=torch.long)
+    lengths = torch.tensor([6, 3, 5, 1, 6, 2, 4, 6])
+    for i, n in enumerate(lengths.tolist()):
+        mask[i, n:] = 0
+    rewards = torch.rand(b, generator=g)
+    rewards[4:6] = 1.0  # a mixed group with two equal rewards
+    token_rewards = torch.zeros(b, t)
+    token_rewards[torch.arange(b), lengths - 1] = rewards
+    uid = np.array(["a", "b", "a", "b", "c", "c", "d", "d"], dtype=object)
+    data = DataProto.from_dict(tensors={"token_level_rewards": token_rewards, "response_mask": mask},
+                               non_tensors={"uid": uid})  # fmt: skip
+    out = compute_advantage(data, adv_estimator="entrolab_hapo", config=AlgoConfig())
+    want = hapo_token_level_advantages(rewards, mask.bool(), torch.tensor([0, 1, 0, 1, 2, 2, 3, 3]))
+    torch.testing.assert_close(out.batch["advantages"], want.unsqueeze(-1) * mask)
+    assert float(out.batch["advantages"].abs().sum()) > 0
+    with pytest.raises(ValueError, match="uid"):
+        core_algos.get_adv_estimator_fn("entrolab_hapo")(token_level_rewards=token_rewards, response_mask=mask)

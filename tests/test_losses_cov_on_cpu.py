@@ -198,3 +198,18 @@ def test_kl_cov_ratio_is_a_fraction():
     with pytest.raises(ValueError, match="kl_coef"):
         kl_cov(lp, lp, adv, m, kl_coef=-1.0, agg="token-mean")
     assert "0.2 here means 20%" in (kl_cov.__doc__ or "")
+
+
+def test_kl_cov_count_is_the_truncated_product_and_compat_is_checked():
+    """``k = int(N * ratio)`` as the authors' code computes it: 0.29 x 100 is 28.999999999999996, so 28 tokens."""
+    g = torch.Generator().manual_seed(0)
+    lp = -torch.rand(10, 10, generator=g, dtype=torch.float64)
+    adv = torch.randn(10, generator=g, dtype=torch.float64)
+    m = torch.ones(10, 10, dtype=torch.bool)
+    for compat in ("paper", "code"):
+        out = kl_cov(lp, lp - 0.1, adv, m, agg="token-mean", ratio=0.29, compat=compat)
+        assert float(out.metrics["klcov_frac"]) == pytest.approx(0.28)
+    with pytest.raises(ValueError, match="compat"):
+        kl_cov(lp, lp, adv, m, agg="token-mean", compat="verl")
+    with pytest.raises(ValueError, match="cov_center"):
+        kl_cov(lp, lp, adv, m, agg="token-mean", compat="code", cov_center=(0.0, 0.0))

@@ -18,9 +18,13 @@ mapfile -t overrides < <(cat "$here/common.overrides" "$here/$method.overrides" 
   sed -e "s|\${MODEL}|$MODEL|g" -e "s|\${DATA_DIR}|$DATA_DIR|g" -e "s|\${NNODES}|$NNODES|g" | grep -v '^\s*$')
 # Every Ray worker must import entrolab.integrations.verl before it builds the actor: the entry point that
 # entrolab[verl] installs does it on `import verl`; VERL_USE_EXTERNAL_MODULES is the fallback when plug-in discovery
-# is off (VERL_USE_EXTERNAL_PLUGINS=none).  ENTROLAB_VERL_LOSS_KWARGS carries the hyperparameters verl's config
-# has no field for (STEER, HAPO); it must be readable on every node.
-runtime_env=$(printf '{"env_vars": {"VERL_USE_EXTERNAL_MODULES": "entrolab.integrations.verl", "ENTROLAB_VERL_LOSS_KWARGS": "%s"}}' \
-  "$here/entrolab_losses.json")
+# is off (VERL_USE_EXTERNAL_PLUGINS=none).  The losses that need the update's token entropy (steer, hapo) also
+# name entrolab.integrations.verl_entropy, the explicit opt-in that hands verl's entropy to them.
+# ENTROLAB_VERL_LOSS_KWARGS carries the hyperparameters verl's config has no field for (STEER, HAPO); it must be
+# readable on every node.
+modules="entrolab.integrations.verl"
+case "$method" in steer|hapo) modules="$modules,entrolab.integrations.verl_entropy" ;; esac
+runtime_env=$(printf '{"env_vars": {"VERL_USE_EXTERNAL_MODULES": "%s", "ENTROLAB_VERL_LOSS_KWARGS": "%s"}}' \
+  "$modules" "$here/entrolab_losses.json")
 exec ray job submit --address="${RAY_ADDRESS:-http://127.0.0.1:8265}" --runtime-env-json="$runtime_env" -- \
   python3 -m verl.trainer.main_ppo "${overrides[@]}"

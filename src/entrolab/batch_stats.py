@@ -45,11 +45,10 @@ def masked_mean(x: Tensor, m: Tensor) -> Tensor:
 def select_count(ratio: float, n: Tensor) -> Tensor:
     """``max(1, floor(ratio * n))`` as an int64 0-d tensor (Clip-Cov's ``n_clip``, KL-Cov's ``k``).
 
-    The product is taken in float64 with a relative nudge of 1e-9, so exact fractions (``0.07 * 100``) do not
-    round down to one less.
+    The product is the float64 ``n * ratio`` truncated, as the authors' code computes ``int(N * ratio)``: so
+    ``0.29 * 100`` selects 28 there and here (the product is 28.999999999999996).
     """
-    prod = n.to(torch.float64) * ratio
-    return torch.floor(prod * (1 + 1e-9)).clamp_min(1).to(torch.int64)
+    return torch.floor(n.to(torch.float64) * ratio).clamp_min(1).to(torch.int64)
 
 
 def masked_quantile(x: Tensor, m: Tensor, q: float, *, interpolation: str = "linear", group: Any = None) -> Tensor:

@@ -1,19 +1,27 @@
-"""entrolab's policy losses inside verl (tested with verl 0.9.1).
+"""entrolab's policy losses and advantage estimators inside verl (tested with verl 0.9.1).
 
-Importing this module registers every entrolab policy loss (:func:`entrolab.losses.policy_losses`) in verl's
-policy-loss registry as ``entrolab_<name>``; select one with
-``actor_rollout_ref.actor.policy_loss.loss_mode=entrolab_clip_cov``.  In Ray workers the module is imported by
-``import verl`` through the ``verl.plugins`` entry point that ``pip install entrolab[verl]`` declares, or, if plug-in
-discovery is off, through ``VERL_USE_EXTERNAL_MODULES=entrolab.integrations.verl`` exported to every worker.
+Importing this module registers, and changes nothing else in verl (tested attribute by attribute):
 
-Each registered function has verl's exact keyword signature ``(old_log_prob, log_prob, advantages, response_mask,
+- every entrolab policy loss (:func:`entrolab.losses.policy_losses`) in verl's policy-loss registry as
+  ``entrolab_<name>``; select one with ``actor_rollout_ref.actor.policy_loss.loss_mode=entrolab_clip_cov``;
+- the advantage estimators in :data:`ADVANTAGE_ESTIMATORS` in verl's advantage registry (``entrolab_hapo``: HAPO's
+  token-level group advantage); select with ``algorithm.adv_estimator=entrolab_hapo``.
+
+In Ray workers the module is imported by ``import verl`` through the ``verl.plugins`` entry point that ``pip install
+entrolab[verl]`` declares, or, if plug-in discovery is off, through ``VERL_USE_EXTERNAL_MODULES=
+entrolab.integrations.verl`` exported to every worker.
+
+Each registered loss has verl's exact keyword signature ``(old_log_prob, log_prob, advantages, response_mask,
 loss_agg_mode, config, rollout_is_weights)`` and:
 
-- reads its hyperparameters from the actor config where verl has them (``clip_ratio_low``/``clip_ratio_high`` ->
-  ``eps_low``/``eps_high``; ``clip_ratio_c`` -> ``dual_clip`` for ``ppo``, as verl's ``vanilla``;
+- reads its hyperparameters from the actor config where verl has a field with the same meaning, as verl's own loss
+  for the method reads it: ``clip_ratio_low``/``clip_ratio_high`` (each falling back to ``clip_ratio``) ->
+  ``eps_low``/``eps_high`` for every clipped loss including ``gspo``, and ``ratio_min = 1 - low``, ``ratio_max = 1 +
+  high`` for ``cispo``; ``clip_ratio_c`` -> ``dual_clip`` for ``ppo`` (verl's ``vanilla``);
   ``policy_loss.clip_cov_ratio``/``clip_cov_lb``/``clip_cov_ub`` for ``clip_cov``; ``policy_loss.kl_cov_ratio`` and
-  ``ppo_kl_coef`` for ``kl_cov``), then overrides from :func:`configure` or the JSON file named by
-  ``ENTROLAB_VERL_LOSS_KWARGS`` (``{"steer": {"mode": "linear"}}``), else entrolab's defaults;
+  ``ppo_kl_coef`` for ``kl_cov``, whose selection is verl's (``compat="code"``: its ``torch.topk``, ties included).
+  Then the overrides: the JSON file named by ``ENTROLAB_VERL_LOSS_KWARGS`` (``{"steer": {"mode": "linear"}}``,
+  read once when the loss is built, i.e. at import), :func:`configure`, and :func:`register`'s bound values;
 - aggregates with ``config.global_batch_info`` (``dp_size``, ``batch_num_tokens``, ``global_batch_size``,
   ``loss_scale_factor``) fed to entrolab's aggregation, which then equals verl's ``agg_loss`` (tested), so the loss
   stays correct under any split into micro-batches and data-parallel ranks;
@@ -22,11 +30,13 @@ loss_agg_mode, config, rollout_is_weights)`` and:
   them; no host sync here).
 
 Losses that need the **current token entropy** (``steer``, ``hapo``, ``entropy_balanced``, ``high_entropy_tokens``)
-get it from verl's update forward: set ``actor_rollout_ref.actor.calculate_entropy=true``.  verl hands entropy only
-to its own bonus code, so importing this module also wraps ``verl.workers.utils.losses.ppo_loss`` (the actor's loss
-function) with a transparent layer that makes the entropy visible to the entrolab losses of that call; nothing else
-changes (:func:`install_entropy_hook`).  STEER then weights with the current policy's entropy, equal to the old
-policy's on the first mini-batch of a step and an approximation on later ones (``shared/specs/integrations.md`` 1.5).
+need ``actor_rollout_ref.actor.calculate_entropy=true``, and an explicit opt-in: verl 0.9.1 hands the update's
+entropy only to its own bonus code, so :func:`install_entropy_hook` (or importing
+:mod:`entrolab.integrations.verl_entropy`, e.g. ``VERL_USE_EXTERNAL_MODULES=entrolab.integrations.verl_entropy``)
+wraps verl's actor loss function with a layer that makes the entropy visible to the entrolab losses of that call.
+Without it those losses raise a ``ValueError`` saying so.  STEER then weights with the current policy's entropy,
+equal to the old policy's on the first mini-batch of a step and an approximation on later ones
+(``shared/specs/integrations.md`` 1.5).
 
 ``register(alias, base, **hyperparameters)`` registers a loss with its hyperparameters bound (the route the spec
 recommends for presets, e.g. ``entrolab_steer_linear``).
@@ -56,9 +66,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "NEEDS_ENTROPY",
     "PREFIX",
     "configure",
+    "hapo_advantage",
     "install_entropy_hook",
     "register",
     "registered_names",
@@ -116,15 +128,18 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 
 
 def _from_config(name: str, config: Any, params: Mapping[str, inspect.Parameter]) -> dict[str, Any]:
-    """The hyperparameters verl's actor config carries for ``name``."""
+    """The hyperparameters verl's actor config carries for ``name``, mapped as verl's own loss of the same method
+    reads them (``clip_ratio_low``/``clip_ratio_high``, each falling back to ``clip_ratio`` as in verl)."""
     out: dict[str, Any] = {}
+    if config is None:
+        return out
     clip = _get(config, "clip_ratio", 0.2)
-    if "eps_low" in params and (name != "gspo" or config is not None):
-        # verl configures GSPO's (tiny) clip ratios with the same fields; unset, GSPO keeps entrolab's defaults
-        low = params["eps_low"].default if name == "gspo" else clip
-        high = params["eps_high"].default if name == "gspo" else clip
-        out["eps_low"] = float(_get(config, "clip_ratio_low", low))
-        out["eps_high"] = float(_get(config, "clip_ratio_high", high))
+    low = float(_get(config, "clip_ratio_low", clip))
+    high = float(_get(config, "clip_ratio_high", clip))
+    if "eps_low" in params:  # ppo, gspo and the PPO-based losses: verl's clip bounds
+        out["eps_low"], out["eps_high"] = low, high
+    if name == "cispo":  # verl's compute_policy_loss_cispo clamps the weight to [1 - low, 1 + high]
+        out["ratio_min"], out["ratio_max"] = 1.0 - low, 1.0 + high
     if name == "ppo":  # verl's vanilla loss always applies dual-clip with clip_ratio_c
         out["dual_clip"] = float(_get(config, "clip_ratio_c", 3.0))
     pl = _get(config, "policy_loss")
@@ -135,6 +150,7 @@ def _from_config(name: str, config: Any, params: Mapping[str, inspect.Parameter]
     if name == "kl_cov":
         out["ratio"] = float(_get(pl, "kl_cov_ratio", 2e-4))
         out["kl_coef"] = float(_get(pl, "ppo_kl_coef", 1.0))
+        out["compat"] = "code"  # verl's top-k, ties included
     return out
 
 
@@ -180,6 +196,7 @@ def _make(name: str, bound: Mapping[str, Any] | None = None, label: str | None =
     fn = get_policy_loss(name)
     params = inspect.signature(fn).parameters
     label = label or PREFIX + name
+    from_file = _env_overrides().get(name, {})  # read once, when the loss is built
 
     def loss(
         old_log_prob: Tensor,
@@ -191,14 +208,15 @@ def _make(name: str, bound: Mapping[str, Any] | None = None, label: str | None =
         rollout_is_weights: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Any]]:
         kwargs = _from_config(name, config, params)
-        kwargs.update(_env_overrides().get(name, {}))
+        kwargs.update(from_file)
         kwargs.update(_OVERRIDES.get(name, {}))
         kwargs.update(bound or {})
         entropy = _ENTROPY.get()
         if name in NEEDS_ENTROPY and entropy is None:
             raise ValueError(
-                f"{label} needs the current token entropy: set actor_rollout_ref.actor.calculate_entropy=true (and "
-                "keep entrolab's entropy hook installed: it is installed by importing entrolab.integrations.verl)"
+                f"{label} needs the current token entropy: set actor_rollout_ref.actor.calculate_entropy=true and "
+                "opt in to entrolab's entropy channel in every worker (VERL_USE_EXTERNAL_MODULES="
+                "entrolab.integrations.verl_entropy, or call entrolab.integrations.verl.install_entropy_hook())"
             )
         if entropy is not None and entropy.shape != log_prob.shape:
             raise ValueError(
@@ -277,12 +295,52 @@ def install_entropy_hook() -> bool:
     return True
 
 
+def hapo_advantage(
+    token_level_rewards: Tensor,
+    response_mask: Tensor,
+    index: Any = None,
+    config: Any = None,
+    **_: Any,
+) -> tuple[Tensor, Tensor]:
+    """verl advantage estimator ``entrolab_hapo``: HAPO's token-level group advantage
+    (:func:`entrolab.advantages.hapo_token_level_advantages`) with verl's estimator signature.
+
+    The response reward is ``token_level_rewards.sum(-1)``; groups are verl's ``uid`` index.  Returns
+    ``(advantages, returns)``, both ``(B, T)``, the advantage broadcast over the valid tokens (0 on padding), as verl's
+    GRPO does.  ``config.hapo_fallback_threshold`` (default 5) sets the fallback to GRPO's advantage.
+    """
+    from entrolab.advantages import hapo_token_level_advantages
+
+    if index is None:
+        raise ValueError("entrolab_hapo needs verl's group index (the batch's 'uid' column)")
+    group_ids = _group_ids(index)
+    rewards = token_level_rewards.sum(-1)  # (B,)
+    threshold = float(_get(config, "hapo_fallback_threshold", 5.0))
+    adv = hapo_token_level_advantages(
+        rewards, response_mask.bool(), torch.as_tensor(group_ids, device=rewards.device), fallback_threshold=threshold
+    )  # (B,)
+    out = adv.unsqueeze(-1) * response_mask
+    return out, out
+
+
+def _group_ids(index: Any) -> list[int]:
+    """verl's per-response group keys (any hashable, e.g. uid strings) as consecutive integers."""
+    keys: dict[Any, int] = {}
+    return [keys.setdefault(k, len(keys)) for k in list(index)]
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {PREFIX + "hapo": hapo_advantage}
+"""The advantage estimators registered in verl's ``ADV_ESTIMATOR_REGISTRY`` (``algorithm.adv_estimator=...``)."""
+
+
 def _register_all() -> None:
     for name in policy_losses():
         fn = _make(name)
         fn._entrolab = True  # type: ignore[attr-defined]
         _core_algos.register_policy_loss(PREFIX + name)(fn)
+    for name, est in ADVANTAGE_ESTIMATORS.items():
+        if _core_algos.ADV_ESTIMATOR_REGISTRY.get(name) is not est:
+            _core_algos.register_adv_est(name)(est)
 
 
 _register_all()
-install_entropy_hook()

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from entrolab import _dist
 from entrolab._typing import LossOutput
-from entrolab._validation import check_number
+from entrolab._validation import check_choice, check_number
 from entrolab.batch_stats import centred_products, masked_mean, random_k_mask, select_count, top_k_mask
 from entrolab.losses._common import (
     LOG_RATIO_CLAMP,
@@ -47,6 +47,21 @@ def _covariance(x: PolicyInputs, cov_center: Any, group: Any) -> Tensor:
         assert mean_a is not None and mean_lp is not None
         center = (mean_a, mean_lp)
     return centred_products(x.logp, x.adv, x.m, center=center, group=group)
+
+
+def _verl_top_cov(x: PolicyInputs, ratio: float) -> Tensor:
+    """Bool ``(B, T)``: verl's KL-Cov selection, ``torch.topk`` over the valid tokens' covariance on the CPU."""
+    m = x.m
+    adv = x.adv.detach()[m].reshape(-1).cpu()  # (N,) row-major, as verl's boolean indexing
+    lp = x.logp.detach()[m].reshape(-1).cpu()
+    chosen = torch.zeros(m.numel(), dtype=torch.bool)
+    if adv.numel() == 0:
+        return chosen.view_as(m).to(m.device)
+    cov = (adv - adv.mean()) * (lp - lp.mean())
+    k = max(1, int(len(cov) * ratio))
+    idx = torch.nonzero(m.reshape(-1).cpu(), as_tuple=True)[0][torch.topk(cov, k, largest=True).indices]
+    chosen[idx] = True
+    return chosen.view_as(m).to(m.device)
 
 
 def token_covariance(
@@ -214,6 +229,7 @@ def kl_cov(
     cov_center: tuple[float | Tensor, float | Tensor] | None = None,
     global_stats: bool = False,
     process_group: Any = None,
+    compat: str = "paper",
 ) -> LossOutput:
     r"""KL-Cov: unclipped policy gradient, plus ``kl_coef * |logp - old_logp|`` on the top-covariance tokens.
 
@@ -233,6 +249,13 @@ def kl_cov(
         ``beta >= 0``; paper 1.0 (verl's config dataclass defaults to 0.1).
     cov_center, global_stats, process_group
         As in :func:`clip_cov` (the top-k is then over the whole data-parallel batch).
+    compat : {"paper", "code"}
+        ``"paper"``: ties in the covariance are broken by row-major position (the first wins), on the device.
+        ``"code"``: verl's ``compute_policy_loss_kl_cov`` selection exactly: the covariance of the valid tokens
+        (row-major) computed on the CPU as verl computes it, then ``torch.topk``, whose order among exact ties is
+        its own (on a batch with 13 tokens at log-prob 0 it picks other tied tokens than the row-major rule).  This
+        copies the tensors to the host (a sync) and refuses ``global_stats`` and ``cov_center``, which verl's loss
+        does not have.
 
     Returns
     -------
@@ -267,9 +290,13 @@ def kl_cov(
     log_ratio = torch.where(x.m, x.logp - x.old_logp, 0)  # (B, T)
     ratio_t = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     pg = -torch.where(x.m, x.adv, 0) * ratio_t  # (B, T) unclipped policy gradient
+    compat = check_choice("compat", compat, ("paper", "code"))
+    if compat == "code" and (group is not None or cov_center is not None):
+        raise ValueError("kl_cov(compat='code') reproduces verl's local selection: no global_stats or cov_center")
     cov = _covariance(x, cov_center, group)  # (B, T)
     k = select_count(ratio, _dist.all_sum(x.m.sum(), group))
-    chosen = top_k_mask(cov, x.m, k, group=group)  # the k largest covariances, ties by position
+    # the k largest covariances: ties by position ("paper"), or verl's own top-k ("code")
+    chosen = _verl_top_cov(x, ratio) if compat == "code" else top_k_mask(cov, x.m, k, group=group)
     penalty = log_ratio.abs()  # |logp - old_logp|
     per_token = pg + kl_coef * chosen * penalty
     frac = masked_mean(chosen, x.m)
