@@ -169,3 +169,26 @@ def test_softmax_entropy_change_and_hwe_counts_reject_bad_input():
         hwe_counts(torch.ones(1, 3, dtype=torch.long), ok, ok, threshold=0.5)
     with pytest.raises(ValueError, match="triggers"):
         hwe_counts(torch.ones(1, 3), ok, ok.float(), threshold=0.5)
+
+
+def test_dynamics_metrics_match_numpy_percentiles_and_entropy_dynamics():
+    import numpy as np
+
+    from entrolab.dynamics import dynamics_metrics, entropy_dynamics
+
+    g = torch.Generator().manual_seed(2)
+    lp = -torch.rand(5, 7, generator=g) * 3
+    adv = torch.randn(5, generator=g)
+    ent = torch.rand(5, 7, generator=g) * 2
+    m = torch.rand(5, 7, generator=g) < 0.7
+    out = dynamics_metrics(lp, adv, m, entropy=ent)
+    dyn = entropy_dynamics(lp, adv, m)
+    assert all(v.ndim == 0 and v.dtype == torch.float32 and not v.requires_grad for v in out.values())
+    for q in (10, 50, 90):
+        assert float(out[f"entropy_p{q}"]) == pytest.approx(float(np.percentile(ent[m].numpy(), q)), rel=1e-6)
+    assert float(out["entropy"]) == pytest.approx(float(ent[m].mean()), rel=1e-6)
+    assert float(out["cov_mean"]) == float(dyn.cov_mean)
+    assert float(out["predicted_entropy_change"]) == pytest.approx(-float(dyn.cov_mean))
+    assert set(dynamics_metrics(lp, adv, m)) == {"cov_mean", "cov_std", "cov_positive_frac", "predicted_entropy_change"}
+    empty = dynamics_metrics(lp, adv, torch.zeros_like(m), entropy=ent)  # all masked: zeros, not NaN
+    assert all(float(v) == 0.0 for v in empty.values())

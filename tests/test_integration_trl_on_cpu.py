@@ -132,6 +132,10 @@ def test_every_metric_trl_logs_is_logged_under_the_same_name(tmp_path, tokenizer
     missing = set().union(*theirs) - set().union(*ours)
     assert not missing, f"TRL logs {sorted(missing)}; EntropyGRPOTrainer does not"
     assert {"policy_loss", "entropy_coef", "kl", "clip_ratio/high_max"} <= set(ours[0])
+    dynamics = {
+        f"entrolab/dynamics/{k}" for k in ("cov_mean", "predicted_entropy_change", "entropy_p10", "entropy_p90")
+    }
+    assert dynamics <= set(ours[0])
     for key in ("entropy", "kl", "entropy_coef", "reward"):
         assert ours[0][key] == pytest.approx(theirs[0][key], rel=1e-4, abs=1e-7), key
 

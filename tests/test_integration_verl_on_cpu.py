@@ -16,6 +16,7 @@ from verl.trainer.ppo import core_algos  # noqa: E402
 from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
 
 import entrolab.integrations.verl as ev  # noqa: E402
+from entrolab.dynamics import entropy_dynamics  # noqa: E402
 from entrolab.losses import AGG_MODES, get_policy_loss, policy_losses  # noqa: E402
 
 
@@ -87,6 +88,9 @@ def test_parity_with_verls_losses(mode, info, ours, theirs, policy_loss):
     torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-7)
     assert float(l1.abs()) > 0 and float(g1.abs().sum()) > 0
     assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad for v in m1.values())
+    assert float(m1["actor/entrolab/dynamics/cov_mean"]) == pytest.approx(
+        float(entropy_dynamics(_batch(info)[0], adv, mask).cov_mean)
+    )  # the covariance under the sampling (old) policy
     if theirs == "clip_cov":  # the candidate band selects some tokens, so the comparison covers the detaching
         assert float(m1["actor/entrolab/covclip_frac"]) > 0
 
@@ -204,6 +208,8 @@ def test_entropy_reaches_the_loss_through_verls_actor_loss_function():
     ).loss
     torch.testing.assert_close(loss, ref)
     assert "actor/entrolab/entropy" in metrics or any("entrolab" in k for k in metrics)
+    # with the update's entropy handed over, its percentiles join the dynamics metrics
+    assert {"actor/entrolab/dynamics/entropy_p10", "actor/entrolab/dynamics/entropy_p90"} <= set(metrics)
     loss.backward()
     assert flat_lp.grad is not None and float(flat_lp.grad.abs().sum()) > 0
 

@@ -15,12 +15,13 @@ from torch import Tensor
 
 from entrolab import _dist
 from entrolab._validation import check_number, describe
-from entrolab.batch_stats import centred_products, masked_mean, steer_omega_values
+from entrolab.batch_stats import centred_products, masked_mean, masked_quantile, steer_omega_values
 from entrolab.losses._common import check_policy_inputs
 
 __all__ = [
     "EntropyDynamics",
     "EntropyLawFit",
+    "dynamics_metrics",
     "entropy_dynamics",
     "fit_entropy_law",
     "softmax_entropy_change",
@@ -124,6 +125,44 @@ def entropy_dynamics(
         predicted_entropy_change=(-step_size * mean).to(f32),
         entropy=masked_mean(x.entropy, m) if x.entropy is not None else None,
     )
+
+
+def dynamics_metrics(
+    logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropy: Tensor | None = None,
+    global_stats: bool = False,
+    process_group: Any = None,
+) -> dict[str, Tensor]:
+    r"""The entropy diagnostics the lab and the engine plug-ins log per step, as detached 0-d float32 tensors (no
+    host sync): ``cov_mean``, ``cov_std``, ``cov_positive_frac`` and ``predicted_entropy_change`` (step size 1) of
+    :func:`entropy_dynamics`, and with ``entropy`` its mean ``entropy`` and percentiles ``entropy_p10``,
+    ``entropy_p50``, ``entropy_p90`` over the valid tokens (linear interpolation, as ``numpy.percentile``).
+
+    ``logp`` are the sampling policy's log-probs of the sampled tokens (the covariance of Cui et al., arXiv
+    2505.22617, Theorem 2, is taken under the policy that sampled).  Shapes: ``logp``, ``mask``, ``entropy``
+    ``(B, T)``; ``advantages`` ``(B,)`` or ``(B, T)``.  With ``global_stats`` the covariance is centred over the
+    data-parallel batch; the percentiles stay per process.
+    """
+    dyn = entropy_dynamics(
+        logp.detach(), advantages.detach(), mask, entropy=None if entropy is None else entropy.detach(),
+        global_stats=global_stats, process_group=process_group,
+    )  # fmt: skip
+    out = {
+        "cov_mean": dyn.cov_mean,
+        "cov_std": dyn.cov_std,
+        "cov_positive_frac": dyn.cov_positive_frac,
+        "predicted_entropy_change": dyn.predicted_entropy_change,
+    }
+    if entropy is not None:
+        m = mask.bool()
+        ent = entropy.detach()
+        out["entropy"] = masked_mean(ent, m).to(torch.float32)
+        for q in (10, 50, 90):
+            out[f"entropy_p{q}"] = masked_quantile(ent, m, q / 100).to(torch.float32)
+    return out
 
 
 def softmax_entropy_change(logits: Tensor, delta_logits: Tensor, *, dim: int = -1) -> Tensor:

@@ -36,7 +36,9 @@ accumulation, accelerate/DeepSpeed/FSDP, checkpoints, logging.  The trainer over
   advantages per token (EMPG-style).
 - **Metrics**: the ones TRL logs, under TRL's names (``entropy``, ``kl``, ``policy_loss`` and ``entropy_coef`` with
   an entropy bonus, ``clip_ratio/*`` for TRL's epsilon regions, ``aux_loss``), plus every loss metric under
-  ``entrolab/<name>`` (mean over processes).
+  ``entrolab/<name>`` and the entropy dynamics of :func:`entrolab.dynamics.dynamics_metrics` under
+  ``entrolab/dynamics/<name>`` (entropy percentiles, ``Cov(log pi, A)`` statistics under the sampling policy, the
+  first-order predicted entropy change); each a mean over processes, all gathered in one transfer per call.
 
 Tested with TRL 1.16 (``pyproject.toml`` pins the range), in one process and under DDP with 2 processes.
 Refused with a clear error: ``delta``, ``off_policy_mask_threshold`` and ``importance_sampling_level="sequence"``
@@ -54,6 +56,7 @@ from torch import Tensor
 
 from entrolab._typing import LossOutput
 from entrolab.control import AdaptiveEntropyCoefficient
+from entrolab.dynamics import dynamics_metrics
 from entrolab.losses import Aggregation, aggregate, entropy_bonus, get_policy_loss, kl_estimate
 
 try:
@@ -261,14 +264,20 @@ class EntropyGRPOTrainer(GRPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         self._metrics[mode]["entropy"].append(self._global_masked_mean(entropy, mask_f))
         self._log_clip_ratios(mode, torch.exp(logp.detach() - old), advantages, mask_f)
-        for k, v in metrics.items():
-            if k != "entropy":
-                self._log(mode, f"entrolab/{k}", v)
+        named = {f"entrolab/{k}": v for k, v in metrics.items() if k != "entropy"}
+        dynamics = dynamics_metrics(old, advantages, mask, entropy=entropy)  # the sampling policy's covariance
+        named.update({f"entrolab/dynamics/{k}": v for k, v in dynamics.items() if k != "entropy"})
+        self._log_all(mode, named)
         return loss
 
-    def _log(self, mode: str, name: str, value: Tensor) -> None:
-        v = value.detach().float().reshape(1)
-        self._metrics[mode][name].append(self.accelerator.gather(v).nanmean().item())
+    def _log_all(self, mode: str, values: Mapping[str, Tensor]) -> None:
+        """Each value's mean over processes into TRL's metric store: one gather and one host transfer for all."""
+        if not values:
+            return
+        stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])  # (n,)
+        means = self.accelerator.gather(stacked.unsqueeze(0)).nanmean(0).tolist()  # (processes, n) -> (n,)
+        for name, mean in zip(values, means, strict=True):
+            self._metrics[mode][name].append(mean)
 
     def _global_masked_mean(self, x: Tensor, mask: Tensor) -> float:
         totals = self.accelerator.reduce(torch.stack([(x.detach() * mask).sum(), mask.sum().float()]), reduction="sum")

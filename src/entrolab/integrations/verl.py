@@ -27,7 +27,10 @@ loss_agg_mode, config, rollout_is_weights)`` and:
   stays correct under any split into micro-batches and data-parallel ranks;
 - multiplies the per-token loss by ``rollout_is_weights`` (``token_weights``);
 - returns ``(loss, metrics)`` with detached 0-d tensors under ``actor/entrolab/<name>`` (verl's ``Metric`` converts
-  them; no host sync here).
+  them; no host sync here), plus the entropy dynamics of :func:`entrolab.dynamics.dynamics_metrics` under
+  ``actor/entrolab/dynamics/<name>`` (``Cov(log pi, A)`` statistics under the old policy, the first-order predicted
+  entropy change, and entropy percentiles when the update's entropy is handed over), per micro-batch, which verl
+  averages.
 
 Losses that need the **current token entropy** (``steer``, ``hapo``, ``entropy_balanced``, ``high_entropy_tokens``)
 need ``actor_rollout_ref.actor.calculate_entropy=true``, and an explicit opt-in: verl 0.9.1 hands the update's
@@ -56,6 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entrolab.dynamics import dynamics_metrics
 from entrolab.losses import AGG_MODES, Aggregation, get_policy_loss, policy_losses
 
 try:
@@ -229,6 +233,8 @@ def _make(name: str, bound: Mapping[str, Any] | None = None, label: str | None =
             token_weights=rollout_is_weights, **kwargs,
         )  # fmt: skip
         metrics = {f"actor/entrolab/{k}": v.detach() for k, v in out.metrics.items()}
+        dynamics = dynamics_metrics(old_log_prob, advantages, mask, entropy=entropy)  # the sampling policy's
+        metrics.update({f"actor/entrolab/dynamics/{k}": v for k, v in dynamics.items() if k != "entropy"})
         return out.loss, metrics
 
     loss.__name__ = label

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from entrolab.advantages import (
@@ -29,7 +28,7 @@ from entrolab.advantages import (
     spear_tool_bonus,
 )
 from entrolab.control import AdaptiveEntropyCoefficient
-from entrolab.dynamics import entropy_dynamics
+from entrolab.dynamics import dynamics_metrics
 from entrolab.lab.agentic import SpearReplay, aepo_eb_rollout, empg_turn_advantages
 from entrolab.lab.config import LabConfig, LabError
 from entrolab.lab.method_rollouts import (
@@ -462,19 +461,15 @@ def step_row(ctx: RunContext, b: Batch, loss_metrics: dict[str, float], *, t0: f
     so the rollout's mean entropy keeps the name)."""
     r, mask = b.rollout, b.rollout.completion_mask
     assert r.sample_entropy is not None
-    dyn = entropy_dynamics(r.sample_logp, b.adv_seq, mask, entropy=r.sample_entropy)
-    ent = r.sample_entropy[mask].numpy()
+    dyn = {k: float(v) for k, v in dynamics_metrics(r.sample_logp, b.adv_seq, mask, entropy=r.sample_entropy).items()}
     n_tok = int(mask.sum())
     seconds = time.perf_counter() - t0
     row: dict[str, Any] = {
         "reward": float(b.rewards.mean()),
         "accuracy": float((b.rewards > 0.5).float().mean()),
         "entropy": b.mean_entropy,
-        **{f"entropy_p{q}": float(np.percentile(ent, q)) if ent.size else 0.0 for q in (10, 50, 90)},
-        "cov_mean": float(dyn.cov_mean),
-        "cov_std": float(dyn.cov_std),
-        "cov_positive_frac": float(dyn.cov_positive_frac),
-        "predicted_entropy_change": float(dyn.predicted_entropy_change),
+        **{k: dyn[k] for k in ("entropy_p10", "entropy_p50", "entropy_p90")},
+        **{k: dyn[k] for k in ("cov_mean", "cov_std", "cov_positive_frac", "predicted_entropy_change")},
     }
     if b.ref_logp is not None:
         kl = kl_estimate(r.sample_logp, b.ref_logp, kind="k3")
