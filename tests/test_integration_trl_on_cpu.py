@@ -155,6 +155,35 @@ def test_the_adaptive_entropy_state_travels_with_trls_checkpoints(tmp_path, toke
     assert again.entropy_coef == pytest.approx(0.016)
 
 
+@pytest.mark.parametrize(("advantage", "kwargs"), [("empg", {"zeta": 0.2}), ("entropy_aware", {"coef": 0.5})])
+def test_entropy_reshaped_advantages_as_a_trainer_option(tmp_path, tokenizer, advantage, kwargs):
+    """``advantage=`` applies the registered method to TRL's advantages with the rollout's token entropy: the loss
+    equals the policy loss on the advantages the method's own function returns; and a run trains."""
+    from entrolab.advantages import empg_advantages, entropy_aware_advantages
+    from entrolab.losses import get_policy_loss
+
+    trainer = EntropyGRPOTrainer(
+        _model(tokenizer, seed=8), reward_funcs=_reward, args=_config(tmp_path, "bnpo", max_steps=2),
+        train_dataset=_data(), processing_class=tokenizer, advantage=advantage, advantage_kwargs=kwargs,
+    )  # fmt: skip
+    batch = fixtures.fixed_batch(tokenizer)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    lp, ent, _ = trainer._logps_and_entropy(trainer.model, batch)
+    mask = batch["completion_mask"].bool()
+    if advantage == "empg":
+        adv = empg_advantages(ent.detach(), mask, batch["advantages"], **kwargs)
+    else:
+        adv = entropy_aware_advantages(batch["advantages"], ent.detach(), mask, **kwargs)
+    agg = trl_aggregation("bnpo", mask, accumulation=1, max_completion_length=6)
+    want = get_policy_loss("ppo")(lp, batch["old_per_token_logps"], adv, mask, entropy=ent, agg=agg,
+                                  eps_low=0.2, eps_high=0.28).loss  # fmt: skip
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-7)
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
 def test_bad_configuration_is_refused(tmp_path, tokenizer):
     model = _model(tokenizer)
     common = {"reward_funcs": _reward, "train_dataset": _data(), "processing_class": tokenizer}
@@ -164,6 +193,13 @@ def test_bad_configuration_is_refused(tmp_path, tokenizer):
         EntropyGRPOTrainer(model, args=_config(tmp_path), policy_loss="nope", **common)
     with pytest.raises(ValueError, match="policy_loss="):
         EntropyGRPOTrainer(model, args=_config(tmp_path, "cispo"), policy_loss="ppo", **common)
+    with pytest.raises(ValueError, match="valid: empg, entropy_aware"):
+        EntropyGRPOTrainer(model, args=_config(tmp_path), advantage="hapo", **common)
+    with pytest.raises(ValueError, match="no hyperparameter 'beta'"):
+        EntropyGRPOTrainer(model, args=_config(tmp_path), advantage="empg", advantage_kwargs={"beta": 1}, **common)
+    with pytest.raises(ValueError, match="not both"):
+        EntropyGRPOTrainer(model, args=_config(tmp_path), advantage="empg", advantage_transform=lambda a, **_: a,
+                           **common)  # fmt: skip
     with pytest.raises(ValueError, match="delta"):
         EntropyGRPOTrainer(model, args=_config(tmp_path, delta=2.0), **common)
 

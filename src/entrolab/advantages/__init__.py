@@ -5,7 +5,9 @@
 - HAPO's token-level group advantage :func:`hapo_token_level_advantages`;
 - AEPO-EB's :func:`entropy_aware_advantages`;
 - EMPG, ETTRL, AEPO's rollout temperature and mixing, SPEAR's replay (:mod:`entrolab.advantages.shaping`);
-- ARES's entropy reward and its schedules (:mod:`entrolab.advantages.ares`).
+- ARES's entropy reward and its schedules (:mod:`entrolab.advantages.ares`);
+- the registry of entropy-reshaped token advantages an engine applies per batch, :data:`TOKEN_ADVANTAGES`
+  (:mod:`entrolab.advantages.token`).
 
 The policy losses live in :mod:`entrolab.losses`; this package imports from it, never the other way round.
 """
@@ -33,9 +35,11 @@ from entrolab.advantages.shaping import (
     spear_subsample,
     spear_tool_bonus,
 )
+from entrolab.advantages.token import TOKEN_ADVANTAGES, token_advantage_transform
 
 __all__ = [
     "ARES_BUCKETS",
+    "TOKEN_ADVANTAGES",
     "aepo_mix",
     "aepo_temperature",
     "ares_alpha_update",
@@ -55,6 +59,7 @@ __all__ = [
     "spear_replay_weight",
     "spear_subsample",
     "spear_tool_bonus",
+    "token_advantage_transform",
     "topk_tail_entropy",
     "window_entropy",
 ]

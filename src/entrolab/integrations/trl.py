@@ -32,8 +32,8 @@ accumulation, accelerate/DeepSpeed/FSDP, checkpoints, logging.  The trainer over
   ``top_entropy_quantile`` (the 80/20 mask, as token weights), vLLM importance-sampling correction,
   ``entropy_coef`` and the adaptive entropy controller (``use_adaptive_entropy``:
   :class:`entrolab.control.AdaptiveEntropyCoefficient`, whose state is kept in TRL's own fields so TRL's
-  checkpoints carry it) work as in TRL.  ``regularizers`` add more terms; ``advantage_transform`` reshapes
-  advantages per token (EMPG-style).
+  checkpoints carry it) work as in TRL.  ``regularizers`` add more terms; ``advantage="empg"`` or
+  ``"entropy_aware"`` (or your own ``advantage_transform``) reshapes TRL's advantages per token with the entropy.
 - **Metrics**: the ones TRL logs, under TRL's names (``entropy``, ``kl``, ``policy_loss`` and ``entropy_coef`` with
   an entropy bonus, ``clip_ratio/*`` for TRL's epsilon regions, ``aux_loss``), plus every loss metric under
   ``entrolab/<name>`` and the entropy dynamics of :func:`entrolab.dynamics.dynamics_metrics` under
@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from entrolab._typing import LossOutput
+from entrolab.advantages import token_advantage_transform
 from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.dynamics import dynamics_metrics
 from entrolab.losses import Aggregation, aggregate, entropy_bonus, get_policy_loss, kl_estimate
@@ -128,9 +129,16 @@ class EntropyGRPOTrainer(GRPOTrainer):
         reduces over accelerate's process group (a no-op in a single process).
     regularizers : sequence of callables, optional
         Extra terms, :data:`Regularizer`.
+    advantage : str, optional
+        An entropy-reshaped token advantage from :data:`entrolab.advantages.TOKEN_ADVANTAGES` (``"empg"``,
+        ``"entropy_aware"``) applied to TRL's group advantages on each micro-batch, with ``advantage_kwargs``.  Its
+        batch statistics (EMPG's entropy range and final mean, AEPO-EB's z-score) are over the micro-batch TRL
+        hands to the loss (shuffled, one of ``steps_per_generation``), not the whole generation batch.
+    advantage_kwargs : mapping, optional
+        The method's hyperparameters; unknown ones raise ``ValueError``.
     advantage_transform : callable, optional
-        ``fn(advantages, *, entropy, mask, inputs) -> Tensor``: maps TRL's ``(B,)`` advantages to ``(B,)`` or
-        ``(B, T)`` ones (``entropy`` detached, ``(B, T)``).
+        ``fn(advantages, *, entropy, mask, inputs) -> Tensor``: your own map from TRL's ``(B,)`` advantages to
+        ``(B,)`` or ``(B, T)`` ones (``entropy`` detached, ``(B, T)``); exclusive with ``advantage``.
     """
 
     def __init__(
@@ -139,6 +147,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
         policy_loss: str = "ppo",
         loss_kwargs: Mapping[str, Any] | None = None,
         regularizers: Sequence[Regularizer] = (),
+        advantage: str | None = None,
+        advantage_kwargs: Mapping[str, Any] | None = None,
         advantage_transform: Callable[..., Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -158,6 +168,12 @@ class EntropyGRPOTrainer(GRPOTrainer):
             raise TypeError("regularizers must be callables fn(*, logp, entropy, mask, agg) -> LossOutput")
         if advantage_transform is not None and not callable(advantage_transform):
             raise TypeError(f"advantage_transform must be callable, got {advantage_transform!r}")
+        if advantage is not None:
+            if advantage_transform is not None:
+                raise ValueError("pass either advantage= or advantage_transform=, not both")
+            advantage_transform = token_advantage_transform(advantage, **dict(advantage_kwargs or {}))
+        elif advantage_kwargs:
+            raise ValueError("advantage_kwargs given without advantage=")
         super().__init__(*args, **kwargs)
         a: Any = self.args
         if self.loss_type not in AGGREGATING_LOSS_TYPES:
