@@ -184,6 +184,34 @@ def test_entropy_reshaped_advantages_as_a_trainer_option(tmp_path, tokenizer, ad
     assert trainer.state.global_step == 2
 
 
+def test_steer_weights_with_the_entropy_of_the_first_pass_over_a_micro_batch(tmp_path, tokenizer):
+    """STEER's Omega uses the old policy's entropy: on the second iteration over a buffered micro-batch (after an
+    update) the loss still sees the entropy recorded on the first pass, not the current one."""
+    from entrolab.losses import get_policy_loss
+
+    trainer = EntropyGRPOTrainer(_model(tokenizer, seed=9), reward_funcs=_reward, args=_config(tmp_path, "bnpo"),
+                                 train_dataset=_data(), processing_class=tokenizer, policy_loss="steer")  # fmt: skip
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    batch = fixtures.fixed_batch(tokenizer)
+    trainer.compute_loss(trainer.model, batch)
+    recorded = batch["entrolab_old_entropy"]
+    with torch.no_grad():  # an update: the policy, hence its entropy, moves
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    loss = trainer.compute_loss(trainer.model, batch)
+    lp, ent, _ = trainer._logps_and_entropy(trainer.model, batch)
+    assert not torch.allclose(ent, recorded)
+    mask = batch["completion_mask"].bool()
+    agg = trl_aggregation("bnpo", mask, accumulation=1, max_completion_length=6)
+    steer = get_policy_loss("steer")
+    kw = {"agg": agg, "eps_low": 0.2, "eps_high": 0.28}
+    old = batch["old_per_token_logps"]
+    torch.testing.assert_close(loss, steer(lp, old, batch["advantages"], mask, entropy=recorded, **kw).loss)
+    current = steer(lp, old, batch["advantages"], mask, entropy=ent, **kw).loss
+    assert float(current) != pytest.approx(float(loss), rel=1e-6)
+
+
 def test_bad_configuration_is_refused(tmp_path, tokenizer):
     model = _model(tokenizer)
     common = {"reward_funcs": _reward, "train_dataset": _data(), "processing_class": tokenizer}

@@ -356,3 +356,42 @@ def test_hapo_advantage_through_verls_own_compute_advantage():
     assert float(out.batch["advantages"].abs().sum()) > 0
     with pytest.raises(ValueError, match="uid"):
         core_algos.get_adv_estimator_fn("entrolab_hapo")(token_level_rewards=token_rewards, response_mask=mask)
+
+
+def test_steer_takes_the_old_log_prob_pass_entropy_when_the_batch_carries_it():
+    """verl's v1 trainer writes the old-log-prob pass's ``entropy`` next to ``old_log_probs``; through verl's real
+    ``ppo_loss`` (after the opt-in) ``entrolab_steer`` weights with it, not with the update forward's entropy."""
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils import losses as verl_losses
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    import entrolab.integrations.verl_entropy  # noqa: F401
+
+    b, p, t = 3, 2, 4
+    g = torch.Generator().manual_seed(5)
+    attn = torch.ones(b, p + t, dtype=torch.long)
+    attn[1, p + 2 :] = 0
+    response_mask = attn[:, p:].clone()
+    old = -torch.rand(b, t, generator=g) * 2
+    old_ent = torch.rand(b, t, generator=g) * 2 + 0.1
+    adv = torch.randn(b, 1, generator=g).expand(b, t).clone()
+    n_tok = int(attn.sum())
+    flat_lp = (-torch.rand(n_tok, generator=g) * 2).requires_grad_()
+    flat_ent = torch.rand(n_tok, generator=g) * 3
+    data = TensorDict(
+        {"prompts": torch.ones(b, p, dtype=torch.long), "responses": torch.ones(b, t, dtype=torch.long),
+         "attention_mask": attn, "response_mask": response_mask, "old_log_probs": old, "advantages": adv,
+         "entropy": old_ent},
+        batch_size=[b],
+    )  # fmt: skip
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
+    config = _config(calculate_entropy=True, loss_mode="entrolab_steer")
+    loss, _ = verl_losses.ppo_loss(config, {"log_probs": flat_lp, "entropy": flat_ent}, data)
+    lp = no_padding_2_padding(flat_lp, data)
+    kw = {"eps_low": 0.2, "eps_high": 0.28, "agg": "token-mean"}
+    want = get_policy_loss("steer")(lp, old, adv, response_mask.bool(), entropy=old_ent, **kw).loss
+    torch.testing.assert_close(loss, want)
+    current = no_padding_2_padding(flat_ent, data)
+    other = get_policy_loss("steer")(lp, old, adv, response_mask.bool(), entropy=current, **kw).loss
+    assert float(other) != pytest.approx(float(want), rel=1e-6)

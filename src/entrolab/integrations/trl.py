@@ -48,6 +48,7 @@ Refused with a clear error: ``delta``, ``off_policy_mask_threshold`` and ``impor
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ from entrolab._typing import LossOutput
 from entrolab.advantages import token_advantage_transform
 from entrolab.control import AdaptiveEntropyCoefficient
 from entrolab.dynamics import dynamics_metrics
-from entrolab.losses import Aggregation, aggregate, entropy_bonus, get_policy_loss, kl_estimate
+from entrolab.losses import OLD_ENTROPY_LOSSES, Aggregation, aggregate, entropy_bonus, get_policy_loss, kl_estimate
 
 try:
     from trl import GRPOTrainer
@@ -198,6 +199,14 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self.regularizers = tuple(regularizers)
         self.advantage_transform = advantage_transform
         self._loss_generator = torch.Generator().manual_seed(int(a.seed) + 7919 * self.accelerator.process_index)
+        if policy_loss in OLD_ENTROPY_LOSSES and a.steps_per_generation > a.gradient_accumulation_steps:
+            warnings.warn(
+                f"policy_loss={policy_loss!r} weights with the old policy's entropy, recorded on the first pass over "
+                f"each micro-batch; with steps_per_generation ({a.steps_per_generation}) > "
+                f"gradient_accumulation_steps ({a.gradient_accumulation_steps}) later micro-batches are first seen "
+                "after an optimizer step, so their 'old' entropy is one or more updates newer",
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------------------------------ log-probs
     def _logps_and_entropy(self, model: Any, inputs: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -254,8 +263,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
             ratio = inputs["importance_sampling_ratio"]
             weights = ratio if weights is None else weights * ratio
         out = self.policy_loss_fn(
-            logp, old, advantages, mask, entropy=entropy, agg=agg, generator=self._loss_generator,
-            token_weights=weights, **self.loss_kwargs,
+            logp, old, advantages, mask, entropy=self._loss_entropy(inputs, entropy, mode), agg=agg,
+            generator=self._loss_generator, token_weights=weights, **self.loss_kwargs,
         )  # fmt: skip
         loss = out.loss
         metrics: dict[str, Tensor] = dict(out.metrics)
@@ -285,6 +294,21 @@ class EntropyGRPOTrainer(GRPOTrainer):
         named.update({f"entrolab/dynamics/{k}": v for k, v in dynamics.items() if k != "entropy"})
         self._log_all(mode, named)
         return loss
+
+    def _loss_entropy(self, inputs: dict[str, Any], entropy: Tensor, mode: str) -> Tensor:
+        """The entropy the policy loss sees: the current forward's, or for :data:`OLD_ENTROPY_LOSSES` (STEER) the
+        old policy's, recorded on the first pass over each micro-batch and kept in TRL's buffered batch
+        (``inputs["entrolab_old_entropy"]``) for its later iterations.  The first pass happens before any update
+        of the generation batch when ``steps_per_generation <= gradient_accumulation_steps`` (TRL's own condition
+        for using the current log-probs as the old ones); otherwise the trainer warned at construction."""
+        if self.policy_loss not in OLD_ENTROPY_LOSSES:
+            return entropy
+        old = inputs.get(_OLD_ENTROPY_KEY)
+        if old is None or old.shape != entropy.shape:
+            old = entropy.detach()
+            if mode == "train":
+                inputs[_OLD_ENTROPY_KEY] = old
+        return old
 
     def _log_all(self, mode: str, values: Mapping[str, Tensor]) -> None:
         """Each value's mean over processes into TRL's metric store: one gather and one host transfer for all."""
@@ -343,6 +367,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         return term
 
 
+_OLD_ENTROPY_KEY = "entrolab_old_entropy"
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")  # fmt: skip
 

@@ -37,9 +37,10 @@ need ``actor_rollout_ref.actor.calculate_entropy=true``, and an explicit opt-in:
 entropy only to its own bonus code, so :func:`install_entropy_hook` (or importing
 :mod:`entrolab.integrations.verl_entropy`, e.g. ``VERL_USE_EXTERNAL_MODULES=entrolab.integrations.verl_entropy``)
 wraps verl's actor loss function with a layer that makes the entropy visible to the entrolab losses of that call.
-Without it those losses raise a ``ValueError`` saying so.  STEER then weights with the current policy's entropy,
-equal to the old policy's on the first mini-batch of a step and an approximation on later ones
-(``shared/specs/integrations.md`` 1.5).
+Without it those losses raise a ``ValueError`` saying so.  STEER weights with the old policy's entropy when the
+update batch carries the old-log-prob pass's ``entropy`` column (verl's v1 trainer writes it next to
+``old_log_probs``); otherwise with the current policy's, equal to the old one on the first mini-batch of a step and
+an approximation on later ones (``shared/specs/integrations.md`` 1.5).
 
 ``register(alias, base, **hyperparameters)`` registers a loss with its hyperparameters bound (the route the spec
 recommends for presets, e.g. ``entrolab_steer_linear``).
@@ -60,7 +61,7 @@ import torch
 from torch import Tensor
 
 from entrolab.dynamics import dynamics_metrics
-from entrolab.losses import AGG_MODES, Aggregation, get_policy_loss, policy_losses
+from entrolab.losses import AGG_MODES, OLD_ENTROPY_LOSSES, Aggregation, get_policy_loss, policy_losses
 
 try:
     from verl.trainer.ppo import core_algos as _core_algos
@@ -86,6 +87,7 @@ NEEDS_ENTROPY = frozenset({"steer", "hapo", "entropy_balanced", "high_entropy_to
 """entrolab losses that need the current token entropy (``calculate_entropy=true`` in verl)."""
 
 _ENTROPY: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("entrolab_verl_entropy", default=None)
+_OLD_ENTROPY: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("entrolab_verl_old_entropy", default=None)
 _OVERRIDES: dict[str, dict[str, Any]] = {}
 _ENV = "ENTROLAB_VERL_LOSS_KWARGS"
 
@@ -226,6 +228,9 @@ def _make(name: str, bound: Mapping[str, Any] | None = None, label: str | None =
             raise ValueError(
                 f"{label}: the update's entropy has shape {tuple(entropy.shape)}, log_prob {tuple(log_prob.shape)}"
             )
+        old_entropy = _OLD_ENTROPY.get() if name in OLD_ENTROPY_LOSSES else None
+        if old_entropy is not None and old_entropy.shape == log_prob.shape:
+            entropy = old_entropy  # STEER: the old-log-prob pass's entropy, as the paper defines Omega
         mask = response_mask.to(torch.bool)
         agg = verl_aggregation(loss_agg_mode, _get(config, "global_batch_info", None), mask)
         out = fn(
@@ -270,6 +275,15 @@ def _padded(t: Tensor, data: Any) -> Tensor:
     return no_padding_2_padding(t, data)
 
 
+def _old_entropy(data: Any) -> Tensor | None:
+    """The old-log-prob pass's token entropy, ``(B, T)`` padded like ``old_log_probs``, when the update batch
+    carries verl's ``entropy`` column (verl's v1 trainer writes it next to ``old_log_probs``), else ``None``."""
+    keys = data.keys() if hasattr(data, "keys") else ()
+    if "entropy" not in keys:
+        return None
+    return data.select("entropy").to_padded_tensor()["entropy"]
+
+
 def install_entropy_hook() -> bool:
     """Wrap verl's actor loss function (``verl.workers.utils.losses.ppo_loss``) so that the entrolab losses it calls
     see the update forward's token entropy (``model_output["entropy"]``, present with ``calculate_entropy=true``).
@@ -287,10 +301,12 @@ def install_entropy_hook() -> bool:
     def ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None) -> Any:
         entropy = model_output.get("entropy", None) if hasattr(model_output, "get") else None
         token = _ENTROPY.set(_padded(entropy, data) if entropy is not None else None)
+        old_token = _OLD_ENTROPY.set(_old_entropy(data))
         try:
             return original(config, model_output, data, dp_group)
         finally:
             _ENTROPY.reset(token)
+            _OLD_ENTROPY.reset(old_token)
 
     ppo_loss._entrolab_hook = True  # type: ignore[attr-defined]
     setattr(verl_losses, "ppo_loss", ppo_loss)  # noqa: B010

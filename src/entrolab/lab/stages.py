@@ -51,7 +51,17 @@ from entrolab.lab.rollout import (
     turn_means,
 )
 from entrolab.lab.tasks import Example, Task
-from entrolab.losses import Aggregation, LossOutput, SirenAnchor, entropy_bonus, epo, kl_estimate, kl_penalty, siren
+from entrolab.losses import (
+    OLD_ENTROPY_LOSSES,
+    Aggregation,
+    LossOutput,
+    SirenAnchor,
+    entropy_bonus,
+    epo,
+    kl_estimate,
+    kl_penalty,
+    siren,
+)
 from entrolab.losses.epo import EntropyHistory
 from entrolab.optim import make_optimizer
 
@@ -390,8 +400,11 @@ def update_stage(
                 state.model, sub, temperature=preset.temperature, with_logits=preset.siren_coef > 0
             )
             mb = Minibatch(idx, logp, ent, logits, sub.completion_mask)
+            # STEER weights with the sampling policy's entropy; the other losses with the current forward's
+            old_ent = r.sample_entropy[idx] if r.sample_entropy is not None else None
+            loss_ent = old_ent if preset.loss in OLD_ENTROPY_LOSSES and old_ent is not None else ent
             out = ctx.loss_fn(
-                logp, old_logp[idx], b.adv[idx], mb.mask, entropy=ent, agg=ctx.agg, generator=state.gen,
+                logp, old_logp[idx], b.adv[idx], mb.mask, entropy=loss_ent, agg=ctx.agg, generator=state.gen,
                 **preset.loss_kwargs,
             )  # fmt: skip
             loss, extra = out.loss, dict(out.metrics)

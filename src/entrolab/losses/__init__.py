@@ -27,12 +27,13 @@ from entrolab.losses.forking import high_entropy_tokens
 from entrolab.losses.gspo import cispo, gspo
 from entrolab.losses.hapo import hapo
 from entrolab.losses.ppo import ppo
-from entrolab.losses.registry import get_policy_loss, policy_losses, register_policy_loss
+from entrolab.losses.registry import OLD_ENTROPY_LOSSES, get_policy_loss, policy_losses, register_policy_loss
 from entrolab.losses.steer import steer
 
 __all__ = [
     "AGG_MODES",
     "KL_ESTIMATORS",
+    "OLD_ENTROPY_LOSSES",
     "Aggregation",
     "LossOutput",
     "SirenAnchor",

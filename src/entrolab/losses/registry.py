@@ -6,9 +6,15 @@ from collections.abc import Callable
 
 from entrolab._typing import LossFn
 
-__all__ = ["get_policy_loss", "policy_losses", "register_policy_loss"]
+__all__ = ["OLD_ENTROPY_LOSSES", "get_policy_loss", "policy_losses", "register_policy_loss"]
 
 _POLICY_LOSSES: dict[str, LossFn] = {}
+
+OLD_ENTROPY_LOSSES = frozenset({"steer"})
+"""Losses whose ``entropy=`` is the **old** (sampling) policy's token entropy, recorded with the old log-probs
+(STEER's Omega, arXiv 2510.10150 section 4); every other loss takes the current forward's.  The lab passes the
+sampling pass's entropy to these, the TRL trainer the entropy of the first pass over each micro-batch, the verl
+plug-in the old-log-prob pass's ``entropy`` column when the batch carries it."""
 
 
 def register_policy_loss(name: str) -> Callable[[LossFn], LossFn]:
