@@ -395,3 +395,50 @@ def test_steer_takes_the_old_log_prob_pass_entropy_when_the_batch_carries_it():
     current = no_padding_2_padding(flat_ent, data)
     other = get_policy_loss("steer")(lp, old, adv, response_mask.bool(), entropy=current, **kw).loss
     assert float(other) != pytest.approx(float(want), rel=1e-6)
+
+
+@pytest.mark.parametrize(("advantage", "kwargs"), [("entropy_aware", {"coef": 0.3}), ("empg", {"zeta": 0.2})])
+def test_entropy_reshaped_advantages_inside_verls_loss(advantage, kwargs):
+    """``register(alias, "ppo", advantage=...)``: through verl's real ``ppo_loss`` the advantages are reshaped with
+    the update's token entropy (verl's estimators get none); equal to entrolab's PPO on the method's own output."""
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils import losses as verl_losses
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    import entrolab.integrations.verl_entropy  # noqa: F401
+    from entrolab.advantages import empg_advantages, entropy_aware_advantages
+
+    alias = ev.register(f"entrolab_ppo_{advantage}", "ppo", advantage=advantage, advantage_kwargs=kwargs)
+    b, p, t = 4, 2, 5
+    g = torch.Generator().manual_seed(6)
+    attn = torch.ones(b, p + t, dtype=torch.long)
+    attn[1, p + 3 :] = 0
+    attn[3, p + 1 :] = 0
+    response_mask = attn[:, p:].clone()
+    old = -torch.rand(b, t, generator=g) * 2
+    seq = torch.randn(b, generator=g)
+    adv = seq.unsqueeze(1) * response_mask  # verl broadcasts the sequence advantage over the valid tokens
+    n_tok = int(attn.sum())
+    flat_lp = (-torch.rand(n_tok, generator=g) * 2).requires_grad_()
+    flat_ent = torch.rand(n_tok, generator=g) * 3
+    data = TensorDict(
+        {"prompts": torch.ones(b, p, dtype=torch.long), "responses": torch.ones(b, t, dtype=torch.long),
+         "attention_mask": attn, "response_mask": response_mask, "old_log_probs": old, "advantages": adv},
+        batch_size=[b],
+    )  # fmt: skip
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
+    config = _config(calculate_entropy=True, loss_mode=alias)
+    loss, _ = verl_losses.ppo_loss(config, {"log_probs": flat_lp, "entropy": flat_ent}, data)
+    lp, ent = no_padding_2_padding(flat_lp, data), no_padding_2_padding(flat_ent, data)
+    m = response_mask.bool()
+    if advantage == "empg":
+        shaped = empg_advantages(ent, m, seq, **kwargs)
+    else:
+        shaped = entropy_aware_advantages(seq, ent, m, **kwargs)
+    want = get_policy_loss("ppo")(lp, old, shaped, m, agg="token-mean", eps_low=0.2, eps_high=0.28, dual_clip=3.0)
+    torch.testing.assert_close(loss, want.loss)
+    plain = get_policy_loss("ppo")(lp, old, adv, m, agg="token-mean", eps_low=0.2, eps_high=0.28, dual_clip=3.0)
+    assert float(plain.loss) != pytest.approx(float(loss), rel=1e-6)
+    with pytest.raises(ValueError, match="valid: empg, entropy_aware"):
+        ev.register("entrolab_ppo_bad_adv", "ppo", advantage="ettrl")

@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from entrolab.advantages import token_advantage_transform
 from entrolab.dynamics import dynamics_metrics
 from entrolab.losses import AGG_MODES, OLD_ENTROPY_LOSSES, Aggregation, get_policy_loss, policy_losses
 
@@ -198,7 +199,12 @@ def verl_aggregation(loss_agg_mode: str, global_batch_info: Mapping[str, Any] | 
     )
 
 
-def _make(name: str, bound: Mapping[str, Any] | None = None, label: str | None = None) -> Callable[..., Any]:
+def _make(
+    name: str,
+    bound: Mapping[str, Any] | None = None,
+    label: str | None = None,
+    advantage: Callable[..., Tensor] | None = None,
+) -> Callable[..., Any]:
     fn = get_policy_loss(name)
     params = inspect.signature(fn).parameters
     label = label or PREFIX + name
@@ -218,7 +224,7 @@ def _make(name: str, bound: Mapping[str, Any] | None = None, label: str | None =
         kwargs.update(_OVERRIDES.get(name, {}))
         kwargs.update(bound or {})
         entropy = _ENTROPY.get()
-        if name in NEEDS_ENTROPY and entropy is None:
+        if (name in NEEDS_ENTROPY or advantage is not None) and entropy is None:
             raise ValueError(
                 f"{label} needs the current token entropy: set actor_rollout_ref.actor.calculate_entropy=true and "
                 "opt in to entrolab's entropy channel in every worker (VERL_USE_EXTERNAL_MODULES="
@@ -228,10 +234,17 @@ def _make(name: str, bound: Mapping[str, Any] | None = None, label: str | None =
             raise ValueError(
                 f"{label}: the update's entropy has shape {tuple(entropy.shape)}, log_prob {tuple(log_prob.shape)}"
             )
-        old_entropy = _OLD_ENTROPY.get() if name in OLD_ENTROPY_LOSSES else None
-        if old_entropy is not None and old_entropy.shape == log_prob.shape:
-            entropy = old_entropy  # STEER: the old-log-prob pass's entropy, as the paper defines Omega
+        old_entropy = _OLD_ENTROPY.get()
+        if old_entropy is not None and old_entropy.shape != log_prob.shape:
+            old_entropy = None
         mask = response_mask.to(torch.bool)
+        if advantage is not None:  # EMPG / AEPO-EB on this micro-batch, from the sequence advantage verl broadcast
+            assert entropy is not None
+            seq = (advantages * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # (B,)
+            rollout_entropy = (old_entropy if old_entropy is not None else entropy).detach()
+            advantages = advantage(seq, entropy=rollout_entropy, mask=mask)
+        if name in OLD_ENTROPY_LOSSES and old_entropy is not None:
+            entropy = old_entropy  # STEER: the old-log-prob pass's entropy, as the paper defines Omega
         agg = verl_aggregation(loss_agg_mode, _get(config, "global_batch_info", None), mask)
         out = fn(
             log_prob, old_log_prob, advantages, mask, entropy=entropy, agg=agg,
@@ -248,17 +261,36 @@ def _make(name: str, bound: Mapping[str, Any] | None = None, label: str | None =
     return loss
 
 
-def register(alias: str, base: str, **hyperparameters: Any) -> str:
+def register(
+    alias: str,
+    base: str,
+    *,
+    advantage: str | None = None,
+    advantage_kwargs: Mapping[str, Any] | None = None,
+    **hyperparameters: Any,
+) -> str:
     """Register entrolab's ``base`` loss in verl as ``alias`` with ``hyperparameters`` bound (they win over the
     config); returns the alias.  verl's registry overwrites silently, so an alias clashing with a verl built-in name
-    is refused."""
+    is refused.
+
+    ``advantage`` (``"empg"`` or ``"entropy_aware"``, :data:`entrolab.advantages.TOKEN_ADVANTAGES`) reshapes the
+    advantages inside the loss with the token entropy, on each actor micro-batch: verl 0.9.1's advantage
+    estimators receive no entropy, its loss does (with the entropy opt-in).  The sequence advantage is the mean of
+    verl's token advantages over each response; the entropy is the old-log-prob pass's when the batch carries it,
+    else the update forward's; batch statistics (EMPG's entropy range, AEPO-EB's z-score) are per micro-batch.
+    """
     _check_kwargs(base, hyperparameters)
+    transform = None
+    if advantage is not None:
+        transform = token_advantage_transform(advantage, **dict(advantage_kwargs or {}))
+    elif advantage_kwargs:
+        raise ValueError("advantage_kwargs given without advantage=")
     if not isinstance(alias, str) or not alias:
         raise ValueError(f"alias must be a non-empty string, got {alias!r}")
     existing = _core_algos.POLICY_LOSS_REGISTRY.get(alias)
     if existing is not None and not getattr(existing, "_entrolab", False):
         raise ValueError(f"{alias!r} is a verl built-in policy loss; choose another name")
-    fn = _make(base, hyperparameters, alias)
+    fn = _make(base, hyperparameters, alias, transform)
     fn._entrolab = True  # type: ignore[attr-defined]
     _core_algos.register_policy_loss(alias)(fn)
     return alias
