@@ -233,3 +233,32 @@ def test_bool_token_weights_equal_float_weights(base, dtype):
     assert torch.allclose(loss_b, loss_f, rtol=0, atol=tol)
     assert torch.allclose(grad_b, grad_f, rtol=0, atol=tol)
     assert bool((grad_b[~keep] == 0).all())
+
+
+def test_compat_code_keeps_exactly_ceil_rho_n_tokens_by_position_and_averages_over_them():
+    """Spec 11's correction: entropies [3, 2, 2, 2, 1, 0, 0, 0, 0, 0], rho 0.2.  The paper's threshold (the
+    0.8-quantile, 2.0) keeps 4 tokens; the authors' top-k keeps ceil(0.2 x 10) = 2, the 3 and the first 2.  On-policy
+    PPO with A = 1 has per-token loss -1 on the kept tokens: the paper's token-mean over all 10 tokens is -4/10, the
+    authors' mean over the selected tokens -2/2."""
+    from entrolab.losses import high_entropy_tokens
+    from entrolab.losses.forking import high_entropy_mask
+
+    h = torch.tensor([[3.0, 2, 2, 2, 1, 0, 0, 0, 0, 0]])
+    m = torch.ones(1, 10, dtype=torch.bool)
+    paper, tau = high_entropy_mask(h, m, rho=0.2)
+    code, smallest = high_entropy_mask(h, m, rho=0.2, compat="code")
+    assert paper[0].nonzero().flatten().tolist() == [0, 1, 2, 3] and float(tau) == 2.0
+    assert code[0].nonzero().flatten().tolist() == [0, 1] and float(smallest) == 2.0
+    lp = torch.full((1, 10), -0.5, requires_grad=True)
+    adv = torch.ones(1)
+    kw = {"entropy": h, "agg": "token-mean", "rho": 0.2}
+    out_paper = high_entropy_tokens(lp, lp.detach(), adv, m, **kw)
+    out_code = high_entropy_tokens(lp, lp.detach(), adv, m, compat="code", **kw)
+    assert float(out_paper.loss) == pytest.approx(-0.4) and float(out_code.loss) == pytest.approx(-1.0)
+    (g_code,) = torch.autograd.grad(out_code.loss, lp)
+    assert g_code[0].tolist() == pytest.approx([-0.5, -0.5] + [0.0] * 8)  # d(-r)/dlogp = -1, over 2 tokens
+    with pytest.raises(ValueError, match="compat"):
+        high_entropy_mask(h, m, compat="authors")
+    with pytest.raises(ValueError, match="entropy_threshold"):
+        high_entropy_mask(h, m, compat="code", entropy_threshold=1.0)
+    assert not high_entropy_mask(h, torch.zeros_like(m), compat="code")[0].any()  # empty: nothing kept
