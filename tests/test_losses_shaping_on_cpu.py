@@ -84,6 +84,10 @@ def test_spear_worked_examples():
         torch.tensor([1.0, 0.4], dtype=F64), group_means=torch.tensor([0.2, 0.5, 0.6], dtype=F64)
     )
     assert a.tolist() == pytest.approx([0.5, -0.1]) and keep.tolist() == [True, False]
+    at_baseline, keep = spear_recalibrate(  # exactly the median group mean: A_hat = 0, not kept ("> 0")
+        torch.tensor([0.5, 0.75], dtype=F64), group_means=torch.tensor([0.25, 0.5, 1.0], dtype=F64)
+    )
+    assert at_baseline.tolist() == [0.0, 0.25] and keep.tolist() == [False, True]
     even, _ = spear_recalibrate(
         torch.tensor([1.0], dtype=F64), group_means=torch.tensor([0.2, 0.4, 0.6, 0.9], dtype=F64)
     )

@@ -181,7 +181,8 @@ def spear_recalibrate(
 
     ``b`` = median of the stored per-group mean rewards, ``A_hat = R - b``, divided by ``(sigma + 1e-6)`` with
     ``sigma`` = median of the stored per-group stds only when ``normalize_std`` (the SPEAR scripts: off).  Only
-    ``A_hat >= 0`` is kept.  The median of an even count is the mean of the two middle values (numpy's; note
+    ``A_hat > 0`` is kept (the paper's "positive advantages", as the authors' code filters; a replayed trajectory
+    exactly at the baseline carries no signal).  The median of an even count is the mean of the two middle values (numpy's; note
     ``torch.median`` returns the lower one).
 
     Parameters
@@ -197,7 +198,7 @@ def spear_recalibrate(
     Returns
     -------
     (Tensor, Tensor)
-        ``A_hat`` ``(B,)`` and the bool keep mask ``A_hat >= 0``.
+        ``A_hat`` ``(B,)`` and the bool keep mask ``A_hat > 0``.
 
     References
     ----------
@@ -207,9 +208,9 @@ def spear_recalibrate(
     Examples
     --------
     >>> import torch
-    >>> a, keep = spear_recalibrate(torch.tensor([1.0, 0.4]), group_means=torch.tensor([0.2, 0.5, 0.6]))
+    >>> a, keep = spear_recalibrate(torch.tensor([1.0, 0.4, 0.5]), group_means=torch.tensor([0.2, 0.5, 0.6]))
     >>> [round(v, 4) for v in a.tolist()], keep.tolist()
-    ([0.5, -0.1], [True, False])
+    ([0.5, -0.1, 0.0], [True, False, False])
     """
     for name, t in (("rewards", rewards), ("group_means", group_means)):
         if not isinstance(t, Tensor) or not t.dtype.is_floating_point or t.ndim != 1:
@@ -225,7 +226,7 @@ def spear_recalibrate(
         if not bool(torch.isfinite(group_stds).all() and (group_stds >= 0).all()):
             raise ValueError("group_stds must be finite and >= 0")
         a = a / (_median(group_stds) + 1e-6)
-    return a, a >= 0
+    return a, a > 0
 
 
 def spear_subsample(keep: Tensor, *, buffer_size: int = 2048, generator: torch.Generator | None = None) -> Tensor:
