@@ -265,3 +265,25 @@ def test_epo_per_token_reference_ignores_padding_garbage():
     torch.testing.assert_close(outs[0][1], outs[1][1])
     for k in outs[1][0].metrics:
         torch.testing.assert_close(outs[0][0].metrics[k], outs[1][0].metrics[k])
+
+
+def test_siren_compat_code_counts_a_response_without_peak_tokens_as_zero():
+    """Spec 13's correction: two responses, the second with no peak token (all its positions have the same top-p
+    entropy, so none is above its own quantile).  The paper-default mean is over the first response's peak tokens
+    only, H; the released code's seq-mean-token-mean averages (H + 0) over both responses, H / 2."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 12, generator=g, dtype=torch.float64) * 2
+    logits[1] = torch.linspace(3.0, -3.0, 12, dtype=torch.float64)  # every position of response 2 alike
+    m = torch.ones(2, 6, dtype=torch.bool)
+    hp = top_p_entropy(logits, top_p=0.8, top_k=12)
+    peak = hp[0] > torch.quantile(hp[0], 0.8)
+    h = float(hp[0][peak].mean())
+    paper = siren(logits, m, anchor=0.0, coef=1.0, top_k=12)
+    code = siren(logits, m, anchor=0.0, coef=1.0, top_k=12, compat="code")
+    assert float(paper.metrics["siren_entropy"]) == pytest.approx(h)
+    assert float(code.metrics["siren_entropy"]) == pytest.approx(h / 2)
+    assert float(code.loss) == pytest.approx((h / 2) ** 2)
+    with pytest.raises(ValueError, match="compat"):
+        siren(logits, m, anchor=0.0, compat="verl")
+    with pytest.raises(ValueError, match="seq-mean-token-mean"):
+        siren(logits, m, anchor=0.0, compat="code", agg="token-mean")

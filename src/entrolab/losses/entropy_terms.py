@@ -351,6 +351,7 @@ def siren(
     peak_quantile: float = 0.8,
     include_crossing_token: bool = False,
     agg: str | Aggregation = "seq-mean-token-mean",
+    compat: str = "paper",
 ) -> LossOutput:
     r"""SIREN: a self-anchored quadratic on the top-p entropy of each response's peak-entropy tokens.
 
@@ -378,6 +379,12 @@ def siren(
         In ``[0, 1]``; 0.8.
     agg : str or Aggregation
         ``seq-mean-token-mean`` in the authors' script.
+    compat : {"paper", "code"}
+        ``"paper"``: ``agg`` over the peak tokens, so a response with no peak token is left out of the sequence
+        mean.  ``"code"``: the released aggregation, ``seq-mean-token-mean`` where such a response contributes 0
+        and still counts among the responses (the rows with at least one valid token): peak entropies ``[2, 4]`` in
+        one response and none in another give ``H_bar = (3 + 0) / 2 = 1.5`` instead of 3 (spec 13, Correction).
+        Requires the default ``agg``.
 
     Returns
     -------
@@ -400,7 +407,14 @@ def siren(
     hp = top_p_entropy(safe, top_p=top_p, top_k=top_k, include_crossing_token=include_crossing_token)
     thresh = _per_sequence_quantile(hp, m, peak_quantile)
     peak = m & (hp.detach() > thresh.unsqueeze(-1))
-    h_bar = _agg(hp, peak, agg)
+    compat = check_choice("compat", compat, ("paper", "code"))
+    if compat == "code":
+        if agg != "seq-mean-token-mean":
+            raise ValueError(f"siren(compat='code') reproduces the released seq-mean-token-mean; got agg={agg!r}")
+        per_response = (hp * peak).sum(-1) / peak.sum(-1).clamp_min(1)  # (B,) 0 for a response without peaks
+        h_bar = per_response.sum() / m.any(-1).sum().clamp_min(1)  # over every response, peaks or not
+    else:
+        h_bar = _agg(hp, peak, agg)
     anchor.set_once(h_bar)
     target = torch.tensor(anchor.value, dtype=h_bar.dtype, device=h_bar.device)
     loss = coef * (h_bar - target) ** 2
