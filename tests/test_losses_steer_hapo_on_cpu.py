@@ -234,3 +234,23 @@ def test_hapo_token_level_advantages_example_and_fallback():
     assert a2[2:].tolist() == pytest.approx([1.0, -1.0], abs=1e-5)
     flat = hapo_token_level_advantages(torch.ones(2, dtype=F64), mask, group_size=2)
     assert bool((flat == 0).all())
+
+
+def test_hapo_token_level_compat_code_tests_padding_in_the_fallback():
+    """Spec 20.3's correction, by hand: rewards 10 and 11 on 3 and 2 of 3 positions.  Token-weighted mu = 10.4,
+    population sigma = sqrt(0.24) = 0.4899: A = -0.8165, +1.2247 (no |A| >= 5).  The released test also sees the
+    padded position of response 2, whose reward 0 gives (0 - 10.4) / 0.4899 = -21.2: the group falls back to GRPO's
+    (11 - 10.5) / 0.7071 = +-0.7071.  Rewards in {0, 1} give the same under both rules."""
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    r = torch.tensor([10.0, 11.0], dtype=F64)
+    paper = hapo_token_level_advantages(r, mask, group_size=2)
+    code = hapo_token_level_advantages(r, mask, group_size=2, compat="code")
+    assert paper.tolist() == pytest.approx([-0.4 / 0.24**0.5, 0.6 / 0.24**0.5], abs=1e-5)
+    assert code.tolist() == pytest.approx([-(0.5**0.5), 0.5**0.5], abs=1e-5)
+    binary = torch.tensor([1.0, 0.0], dtype=F64)
+    torch.testing.assert_close(
+        hapo_token_level_advantages(binary, mask, group_size=2),
+        hapo_token_level_advantages(binary, mask, group_size=2, compat="code"),
+    )
+    with pytest.raises(ValueError, match="compat"):
+        hapo_token_level_advantages(r, mask, group_size=2, compat="hapo")

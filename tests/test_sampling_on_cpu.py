@@ -205,6 +205,13 @@ def test_adaptive_temperature_spec_example_clamp_and_code_sign_bug():
     # the released code divides negative h by the negative neg_min: the confident token gets hotter
     code = adaptive_temperature(logits, _stats(), compat="code").tolist()
     assert code == pytest.approx([1.05, 1.0, 1.05], abs=1e-6)
+    # the released patch measures H on the raw logits (T = 1): p = [0.75, 0.25] there, [0.9, 0.1] at T = 0.5
+    row = torch.tensor([[0.0, -math.log(3.0)]])
+    h_raw = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # 0.5623 nats: log H = -0.5757
+    paper_t = 0.5 * (1 + 0.05 * max(-1.0, math.log(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))))  # clamped: 0.475
+    code_t = 0.5 * (1 + 0.05 * (math.log(h_raw) / -1.0))  # the sign bug too: -0.5757 / neg_min (-1) -> +0.5757
+    assert float(adaptive_temperature(row, _stats(), base_temperature=0.5)) == pytest.approx(paper_t, abs=1e-6)
+    assert float(adaptive_temperature(row, _stats(), base_temperature=0.5, compat="code")) == pytest.approx(code_t)
     with pytest.raises(ValueError, match="neg_min"):
         adaptive_temperature(logits, _stats(neg_min=0.0))
     with pytest.raises(TypeError, match="HapoEntropyStats"):

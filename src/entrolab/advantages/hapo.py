@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from entrolab._validation import as_mask, check_number, describe, guard_gradient
+from entrolab._validation import as_mask, check_choice, check_number, describe, guard_gradient
 from entrolab.advantages.group import _groups, finite_advantages, grpo_advantages
 
 __all__ = ["hapo_token_level_advantages"]
@@ -19,6 +19,7 @@ def hapo_token_level_advantages(
     group_size: int | None = None,
     eps: float = 1e-6,
     fallback_threshold: float = 5.0,
+    compat: str = "paper",
 ) -> Tensor:
     r"""HAPO's token-level group advantage: every valid token of a group carries its response's reward.
 
@@ -38,6 +39,14 @@ def hapo_token_level_advantages(
         Added to ``sigma_g``.
     fallback_threshold : float
         ``> 0``; the authors use 5.
+    compat : {"paper", "code"}
+        ``"paper"``: the ``|A| >= fallback_threshold`` test runs over the responses' advantages.  ``"code"``: as the
+        released ``compute_hapo_outcome_advantage``, it runs over the whole ``(B, T)`` tensor, so a response with
+        padding also contributes its padded positions' value ``(0 - mu_g) / (sigma_g + eps)`` (a padded token's
+        reward is 0): with continuous rewards far from 0 the fallback then triggers on padding alone (rewards 10
+        and 11 on 3 and 2 of 3 positions: ``mu = 10.4``, ``sigma = 0.49``, padding ``-21.2``, so GRPO's ``-+0.71``
+        replace ``-0.82, 1.22``).  Identical for
+        rewards in ``{0, 1}`` (the padding value is then within the threshold whenever the real ones are).
 
     Returns
     -------
@@ -72,9 +81,13 @@ def hapo_token_level_advantages(
     std = var.clamp_min(torch.finfo(r.dtype).tiny).sqrt()  # clamped: a zero-variance group has a zero gradient
     adv = torch.where(valid, dev / (std[index] + eps), 0.0)
     adv = torch.where(var[index] > 0, adv, 0.0).to(rewards.dtype)
-    big = torch.zeros(num_groups, dtype=torch.bool, device=r.device).index_put_(
-        (index,), adv.abs() >= fallback_threshold, accumulate=True
-    )
+    compat = check_choice("compat", compat, ("paper", "code"))
+    over = adv.abs() >= fallback_threshold  # (B,)
+    if compat == "code":  # the released test also sees each padded row's padding, whose reward is 0
+        padded = valid & ~m.all(-1)
+        pad_adv = torch.where(var[index] > 0, (0.0 - mean[index]) / (std[index] + eps), 0.0)
+        over = over | (padded & (pad_adv.abs() >= fallback_threshold))
+    big = torch.zeros(num_groups, dtype=torch.bool, device=r.device).index_put_((index,), over, accumulate=True)
     if bool(big.any()):
         grpo = grpo_advantages(rewards, index, allow_singleton=True)
         adv = torch.where(big[index], grpo, adv)

@@ -182,8 +182,8 @@ def spear_recalibrate(
     ``b`` = median of the stored per-group mean rewards, ``A_hat = R - b``, divided by ``(sigma + 1e-6)`` with
     ``sigma`` = median of the stored per-group stds only when ``normalize_std`` (the SPEAR scripts: off).  Only
     ``A_hat > 0`` is kept (the paper's "positive advantages", as the authors' code filters; a replayed trajectory
-    exactly at the baseline carries no signal).  The median of an even count is the mean of the two middle values (numpy's; note
-    ``torch.median`` returns the lower one).
+    exactly at the baseline carries no signal).  The median of an even count is the mean of the two middle values
+    (numpy's; note ``torch.median`` returns the lower one).
 
     Parameters
     ----------

@@ -400,8 +400,10 @@ def adaptive_temperature(
     the statistics of the previous training batch (``stats``, a :class:`~entrolab.losses.HapoEntropyStats` from
     :func:`~entrolab.losses.hapo.hapo_normalized_entropy`): ``h = (log max(H, 1e-8) - pivot) / scale``, divided by
     ``pos_max`` where positive and by ``|neg_min|`` where not.  High-entropy (forking) positions are sampled slightly
-    hotter, confident ones slightly colder.  ``compat="code"`` reproduces the released code's sign bug (negative
-    ``h`` divided by the negative ``neg_min`` becomes positive: confident tokens get hotter).
+    hotter, confident ones slightly colder.  ``compat="code"`` reproduces the released sampler patch: (1) its sign
+    bug (negative ``h`` divided by the negative ``neg_min`` becomes positive: confident tokens get hotter), and (2)
+    ``H_t`` measured on the **raw** logits (temperature 1) rather than at ``base_temperature`` (at ``T = 0.7`` the
+    two entropies of a row differ, so the temperatures do too; identical at ``T = 1``).
 
     References
     ----------
@@ -430,7 +432,8 @@ def adaptive_temperature(
     if not (scale > 0 and pos_max > 0 and neg_min < 0) or not all(map(math.isfinite, (scale, pos_max, neg_min))):
         raise ValueError(f"stats must have scale > 0, pos_max > 0 and neg_min < 0 (finite), got {stats}")
     z, shape = _rows(logits)
-    logp = torch.log_softmax(z / base_temperature, -1)
+    measured_at = 1.0 if compat == "code" else base_temperature  # the released patch reads the raw logits
+    logp = torch.log_softmax(z / measured_at, -1)
     entropy = _neg_entropy_terms(logp).sum(-1)
     h = (torch.log(entropy.clamp_min(1e-8)) - float(stats.pivot_value)) / scale
     neg_scale = neg_min if compat == "code" else -neg_min
