@@ -421,3 +421,34 @@ def test_select_fork_points_on_empty_and_zero_width_inputs(shape):
     out = select_fork_points(h, torch.ones(shape, dtype=torch.bool), 2)
     rows = 1 if len(shape) == 1 else shape[0]
     assert out.shape == ((2,) if len(shape) == 1 else (rows, 2)) and bool((out == -1).all())
+
+
+def test_top_h_defaults_to_the_authors_top_100_and_the_full_vocabulary_is_opt_in():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 32000, generator=g) * 2.5  # a realistic spread over a 32k vocabulary
+    default = top_h_mask(z, 0.4)
+    torch.testing.assert_close(default, top_h_mask(z, 0.4, top_n=100))
+    full = top_h_mask(z, 0.4, top_n=None)
+    assert bool((default.sum(-1) <= 100).all()) and bool((full.sum(-1) > default.sum(-1)).all())
+    pytest.importorskip("transformers")
+    from entrolab.sampling.hf import TopHLogitsProcessor
+
+    assert TopHLogitsProcessor().top_n == 100
+    # alpha = 1, where the authors' loop raises IndexError: every one of the top_n candidates is kept
+    assert top_h_mask(z, 1.0).sum(-1).tolist() == [100, 100, 100]
+
+
+def test_top_h_paper_rule_cuts_confident_float32_rows_where_float64_does():
+    """Rows whose top probability is 0.99997 and above: the running entropy of the many tiny terms is accumulated
+    in float64, so float32 logits give the same kept set as the same logits in float64 (it drifted by up to 20
+    tokens when summed in float32)."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(24):
+        z = torch.randn(32000, generator=g) * 2
+        z[0] = z.max() + 16 + 0.3 * i
+        rows.append(z)
+    z32 = torch.stack(rows)
+    assert bool((torch.softmax(z32.double(), -1)[:, 0] >= 0.99997).all())
+    for top_n in (None, 100):
+        torch.testing.assert_close(top_h_mask(z32, 0.4, top_n=top_n), top_h_mask(z32.double(), 0.4, top_n=top_n))

@@ -79,18 +79,6 @@ def _rows(logits: object, name: str = "logits", *, validate: bool = True) -> tup
     return z, tuple(logits.shape)
 
 
-def _entropy_and_lse(z: Tensor, top: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Entropy (nats) and log-sum-exp of each row ``(B, 1)`` each, in one pass over the logits (the entropy core's
-    fused kernel; the log-sum-exp from the log-prob of the row's most probable token, ``top`` ``(B,)`` when the caller
-    already knows it)."""
-    from entrolab.entropy import token_logprob_and_entropy
-
-    top = z.argmax(-1) if top is None else top  # a finite logit of every row (token 0 may be -inf)
-    logp_top, entropy = token_logprob_and_entropy(z, top)
-    lse = z.gather(-1, top.unsqueeze(-1)) - logp_top.to(z.dtype).unsqueeze(-1)
-    return entropy.to(z.dtype).unsqueeze(-1), lse
-
-
 def _neg_entropy_terms(logp: Tensor) -> Tensor:
     """``-p log p`` elementwise from log-probabilities, exactly 0 where ``p = 0`` (no ``0 * -inf``)."""
     return torch.where(torch.isneginf(logp), 0.0, -logp.exp() * logp)
@@ -107,7 +95,7 @@ def top_h_mask(
     logits: Tensor,
     alpha: float = 0.4,
     *,
-    top_n: int | None = None,
+    top_n: int | None = 100,
     temperature: float = 1.0,
     min_tokens_to_keep: int = 1,
     rule: str = "paper",
@@ -116,7 +104,7 @@ def top_h_mask(
     entropy over the candidate set.
 
     With ``p = softmax(logits / temperature)`` and the ``n`` most probable tokens ``p_1 >= ... >= p_n``
-    (``n = V`` when ``top_n`` is None, else ``min(top_n, V)``):
+    (``n = min(top_n, V)``, default 100; ``n = V`` when ``top_n`` is None):
 
     - ``rule="paper"`` (the authors' rule): ``h_i = -p_i log p_i`` over **full-vocabulary** probabilities,
       ``tau = alpha * sum_{i<=n} h_i``; keep the sorted prefix with ``sum_{j<=i} h_j <= tau``.
@@ -130,10 +118,15 @@ def top_h_mask(
     logits : Tensor
         ``(B, V)`` or ``(V,)`` next-token logits; ``-inf`` marks tokens already filtered.
     alpha : float
-        In ``(0, 1]``; the authors suggest 0.3-0.5.  ``alpha = 1`` keeps all ``n`` candidates.
+        In ``(0, 1]``; the authors suggest 0.3-0.5.  ``alpha = 1`` keeps all ``n`` candidates (the authors' code
+        raises ``IndexError`` there: its loop never fails the test and runs past the ``n`` candidates).
     top_n : int, optional
-        Candidate-set size; None means the whole vocabulary (exact; the partial sort grows only as far as the
-        stopping rule needs).
+        Candidate-set size, default 100: the authors' code and transformers' warper both take the top 100, and the
+        published results come from that.  ``tau`` is then ``alpha`` times the top-100 tokens' summed terms, which on
+        a real vocabulary is far smaller than the full entropy: on a 32k-token row the full-vocabulary rule keeps
+        about 119 tokens where the top-100 rule keeps 7, and on flat rows thousands against 1.  ``None`` is the
+        exact full-vocabulary rule of the paper's Algorithm 1 (``tau = alpha H(p)``; the partial sort grows only as
+        far as the stopping rule needs).
     temperature : float
         Selection temperature (``> 0``): it changes which tokens are kept, not the logits the caller samples from (the
         authors' ``temperature``).  In an HF pipeline the scores usually arrive already temperature-scaled; leave 1.
@@ -150,8 +143,11 @@ def top_h_mask(
     -----
     Departures from the authors' code (spec section 1.5): no crash when the threshold is never exceeded (``alpha = 1``,
     all-zero terms, fewer than ``n`` non-zero probabilities: all ``n`` are kept), ``0 log 0 = 0``, any batch size, and
-    ``top_n`` may exceed ``V``.  From transformers' warper: zero-probability candidates contribute 0 instead of NaN
-    (they are then inside the mask, still at probability 0), and ``min_tokens_to_keep`` exists.
+    ``top_n`` may exceed ``V``.  The ``"paper"`` rule's running entropy and threshold are computed in float64 from
+    the logits (whatever their dtype), so confident rows (top probability 0.99997 and above) cut where a float64
+    reference cuts; in float32 the cumulative sum drifted by several tokens.  From transformers' warper:
+    zero-probability candidates contribute 0 instead of NaN (they are then inside the mask, still at probability 0),
+    and ``min_tokens_to_keep`` exists.
 
     References
     ----------
@@ -219,26 +215,26 @@ def _top_h_selection(
         tau = (dist.entropy() * alpha).unsqueeze(-1)
         sel = (terms.cumsum(-1) <= tau) & ~torch.isneginf(top)  # a filtered token is never brought back
     else:
-        # full-vocabulary probabilities of the candidates from the row's log-sum-exp: no (B, V) log-softmax
+        # full-vocabulary probabilities of the candidates, and their running entropy, in float64: in float32 the
+        # cumulative sum of many tiny terms (a top probability of 0.99997 and more) drifts by ulps of tau, which
+        # moves the cut by several tokens
+        lse = torch.logsumexp(z.double(), -1, keepdim=True)  # (B, 1)
         if n == v:
-            entropy, lse = _entropy_and_lse(z)  # one fused pass; tau = alpha H(p), no sort needed for it
-            tau = entropy * alpha
+            tau = _neg_entropy_terms(z.double() - lse).sum(-1, keepdim=True) * alpha  # alpha H(p)
             # first guess of the prefix length: alpha exp(H) tokens (exact for a uniform row), at least 256
-            k = min(v, max(256, int(1.25 * alpha * math.exp(min(float(entropy.max()), 50.0))) + 16))
+            k = min(v, max(256, int(1.25 * alpha * math.exp(min(float(tau.max()) / alpha, 50.0))) + 16))
             while True:  # grow a partial top-k until every row's prefix crosses tau (a full sort at worst)
                 top, idx = torch.topk(z, k, dim=-1)
-                vals = top - lse
-                cum = _neg_entropy_terms(vals).cumsum(-1)
+                cum = _neg_entropy_terms(top.double() - lse).cumsum(-1)  # (B, k)
                 if k == v or bool((cum[:, -1] > tau[:, 0]).all()):
                     break
                 k = min(v, 8 * k)
         else:
             top, idx = torch.topk(z, n, dim=-1)
             _check_row_max(top[:, 0], name)
-            vals = top - _entropy_and_lse(z, idx[:, 0])[1]  # the fused pass beats torch.logsumexp's several
-            cum = _neg_entropy_terms(vals).cumsum(-1)
-            tau = cum[:, -1:] * alpha
-        sel = (cum <= tau) & ~torch.isneginf(vals)  # a filtered token is never brought back
+            cum = _neg_entropy_terms(top.double() - lse).cumsum(-1)  # (B, n)
+            tau = cum[:, -1:] * alpha  # alpha times the candidates' summed terms
+        sel = (cum <= tau) & ~torch.isneginf(top)  # a filtered token is never brought back
     if m > sel.shape[-1]:  # min_tokens_to_keep beyond the candidates: widen to the m most probable
         _, idx = torch.topk(z, min(m, v), dim=-1)
         sel = torch.cat([sel, torch.zeros_like(sel[:, :1]).expand(b, idx.shape[-1] - sel.shape[-1])], -1)

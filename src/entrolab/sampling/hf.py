@@ -49,13 +49,15 @@ class TopHLogitsProcessor(LogitsProcessor):
 
     Args:
         alpha (`float`, defaults to 0.4): in (0, 1]; the authors suggest 0.3-0.5.
-        top_n (`int`, *optional*): candidate-set size; None (default) is the whole vocabulary, exactly.
-            transformers' own ``TopHLogitsWarper`` is ``rule="hf", top_n=100``.
+        top_n (`int`, *optional*, defaults to 100): candidate-set size, the authors' and transformers' value (the
+            published results use it); None is the exact full-vocabulary rule, which keeps far more tokens on real
+            vocabularies.  transformers' own ``TopHLogitsWarper`` is ``rule="hf"`` with the default ``top_n``.
         rule (`str`, defaults to "paper"): "paper" (the authors' rule) or "hf" (transformers' warper).
         filter_value (`float`, defaults to -inf), min_tokens_to_keep (`int`, defaults to 1).
 
-    Paper: Potraghloo et al., arXiv 2509.02510.  Unlike transformers' warper: exact over the whole vocabulary by
-    default, ``min_tokens_to_keep``, no NaN at zero-probability candidates.
+    Paper: Potraghloo et al., arXiv 2509.02510.  Unlike transformers' warper: the authors' rule over full-vocabulary
+    probabilities by default, ``min_tokens_to_keep``, no NaN at zero-probability candidates; unlike the authors'
+    processor: any batch size and no ``IndexError`` at ``alpha = 1`` (all ``top_n`` candidates are kept).
     """
 
     supports_continuous_batching = True
@@ -64,7 +66,7 @@ class TopHLogitsProcessor(LogitsProcessor):
         self,
         alpha: float = 0.4,
         *,
-        top_n: int | None = None,
+        top_n: int | None = 100,
         rule: str = "paper",
         filter_value: float = -math.inf,
         min_tokens_to_keep: int = 1,
