@@ -452,3 +452,80 @@ def test_top_h_paper_rule_cuts_confident_float32_rows_where_float64_does():
     assert bool((torch.softmax(z32.double(), -1)[:, 0] >= 0.99997).all())
     for top_n in (None, 100):
         torch.testing.assert_close(top_h_mask(z32, 0.4, top_n=top_n), top_h_mask(z32.double(), 0.4, top_n=top_n))
+
+
+# ------------------------------------------------------------------------------ epsilon and typical sampling
+def test_epsilon_and_typical_worked_examples():
+    """Spec sections 3 and 4: p = [0.6, 0.25, 0.1, 0.05]; s = |-log p - H| = [0.5223, 0.3532, 1.2695, 1.9626]."""
+    from entrolab.sampling import epsilon_mask, typical_mask
+
+    lp = torch.tensor([0.6, 0.25, 0.1, 0.05]).log()
+    assert epsilon_mask(lp, 0.08).tolist() == [True, True, True, False]
+    assert epsilon_mask(lp, 0.7).tolist() == [True, False, False, False]  # the top token stays (min_tokens_to_keep)
+    assert epsilon_mask(lp, 0.7, min_tokens_to_keep=3).tolist() == [True, True, True, False]
+    assert typical_mask(lp, 0.9).tolist() == [True, True, True, False]
+    assert typical_mask(lp, 0.8).tolist() == [True, True, False, False]
+    # the most probable token can be dropped: mass 0.2 keeps only the token closest to the entropy, the 0.25 one
+    assert typical_mask(lp, 0.2).tolist() == [False, True, False, False]
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="epsilon"):
+            epsilon_mask(lp, bad)
+        with pytest.raises(ValueError, match="mass"):
+            typical_mask(lp, bad)
+
+
+def _hostile_rows(b: int, v: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, v, generator=g) * 3
+    z[0, : v // 3] = float("-inf")  # already filtered tokens
+    if b > 1:
+        z[1] = 0.0  # a flat row: every token tied
+        z[-1, :5] = z[-1].max() + 1.0  # ties at the top
+    return z.to(dtype)
+
+
+@pytest.mark.parametrize(("b", "v"), [(1, 151936), (64, 1000), (5, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_epsilon_and_typical_equal_transformers_warpers(b, v, dtype):
+    """The processors equal transformers' ``EpsilonLogitsWarper`` and ``TypicalLogitsWarper`` on the same rows (ties,
+    ``-inf``, flat rows, batch 1 and 64, a 151,936-token vocabulary).  Half-precision scores are processed in
+    float32 here, so they are compared with the warpers on the same scores upcast (the warpers' own softmax would
+    run in bfloat16)."""
+    transformers = pytest.importorskip("transformers")
+    from entrolab.sampling.hf import EpsilonLogitsProcessor, TypicalLogitsProcessor
+
+    scores = _hostile_rows(b, v, dtype, seed=b + v)
+    before = scores.clone()
+    ids = torch.zeros(b, 1, dtype=torch.long)
+    eps_w, typ_w = transformers.EpsilonLogitsWarper, transformers.TypicalLogitsWarper
+    for ours, theirs in (
+        (EpsilonLogitsProcessor(3e-4), eps_w(3e-4)),
+        (EpsilonLogitsProcessor(0.05, min_tokens_to_keep=3), eps_w(0.05, min_tokens_to_keep=3)),
+        (TypicalLogitsProcessor(0.9), typ_w(0.9)),
+        (TypicalLogitsProcessor(0.5, min_tokens_to_keep=2), typ_w(0.5, min_tokens_to_keep=2)),
+    ):
+        got = ours(ids, scores)
+        want = theirs(ids, scores.float())
+        assert got.dtype == dtype and got.shape == scores.shape
+        torch.testing.assert_close(torch.isinf(got), torch.isinf(want), msg=type(ours).__name__)
+        assert bool((torch.isfinite(got).sum(-1) >= 1).all())
+    torch.testing.assert_close(scores, before, rtol=0, atol=0)  # never in place
+
+
+def test_epsilon_and_typical_processors_run_inside_generate():
+    transformers = pytest.importorskip("transformers")
+    from entrolab.sampling.hf import EpsilonLogitsProcessor, TypicalLogitsProcessor
+
+    cfg = transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    for proc in (EpsilonLogitsProcessor(0.02), TypicalLogitsProcessor(0.5)):
+        out = model.generate(
+            torch.tensor([[1, 2, 3]]), do_sample=True, max_new_tokens=5, pad_token_id=0,
+            logits_processor=transformers.LogitsProcessorList([proc]), top_k=0,
+        )  # fmt: skip
+        assert out.shape == (1, 8)
+    with pytest.raises(ValueError, match="mass"):
+        TypicalLogitsProcessor(1.5)
+    with pytest.raises(ValueError, match="filter_value"):
+        EpsilonLogitsProcessor(0.1, filter_value=math.inf)

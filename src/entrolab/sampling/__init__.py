@@ -2,8 +2,8 @@
 
 The pure functions (:mod:`entrolab.sampling.functional`, :mod:`entrolab.sampling.forks`) need only torch; the Hugging
 Face ``LogitsProcessor`` wrappers (:mod:`entrolab.sampling.hf`: ``TopHLogitsProcessor``,
-``AdaptiveTemperatureLogitsProcessor``, ``EntropixLogitsProcessor``) need ``transformers`` and are imported on first
-use.
+``AdaptiveTemperatureLogitsProcessor``, ``EntropixLogitsProcessor``, ``EpsilonLogitsProcessor``,
+``TypicalLogitsProcessor``) need ``transformers`` and are imported on first use.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from entrolab.sampling.functional import (
     adaptive_temperature,
     entropix_regime,
     entropy_varentropy,
+    epsilon_mask,
     eta_mask,
     min_p_mask,
     sample,
     sample_categorical,
     top_h_mask,
     top_p_mask,
+    typical_mask,
 )
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "FORK_STRATEGIES",
     "AdaptiveTemperatureLogitsProcessor",
     "EntropixLogitsProcessor",
+    "EpsilonLogitsProcessor",
     "TopHLogitsProcessor",
+    "TypicalLogitsProcessor",
     "adaptive_temperature",
     "aepo_branch_probability",
     "aepo_root_count",
@@ -44,6 +48,7 @@ __all__ = [
     "aepo_step_entropy",
     "entropix_regime",
     "entropy_varentropy",
+    "epsilon_mask",
     "eta_mask",
     "min_p_mask",
     "sample",
@@ -51,9 +56,16 @@ __all__ = [
     "select_fork_points",
     "top_h_mask",
     "top_p_mask",
+    "typical_mask",
 ]
 
-_HF = ("AdaptiveTemperatureLogitsProcessor", "EntropixLogitsProcessor", "TopHLogitsProcessor")
+_HF = (
+    "AdaptiveTemperatureLogitsProcessor",
+    "EntropixLogitsProcessor",
+    "EpsilonLogitsProcessor",
+    "TopHLogitsProcessor",
+    "TypicalLogitsProcessor",
+)
 
 
 def __getattr__(name: str) -> Any:

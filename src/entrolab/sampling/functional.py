@@ -313,6 +313,57 @@ def eta_mask(logits: Tensor, epsilon: float, *, min_tokens_to_keep: int = 1) -> 
     return _keep_top(logp.exp() >= eta * (1 - 1e-6), z, min_tokens_to_keep).reshape(shape)
 
 
+def epsilon_mask(logits: Tensor, epsilon: float, *, min_tokens_to_keep: int = 1) -> Tensor:
+    """Epsilon-sampling keep-mask: drop tokens with ``p < epsilon``, ``p = softmax(logits)``; a token whose logit is
+    at least the ``min_tokens_to_keep``-th largest always stays (transformers' ``EpsilonLogitsWarper`` rule, ties at
+    that logit included).
+
+    Hewitt et al., "Truncation Sampling as Language Model Desmoothing", arXiv 2210.15191, section 4;
+    ``shared/specs/decoding.md`` section 3.  Computed in float32 (float64 kept) whatever the input dtype.
+
+    >>> import torch
+    >>> epsilon_mask(torch.tensor([0.6, 0.25, 0.1, 0.05]).log(), 0.08).tolist()
+    [True, True, True, False]
+    """
+    epsilon = _number("epsilon", epsilon, low=0.0, high=1.0, low_open=True, high_open=True)
+    min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+    z, shape = _rows(logits)
+    if z.shape[0] == 0:
+        return torch.zeros(shape, dtype=torch.bool, device=logits.device)
+    probs = torch.softmax(z, -1)  # (B, V)
+    kth = torch.topk(z, min(min_tokens_to_keep, z.shape[-1]), dim=-1).values[:, -1:]  # the m-th largest logit
+    return ((probs >= epsilon) | (z >= kth)).reshape(shape)
+
+
+def typical_mask(logits: Tensor, mass: float = 0.9, *, min_tokens_to_keep: int = 1) -> Tensor:
+    """Locally typical keep-mask: order tokens by ``s_i = |-log p_i - H|`` (closest to the entropy first), keep the
+    shortest such prefix whose probability reaches ``mass``, and every token tied with its last ``s``; the first
+    ``min_tokens_to_keep`` in that order always stay.  The most probable token can be dropped.
+
+    transformers' ``TypicalLogitsWarper`` rule: ``last`` = number of prefix sums below ``mass`` (at most ``V - 1``),
+    keep ``s_i <= s_(last)``.  Meister et al., "Locally Typical Sampling", arXiv 2202.00666, eq. (6);
+    ``shared/specs/decoding.md`` section 4.  Computed in float32 (float64 kept) whatever the input dtype.
+
+    >>> import torch
+    >>> typical_mask(torch.tensor([0.6, 0.25, 0.1, 0.05]).log(), 0.9).tolist()
+    [True, True, True, False]
+    """
+    mass = _number("mass", mass, low=0.0, high=1.0, low_open=True, high_open=True)
+    min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+    z, shape = _rows(logits)
+    if z.shape[0] == 0:
+        return torch.zeros(shape, dtype=torch.bool, device=logits.device)
+    logp = torch.log_softmax(z, -1)  # (B, V)
+    entropy = _neg_entropy_terms(logp).sum(-1, keepdim=True)  # (B, 1) nats; -inf entries contribute 0
+    s = (-logp - entropy).abs()  # (B, V) distance to the entropy: +inf for filtered tokens
+    s_sorted, order = torch.sort(s, dim=-1)  # closest first
+    cum = z.gather(-1, order).softmax(-1).cumsum(-1)  # (B, V) probability of each prefix (as transformers sums it)
+    last = (cum < mass).sum(-1, keepdim=True).clamp_max(z.shape[-1] - 1)  # (B, 1)
+    keep_sorted = s_sorted <= s_sorted.gather(-1, last)  # ties with the last kept distance stay
+    keep_sorted[:, : min(min_tokens_to_keep, z.shape[-1])] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted).reshape(shape)
+
+
 # ------------------------------------------------------------------------------------------ entropy statistics
 def entropy_varentropy(logits: Tensor, *, base: float | None = 2.0) -> tuple[Tensor, Tensor]:
     """Entropy ``H = -sum p log p`` and varentropy ``V = sum p (log p + H)^2`` of each row of ``softmax(logits)``,

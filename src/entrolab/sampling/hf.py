@@ -32,9 +32,17 @@ from entrolab.sampling.functional import (
     _top_h_selection,
     adaptive_temperature,
     entropix_regime,
+    epsilon_mask,
+    typical_mask,
 )
 
-__all__ = ["AdaptiveTemperatureLogitsProcessor", "EntropixLogitsProcessor", "TopHLogitsProcessor"]
+__all__ = [
+    "AdaptiveTemperatureLogitsProcessor",
+    "EntropixLogitsProcessor",
+    "EpsilonLogitsProcessor",
+    "TopHLogitsProcessor",
+    "TypicalLogitsProcessor",
+]
 
 
 def _filter_value(value: object) -> float:
@@ -91,6 +99,63 @@ class TopHLogitsProcessor(LogitsProcessor):
         # a new tensor of filter_value with the kept scores scattered in: no (B, V) mask, never in place
         kept = torch.where(sel, scores.gather(-1, idx), torch.tensor(self.filter_value, dtype=scores.dtype))
         return torch.full_like(scores, self.filter_value).scatter_(-1, idx, kept)
+
+
+class _MaskProcessor(LogitsProcessor):
+    """A keep-mask rule as a processor: ``filter_value`` outside the mask, a new tensor (never in place)."""
+
+    supports_continuous_batching = True
+    filter_value: float
+
+    def _mask(self, scores: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Tensor) -> Tensor:
+        return scores.masked_fill(~self._mask(scores), self.filter_value)
+
+
+class EpsilonLogitsProcessor(_MaskProcessor):
+    """Epsilon-sampling (:func:`~entrolab.sampling.epsilon_mask`): ``filter_value`` on tokens with ``p < epsilon``
+    unless their score is among the ``min_tokens_to_keep`` largest; transformers' ``EpsilonLogitsWarper`` rule,
+    computed in float32 for half-precision scores.
+
+    Args:
+        epsilon (`float`): in (0, 1); 3e-4 to 4e-3 by model size (transformers' docstring).
+        filter_value (`float`, defaults to -inf), min_tokens_to_keep (`int`, defaults to 1).
+
+    Appended to ``generate``'s list, it sees temperature-scaled, already top-k/top-p-filtered scores.
+    Paper: Hewitt et al., arXiv 2210.15191.
+    """
+
+    def __init__(self, epsilon: float, *, filter_value: float = -math.inf, min_tokens_to_keep: int = 1) -> None:
+        self.epsilon = _number("epsilon", epsilon, low=0.0, high=1.0, low_open=True, high_open=True)
+        self.filter_value = _filter_value(filter_value)
+        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+
+    def _mask(self, scores: Tensor) -> Tensor:
+        return epsilon_mask(scores, self.epsilon, min_tokens_to_keep=self.min_tokens_to_keep)
+
+
+class TypicalLogitsProcessor(_MaskProcessor):
+    """Locally typical sampling (:func:`~entrolab.sampling.typical_mask`): keep the tokens whose surprisal is closest
+    to the entropy up to probability ``mass``; transformers' ``TypicalLogitsWarper`` rule, in float32 for half
+    precision.
+
+    Args:
+        mass (`float`, defaults to 0.9): in (0, 1).
+        filter_value (`float`, defaults to -inf), min_tokens_to_keep (`int`, defaults to 1).
+
+    Appended to ``generate``'s list, it sees temperature-scaled, already top-k/top-p-filtered scores.
+    Paper: Meister et al., arXiv 2202.00666.
+    """
+
+    def __init__(self, mass: float = 0.9, *, filter_value: float = -math.inf, min_tokens_to_keep: int = 1) -> None:
+        self.mass = _number("mass", mass, low=0.0, high=1.0, low_open=True, high_open=True)
+        self.filter_value = _filter_value(filter_value)
+        self.min_tokens_to_keep = _positive_int("min_tokens_to_keep", min_tokens_to_keep)
+
+    def _mask(self, scores: Tensor) -> Tensor:
+        return typical_mask(scores, self.mass, min_tokens_to_keep=self.min_tokens_to_keep)
 
 
 class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
