@@ -287,3 +287,22 @@ def test_siren_compat_code_counts_a_response_without_peak_tokens_as_zero():
         siren(logits, m, anchor=0.0, compat="verl")
     with pytest.raises(ValueError, match="seq-mean-token-mean"):
         siren(logits, m, anchor=0.0, compat="code", agg="token-mean")
+
+
+def test_epo_sequence_level_band_tests_each_responses_mean_entropy():
+    """The code's sequence mode, by hand: reference 1.0, band [0.8, 1.2], alpha 0.1.  Response 1 has token entropies
+    [0.5, 1.5] (mean 1.0, inside the band), response 2 [1.4, 1.6] (mean 1.5, 0.3 above).  Token level: P = 0.1 x
+    [0.3, 0.3, 0.2, 0.4]; sequence level: P = [0, 0, 0.03, 0.03], and only response 2's tokens get a gradient:
+    P2 = 0.1 (mean - 1.2) sits on 2 of the 4 tokens, so d(token mean)/dH = 0.1 x 1/2 x 2/4 = 0.025 each."""
+    h = torch.tensor([[0.5, 1.5], [1.4, 1.6]], dtype=torch.float64, requires_grad=True)
+    m = torch.ones(2, 2, dtype=torch.bool)
+    kw = {"reference_entropy": 1.0, "coef": 1.0, "alpha": 0.1}
+    tok = epo(h, m, **kw)
+    seq = epo(h, m, level="sequence", **kw)
+    assert float(tok.metrics["epo_penalty"]) == pytest.approx(0.1 * (0.3 + 0.3 + 0.2 + 0.4) / 4)
+    assert float(seq.metrics["epo_penalty"]) == pytest.approx(0.03 / 2)
+    smooth_only = epo(h, m, level="sequence", **kw).loss + 1.0 * (h * m).sum() / 4  # remove the bonus term
+    (grad,) = torch.autograd.grad(smooth_only, h)
+    assert grad.flatten().tolist() == pytest.approx([0.0, 0.0, 0.025, 0.025])
+    with pytest.raises(ValueError, match="level"):
+        epo(h, m, level="turn", **kw)

@@ -96,6 +96,7 @@ def epo(
     turn_index: Tensor | None = None,
     max_steps: int | None = None,
     agg: str | Aggregation = "token-mean",
+    level: str = "token",
 ) -> LossOutput:
     r"""EPO: entropy bonus plus entropy smoothing in a band around a historical entropy, with a phase weight.
 
@@ -135,6 +136,9 @@ def epo(
     max_steps : int, optional
         Required with ``turn_index`` under ``compat="code"``.
     agg : str or Aggregation
+    level : {"token", "sequence"}
+        What the band tests: each token's entropy (default), or each response's mean entropy (the code's sequence
+        mode) against the response's mean reference, the penalty then carried by every token of the response.
 
     Returns
     -------
@@ -159,6 +163,7 @@ def epo(
     phase_weight = check_number("phase_weight", phase_weight, low=0.0)
     penalty = check_choice("penalty", penalty, EPO_PENALTIES)
     compat = check_compat(compat)
+    level = check_choice("level", level, ("token", "sequence"))
     mf = m.to(torch.float64 if entropy.dtype == torch.float64 else torch.float32)
     h = torch.where(m, entropy.to(mf.dtype), 0)  # 0 at padding, whatever it held; gradient masked
     bonus = _agg(h, m, agg)
@@ -178,8 +183,14 @@ def epo(
             if debug_enabled() and (bool((m & ~torch.isfinite(ref)).any()) or bool((m & (ref < 0)).any())):
                 raise ValueError("reference_entropy must be finite and >= 0")
             ref = torch.where(m, ref.detach(), 0)  # whatever padding held (NaN, inf) becomes 0 and drops out
+        hb = h  # what the band tests: the token entropies, or each response's mean broadcast over its tokens
+        if level == "sequence":
+            count = mf.sum(-1, keepdim=True).clamp_min(1)  # (B, 1)
+            hb = ((h * mf).sum(-1, keepdim=True) / count).expand_as(h)
+            if ref.ndim:
+                ref = ((ref * mf).sum(-1, keepdim=True) / count).expand_as(h)
         lo, hi = kappa_low * ref.detach(), kappa_high * ref.detach()
-        hd = h.detach()
+        hd = hb.detach()
         outside = (m & ~((hd > lo) & (hd < hi))).to(mf.dtype)  # valid and not strictly inside the band
         if compat == "code":
             gate = True
@@ -191,7 +202,7 @@ def epo(
                 gate = bool((m & (turn_index >= max_steps // 2)).any())
             p = alpha * outside if gate else p
         else:
-            below, above = torch.relu(lo - h), torch.relu(h - hi)
+            below, above = torch.relu(lo - hb), torch.relu(hb - hi)
             if penalty == "squared":
                 below, above = below * below, above * above
             p = alpha * (below + above) * mf
