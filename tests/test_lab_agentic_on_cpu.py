@@ -275,3 +275,30 @@ def test_spear_buffer_rejects_bad_sizes():
         SpearReplay(buffer_size=0)
     with pytest.raises(ValueError, match="tolerate_steps"):
         SpearReplay(tolerate_steps=True)  # type: ignore[arg-type]
+
+
+def test_cure_branch_prompts_never_cut_silently():
+    """Spec 19's code hazard, by hand: a 4-token prompt with a 3-token prefix in a 5-token prompt buffer.  The
+    released code keeps the first 5 tokens (the branch restarts after 1 prefix token, not 3); entrolab raises, or
+    with truncate='skip' branches from the prompt alone and counts it; a prefix that fits is untouched."""
+    from entrolab.lab.method_rollouts import branch_prompts
+    from entrolab.lab.presets import cure_knobs
+
+    prompts, prefixes = [[1, 2, 3, 4], [1, 2]], [[7, 8, 9], [7]]
+    code = branch_prompts(prompts, prefixes, max_prompt_tokens=5, compat="code")
+    assert code == ([[1, 2, 3, 4, 7], [1, 2, 7]], [[7], [7]], 1)
+    skip = branch_prompts(prompts, prefixes, max_prompt_tokens=5, truncate="skip")
+    assert skip == ([[1, 2, 3, 4], [1, 2, 7]], [[], [7]], 1)
+    with pytest.raises(
+        ValueError, match="branch 0: prompt \\(4 tokens\\) \\+ prefix \\(3\\) exceeds max_prompt_tokens 5"
+    ):
+        branch_prompts(prompts, prefixes, max_prompt_tokens=5)
+    assert branch_prompts(prompts, prefixes, max_prompt_tokens=None) == (
+        [[1, 2, 3, 4, 7, 8, 9], [1, 2, 7]],
+        prefixes,
+        0,
+    )
+    with pytest.raises(ValueError, match="truncate"):
+        cure_knobs(truncate="cut")
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        cure_knobs(max_prompt_tokens=0)

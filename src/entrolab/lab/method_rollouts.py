@@ -53,6 +53,9 @@ def cure_rollout(
     temperature: float,
     top_k: int,
     generator: torch.Generator,
+    max_prompt_tokens: int | None = None,
+    truncate: str = "error",
+    compat: str = "paper",
 ) -> tuple[Rollout, list[str], dict[str, float]]:
     """CURE stage 1 (arXiv 2508.11016, section 3; ``shared/specs/llm_rl.md`` section 19): per prompt,
     ``n1 = group_size / 4`` originals; each is cut before a critical token drawn uniformly from its
@@ -66,9 +69,45 @@ def cure_rollout(
     """
     rollout, texts, metrics = branched_rollout(
         model, task, examples, tok, group_size=group_size, max_new=max_new, temperature=temperature,
-        strategy="random_of_top", top_k=top_k, generator=generator,
+        strategy="random_of_top", top_k=top_k, generator=generator, max_prompt_tokens=max_prompt_tokens,
+        truncate=truncate, compat=compat,
     )  # fmt: skip
     return rollout, texts, {"cure_stage": 1.0, **{f"cure_{k}": v for k, v in metrics.items()}}
+
+
+def branch_prompts(
+    prompts: list[list[int]],
+    prefixes: list[list[int]],
+    *,
+    max_prompt_tokens: int | None,
+    truncate: str = "error",
+    compat: str = "paper",
+) -> tuple[list[list[int]], list[list[int]], int]:
+    """Each branch's prompt ``prompt + prefix`` within ``max_prompt_tokens``; returns the prompts, the prefixes they
+    actually carry, and how many were too long.  Too long: ``compat="code"`` keeps the first ``max_prompt_tokens``
+    tokens (the released cut: the prefix loses its end, so the branch restarts earlier than its fork);
+    otherwise ``truncate="error"`` raises ``ValueError`` and ``"skip"`` branches from the prompt alone."""
+    out_prompts, out_prefixes, too_long = [], [], 0
+    for i, (p, pre) in enumerate(zip(prompts, prefixes, strict=True)):
+        full = p + pre
+        if max_prompt_tokens is None or len(full) <= max_prompt_tokens:
+            out_prompts.append(full)
+            out_prefixes.append(pre)
+            continue
+        too_long += 1
+        if compat == "code":
+            cut = full[:max_prompt_tokens]
+            out_prompts.append(cut)
+            out_prefixes.append(cut[len(p) :])
+        elif truncate == "error":
+            raise ValueError(
+                f"CURE branch {i}: prompt ({len(p)} tokens) + prefix ({len(pre)}) exceeds max_prompt_tokens "
+                f"{max_prompt_tokens}; raise it, or set truncate='skip' (branch from the prompt) or compat='code'"
+            )
+        else:
+            out_prompts.append(list(p))
+            out_prefixes.append([])
+    return out_prompts, out_prefixes, too_long
 
 
 def branched_rollout(
@@ -83,6 +122,9 @@ def branched_rollout(
     strategy: str,
     top_k: int,
     generator: torch.Generator,
+    max_prompt_tokens: int | None = None,
+    truncate: str = "error",
+    compat: str = "paper",
 ) -> tuple[Rollout, list[str], dict[str, float]]:
     """``group_size / 4`` originals per prompt, each forked once (``select_fork_points`` with ``strategy`` over its
     ``top_k`` highest-entropy positions) into ``CURE_BRANCHES`` continuations of ``prompt + response[:c]``; one
@@ -103,12 +145,15 @@ def branched_rollout(
     cuts = forks.clamp_min(0).tolist()  # no valid position: branch from the prompt itself (CURE's c = 0)
     # per branch row: the parent's response prefix (part of its prompt), its prompt and its remaining budget
     prefixes = [orig.completion_ids[j, :c].tolist() for j, c in enumerate(cuts) for _ in range(CURE_BRANCHES)]
-    branch_prompts = [orig_prompts[j // CURE_BRANCHES] + p for j, p in enumerate(prefixes)]
+    parents = [orig_prompts[j // CURE_BRANCHES] for j in range(len(prefixes))]
+    branch_prompts_, prefixes, too_long = branch_prompts(
+        parents, prefixes, max_prompt_tokens=max_prompt_tokens, truncate=truncate, compat=compat
+    )
     budgets = [max_new - len(p) for p in prefixes]
     tools = tool_kwargs(task, tok, prefixes)  # a call opened in the inherited prefix closes in the continuation
     branch = generate(
         model,
-        branch_prompts,
+        branch_prompts_,
         max_new_tokens=max_new,
         budgets=torch.tensor(budgets),
         **common,  # type: ignore[arg-type]
@@ -128,6 +173,7 @@ def branched_rollout(
     metrics = {
         "fork_found_frac": float(found.float().mean()),
         "fork_position": float(forks[found].float().mean()) if bool(found.any()) else 0.0,
+        "truncated_frac": too_long / max(len(prefixes), 1),
     }
     return rollout, texts, metrics
 

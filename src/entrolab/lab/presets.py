@@ -177,13 +177,30 @@ def no_knobs() -> dict[str, Any]:
     return {}
 
 
-def cure_knobs(*, top_k: int = 20, stage1_fraction: float = 0.5) -> dict[str, Any]:
+def cure_knobs(
+    *,
+    top_k: int = 20,
+    stage1_fraction: float = 0.5,
+    max_prompt_tokens: int | None = None,
+    truncate: str = "error",
+    compat: str = "paper",
+) -> dict[str, Any]:
     """CURE's rollout (arXiv 2508.11016): the fork is drawn from the ``top_k`` highest-entropy positions; stage 1
     (branching) runs for the first ``stage1_fraction`` of the RL steps, stage 2 (plain DAPO sampling from the stage-1
-    policy) for the rest (the paper: 300 stage-1 steps, then stage 2; 1.0 runs stage 1 only)."""
+    policy) for the rest (the paper: 300 stage-1 steps, then stage 2; 1.0 runs stage 1 only).
+
+    ``max_prompt_tokens`` bounds a branch's prompt (the prompt plus the inherited prefix; the authors' buffer holds
+    1500 tokens; None: only the model's window).  A longer one is never cut silently: ``truncate="error"`` raises,
+    ``"skip"`` branches that fork from the prompt alone and counts it (``cure_truncated_frac``); ``compat="code"``
+    reproduces the released cut (the first ``max_prompt_tokens`` tokens kept, so the branch restarts before ``c``)."""
     check_int("top_k", top_k, low=1)
     check_number("stage1_fraction", stage1_fraction, low=0.0, low_open=True, high=1.0)
-    return {"top_k": top_k, "stage1_fraction": stage1_fraction}
+    if max_prompt_tokens is not None:
+        check_int("max_prompt_tokens", max_prompt_tokens, low=1)
+    check_choice("truncate", truncate, ("error", "skip"))
+    check_choice("compat", compat, ("paper", "code"))
+    return {"top_k": top_k, "stage1_fraction": stage1_fraction, "max_prompt_tokens": max_prompt_tokens,
+            "truncate": truncate, "compat": compat}  # fmt: skip
 
 
 def aepo_knobs(*, target: float = 0.75) -> dict[str, Any]:

@@ -208,6 +208,7 @@ def cure_stage(
         return cure_rollout(
             state.model, ctx.task, examples, ctx.tok, group_size=ctx.cfg.group_size, max_new=ctx.max_new,
             temperature=ctx.preset.temperature, top_k=knobs["top_k"], generator=state.gen,
+            max_prompt_tokens=knobs["max_prompt_tokens"], truncate=knobs["truncate"], compat=knobs["compat"],
         )  # fmt: skip
     rollout, texts, _ = standard_rollout(ctx, state, examples, step)
     return rollout, texts, {"cure_stage": 2.0}
