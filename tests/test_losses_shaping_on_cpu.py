@@ -169,3 +169,20 @@ def test_aepo_mix_spec_example_halving_empty_filter_and_positions():
         aepo_mix(adv, k_max=1, below_target=1, batch_size=10)
     with pytest.raises(ValueError, match="position"):
         aepo_mix(adv, k_max=1, below_target=True, batch_size=10, position="tail")
+
+
+def test_ares_second_chance_relaxes_only_easy_wrong_high_cost_samples():
+    from entrolab.advantages import ares_second_chance
+
+    cost = torch.tensor([2.0, 2.0, 0.9, 2.0, 1.0], dtype=torch.float64)
+    buckets = ["easy", "easy", "easy", "medium", "easy"]
+    correct = torch.tensor([False, True, False, False, False])
+    out = ares_second_chance(cost, buckets=buckets, correct=correct, relax=0.25, min_soft_cost=1.0)
+    assert out.tolist() == [0.25, 1.0, 1.0, 1.0, 0.25]  # the threshold is inclusive (cost 1.0 qualifies)
+    assert out.dtype == torch.float64
+    with pytest.raises(ValueError, match="relax"):
+        ares_second_chance(cost, buckets=buckets, correct=correct, relax=0.0, min_soft_cost=1.0)
+    with pytest.raises(ValueError, match="buckets"):
+        ares_second_chance(cost, buckets=buckets[:2], correct=correct, relax=0.5, min_soft_cost=1.0)
+    with pytest.raises(ValueError, match="bucket"):
+        ares_second_chance(cost, buckets=["easy"] * 4 + ["tricky"], correct=correct, relax=0.5, min_soft_cost=1.0)

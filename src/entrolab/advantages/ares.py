@@ -15,6 +15,7 @@ __all__ = [
     "ARES_BUCKETS",
     "ares_alpha_update",
     "ares_entropy_reward",
+    "ares_second_chance",
     "ares_threshold_update",
     "difficulty_bucket",
     "hwe_counts",
@@ -211,3 +212,47 @@ def ares_alpha_update(alpha: float, *, bucket: str, mean_hwe: float, target: flo
     d = check_number("mean_hwe", mean_hwe) - check_number("target", target)
     d = -d if bucket == "hard" else d
     return round(min(2.0, max(0.0, alpha + check_number("step", step, low=0.0) * d)), 12)
+
+
+def ares_second_chance(
+    soft_cost: Tensor,
+    *,
+    buckets: list[str] | tuple[str, ...],
+    correct: Tensor,
+    relax: float,
+    min_soft_cost: float,
+) -> Tensor:
+    r"""ARES's optional "second chance": a per-sample factor on the dynamic KL term, ``relax`` for an **easy, wrong**
+    sample whose soft cost (its summed excess window entropy, :func:`hwe_counts`) is at least ``min_soft_cost``, 1
+    otherwise.  Multiply each sample's per-token KL (already weighted by its bucket's ``beta_d``,
+    :class:`~entrolab.control.BucketKLController`) by it: a wrong answer on an easy prompt that explored a lot keeps
+    a looser leash for one more try.
+
+    ``relax`` and ``min_soft_cost`` have no defaults: the spec (``shared/specs/llm_rl.md`` section 22) records the
+    switch but not the released values; pass the ones of your run.
+
+    Shapes
+    ------
+    soft_cost, correct ``(B,)`` (``correct`` bool); ``buckets`` ``B`` names from :data:`ARES_BUCKETS`; returns ``(B,)``
+    in ``soft_cost``'s dtype.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ares_second_chance(torch.tensor([3.0, 3.0, 0.5, 3.0]), buckets=["easy", "easy", "easy", "hard"],
+    ...                    correct=torch.tensor([False, True, False, False]), relax=0.5, min_soft_cost=1.0).tolist()
+    [0.5, 1.0, 1.0, 1.0]
+    """
+    if not isinstance(soft_cost, Tensor) or not soft_cost.dtype.is_floating_point or soft_cost.ndim != 1:
+        raise TypeError(f"soft_cost must be a 1-D floating tensor, got {describe(soft_cost)}")
+    if not isinstance(correct, Tensor) or correct.dtype != torch.bool or correct.shape != soft_cost.shape:
+        raise TypeError(f"correct must be a bool tensor of shape {tuple(soft_cost.shape)}, got {describe(correct)}")
+    if len(buckets) != soft_cost.shape[0]:
+        raise ValueError(f"buckets must have {soft_cost.shape[0]} entries, got {len(buckets)}")
+    easy = torch.tensor([check_choice("buckets[i]", b, ARES_BUCKETS) == "easy" for b in buckets], dtype=torch.bool)
+    relax = check_number("relax", relax, low=0.0, low_open=True)
+    min_soft_cost = check_number("min_soft_cost", min_soft_cost, low=0.0)
+    if not bool(torch.isfinite(soft_cost).all()) or bool((soft_cost < 0).any()):
+        raise ValueError("soft_cost must be finite and >= 0")
+    chance = easy.to(soft_cost.device) & ~correct & (soft_cost >= min_soft_cost)
+    return torch.where(chance, relax, 1.0).to(soft_cost.dtype)
