@@ -9,7 +9,15 @@ Public API (names fixed; the losses, the lab and the engine plug-ins build on th
 - :func:`debug_checks` -- a context manager that asserts ``logp <= 0`` and ``0 <= H <= log V`` on every output.
 
 Float64 references for tests live in :mod:`entrolab.entropy.reference`.
+
+The package itself is callable: ``entrolab.entropy(p)`` is :func:`entropy`.  So ``from entrolab import entropy``
+gives something that computes entropies *and* is this package (``entrolab.entropy.debug_checks()``, ``import
+entrolab.entropy.reference``): a top-level function of the same name would hide the package.
 """
+
+import sys
+import types
+from typing import Any
 
 from entrolab.entropy._rows import debug_checks
 from entrolab.entropy.categorical import entropy, varentropy
@@ -23,3 +31,13 @@ __all__ = [
     "token_logprob_and_entropy",
     "varentropy",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """The ``entrolab.entropy`` package, callable as :func:`entropy`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return entropy(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
