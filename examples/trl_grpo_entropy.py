@@ -87,12 +87,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny local model, a few CPU steps")
     args = parser.parse_args(argv)
+    try:
+        import datasets
+        from transformers import AutoTokenizer
+        from trl import GRPOConfig
 
-    import datasets
-    from transformers import AutoTokenizer
-    from trl import GRPOConfig
-
-    from entrolab.integrations.trl import EntropyGRPOTrainer
+        from entrolab.integrations.trl import EntropyGRPOTrainer
+    except ImportError as exc:
+        parser.exit(2, f"{parser.prog}: this example needs the trl extra: pip install 'entrolab[trl]' ({exc})\n")
 
     tmp = tempfile.TemporaryDirectory() if args.smoke else None
     if tmp is not None:
