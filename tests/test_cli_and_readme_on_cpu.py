@@ -88,3 +88,27 @@ def test_every_documented_import_path_resolves():
     assert reference.__name__ == "entrolab.entropy.reference"
     with entropy.debug_checks():
         assert float(entropy(torch.tensor([0.5, 0.5]))) == float(entropy.entropy(torch.tensor([0.5, 0.5])))
+
+
+def test_lab_help_is_plain_text_lists_every_task_and_docs_state_the_model_defaults():
+    from entrolab.lab.cli import plain_text
+    from entrolab.lab.config import LabConfig
+    from entrolab.lab.tasks import TASKS
+
+    out = subprocess.run([sys.executable, "-m", "entrolab", "lab", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    help_text = " ".join(out.stdout.split())
+    for markup in ("``", ":func:", ":class:", ":mod:"):
+        assert markup not in help_text, markup
+    for task in TASKS:
+        assert task in help_text, task
+    assert plain_text("``sort`` and :func:`~entrolab.lab.tasks.get_task` and :class:`entrolab.lab.LabConfig`") == (
+        "sort and get_task and entrolab.lab.LabConfig"
+    )
+    docs = "\n".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    defaults = LabConfig()
+    for field in ("d_model", "n_layer"):
+        for stated in re.findall(rf"\b{field}[ =:]+(\d+)", docs):
+            assert int(stated) == getattr(defaults, field), (
+                f"docs say {field} {stated}, the default is {getattr(defaults, field)}"
+            )

@@ -47,8 +47,17 @@ def _field_docs() -> dict[str, str]:
         is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
         is_doc = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)
         if is_field and is_doc:
-            docs[node.target.id] = " ".join(nxt.value.value.split())  # type: ignore[union-attr]
+            docs[node.target.id] = plain_text(" ".join(nxt.value.value.split()))  # type: ignore[union-attr]
     return docs
+
+
+def plain_text(doc: str) -> str:
+    """A docstring fragment as a terminal shows it: ````x```` -> ``x``, ``:func:`~a.b``` -> ``b``,
+    ``:class:`a.B``` -> ``a.B``, ``*x*`` -> ``x``."""
+    doc = re.sub(r":\w+:`~[\w.]*\.(\w+)`", r"\1", doc)  # :func:`~pkg.mod.name` -> name
+    doc = re.sub(r":\w+:`([^`]+)`", r"\1", doc)  # :class:`pkg.Name` -> pkg.Name
+    doc = re.sub(r"``([^`]+)``", r"\1", doc)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"\1", doc)
 
 
 def _line_of(text: str, key: str) -> int | None:
