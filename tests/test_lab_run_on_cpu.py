@@ -98,6 +98,12 @@ def test_every_preset_trains_and_the_report_renders(tmp_path):
     for diag in ("| cure | cure_fork_found_frac |", "| ettrl | ettrl_vote_accuracy |", "| aepo_entropy | aepo_mixed |"):
         assert diag in summary, diag
     assert "<h2>Method diagnostics</h2>" in page
+    # CPU and wall time apart (wall time also counts a loaded machine), both from each run's done.json
+    header = next(line for line in summary.splitlines() if line.startswith("| method | seeds |"))
+    assert "CPU s / run" in header and "wall s / run" in header and "processor time" in page
+    grpo_row = next(line for line in summary.splitlines() if line.startswith("| grpo |")).split("|")
+    cpu, wall = float(grpo_row[-3]), float(grpo_row[-2])
+    assert cpu > 0 and wall > 0
     for fig in ("entropy_accuracy", "heldout", "entropy_law", "mechanism", "pass_at_k"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
         assert (out / "figures" / f"{fig}.svg").exists()

@@ -47,11 +47,22 @@ def load_run(directory: str | Path) -> dict[str, Any]:
     sft_path = out / "sft" / "summary.json"
     sft = json.loads(sft_path.read_text()) if sft_path.exists() else {}
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    times: dict[str, dict[int, dict[str, float]]] = {}
     for method in config["methods"]:
         for seed_dir in sorted((out / "runs" / method).glob("seed*")):
             path = seed_dir / "metrics.jsonl"
             if not path.exists():
                 continue
+            done = seed_dir / "done.json"
+            if done.exists():
+                try:
+                    d = json.loads(done.read_text())
+                    times.setdefault(method, {})[int(seed_dir.name[4:])] = {
+                        "wall": float(d["seconds"]),
+                        "cpu": float(d["cpu_seconds"]),
+                    }
+                except (ValueError, KeyError, TypeError):
+                    pass  # an older or damaged done.json: the table then says "-"
             rows = []
             for lineno, line in enumerate(path.read_text().splitlines(), 1):
                 if not line.strip():
@@ -61,7 +72,7 @@ def load_run(directory: str | Path) -> dict[str, Any]:
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
             runs.setdefault(method, {})[int(seed_dir.name[4:])] = rows
-    return {"config": config, "sft": sft, "runs": runs, "dir": str(out)}
+    return {"config": config, "sft": sft, "runs": runs, "times": times, "dir": str(out)}
 
 
 _fmt = format_interval
@@ -139,6 +150,9 @@ DEFINITIONS = [
     "over the held-out prompts within one run, averaged over seeds.",
     "**difference to the baseline**: per seed, method minus baseline (same warm start, prompt order and sampling "
     "stream), then the mean with its 95% interval and a paired t-test's p-value over seeds.",
+    "**CPU s / run** and **wall s / run**: a finished run's processor time (what the method costs) and elapsed time "
+    "(which also counts waiting on a loaded machine or sharing it with parallel workers); compare methods by CPU "
+    "time.",
 ]
 
 
@@ -156,6 +170,7 @@ class Analysis:
     mech: dict[str, Mechanism] = field(default_factory=dict)
     diffs: dict[str, dict[str, PairedDifference]] = field(default_factory=dict)
     start_entropy: dict[str, tuple[float, float]] = field(default_factory=dict)
+    times: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
 
 
 def analyse(data: dict[str, Any]) -> Analysis:
@@ -173,7 +188,7 @@ def analyse(data: dict[str, Any]) -> Analysis:
     methods = [m for m in cfg["methods"] if m in runs]
     warm = data["sft"].get("eval", {})
     ks = sorted(int(k[5:]) for k in warm if k.startswith("pass@") and k[5:].isdigit()) or [1]
-    an = Analysis(runs, methods, unfinished, ks[-1], warm)
+    an = Analysis(runs, methods, unfinished, ks[-1], warm, times=data.get("times", {}))
     for m in methods:
         an.finals[m] = {s: {**final_values(rows, k_max=an.k_max), **_last_eval(rows)} for s, rows in runs[m].items()}
         an.fits[m] = [f for rows in runs[m].values() if (f := law_fit(rows)) is not None]
@@ -256,12 +271,13 @@ def tables(an: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
     """The report's tables: final metrics, differences to the baseline, and the law per method."""
     k = an.k_max
     final = (
-        ["method", "seeds", "entropy start", "entropy end", "pass@1", f"pass@{k}", f"SE of pass@{k}", "wall s / run"],
+        ["method", "seeds", "entropy start", "entropy end", "pass@1", f"pass@{k}", f"SE of pass@{k}", "CPU s / run",
+         "wall s / run"],
         [
             [
                 m, str(len(an.finals[m])), _fmt(*an.start_entropy[m]), _fmt(*_mean(an, m, "entropy")),
                 _fmt(*_mean(an, m, "pass@1")), _fmt(*_mean(an, m, f"pass@{k}")),
-                _fmt(_mean(an, m, f"pass@{k}_se")[0], 0.0), _wall(an.runs[m]),
+                _fmt(_mean(an, m, f"pass@{k}_se")[0], 0.0), _seconds(an, m, "cpu"), _seconds(an, m, "wall"),
             ]
             for m in an.methods
         ],
@@ -293,8 +309,10 @@ def _ceiling(value: float) -> str:
     return f"{value:.3f}" if value <= 1.0 else f"{value:.3f} (above the maximum reward 1: an extrapolation)"
 
 
-def _wall(by_seed: dict[int, list[dict]]) -> str:
-    secs = [sum(r.get("step_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in rows) for rows in by_seed.values()]
+def _seconds(an: Analysis, m: str, kind: str) -> str:
+    """Mean CPU or wall seconds per finished run (``done.json``).  CPU time is the method's cost; wall time also
+    counts waiting for a loaded machine (and, with parallel workers, sharing it), so the two are reported apart."""
+    secs = [t[kind] for s, t in an.times.get(m, {}).items() if s in an.runs[m]]
     return f"{np.mean(secs):.1f}" if secs else "-"
 
 
