@@ -202,7 +202,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoints")
     parser.add_argument("--overwrite", action="store_true", help="replace the runs of an existing --out directory")
     parser.add_argument("--no-report", action="store_true", help="skip the report (build it with entrolab report)")
-    parser.add_argument("--progress", choices=("auto", "on", "off"), help="progress bar (auto: on a terminal)")
+    parser.add_argument(
+        "--progress", choices=("auto", "on", "off"),
+        help="auto: a progress bar on a terminal, else a progress line (step, ETA, entropy, accuracy; the warm start's "
+        "loss) at most every 30 s; on: the bar; off: neither",
+    )  # fmt: skip
     parser.add_argument(
         "--study",
         choices=("decoding",),

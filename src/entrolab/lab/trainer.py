@@ -50,6 +50,7 @@ from entrolab.lab.policy import (
     load_hf_tokenizer,
 )
 from entrolab.lab.presets import Preset, get_preset
+from entrolab.lab.progress import progress_bar
 from entrolab.lab.rollout import Rollout, generate, left_pad, score_completions, tool_kwargs
 from entrolab.lab.stages import (
     ROLLOUTS,
@@ -169,6 +170,7 @@ def warm_start(
     directory: Path,
     *,
     say: Callable[[str], None] | None = None,
+    progress: bool | None = False,
 ) -> tuple[Policy, dict[str, Any]]:
     """The warm-started policy: loaded from ``directory`` when a previous run used the same settings, else trained
     by supervised fine-tuning on :func:`demonstration` completions and saved there (atomically, with a checksum); a
@@ -194,6 +196,8 @@ def warm_start(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
     t0 = time.perf_counter()
     losses = []
+    ticker = progress_bar(cfg.sft_steps, mode=progress, tty=sys.stderr.isatty(), say=say or _stderr,
+                          label="warm start steps")  # fmt: skip
     for step in range(cfg.sft_steps):
         lr = cfg.sft_lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.sft_steps)))
         for group in opt.param_groups:
@@ -205,6 +209,8 @@ def warm_start(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
+        ticker.update(1, f"loss {losses[-1]:.3f}")
+    ticker.close()
     meta = {"key": key, "sft_loss": losses[-1] if losses else None, "sft_seconds": time.perf_counter() - t0}
     write_checkpoint({"model": model.state_dict(), "meta": json.dumps(meta)}, path, keep_previous=False)
     return model, meta
@@ -486,7 +492,7 @@ def _run_all(cfg: LabConfig, out: Path, *, resume: bool, progress: bool | None, 
     say(f"entrolab lab: task {task.name}, methods {', '.join(cfg.methods)}, {cfg.seeds} seed(s), {cfg.steps} steps")
     t0 = time.perf_counter()
     try:
-        init_model, sft_meta = warm_start(cfg, task, tok, exclude, max_new, out / "sft", say=say)
+        init_model, sft_meta = warm_start(cfg, task, tok, exclude, max_new, out / "sft", say=say, progress=progress)
     except ValueError as exc:  # a checkpoint that cannot be loaded or used, a prompt that does not tokenize
         raise LabError(str(exc)) from None
     g = torch.Generator().manual_seed(cfg.seed)
@@ -508,13 +514,13 @@ def _run_all(cfg: LabConfig, out: Path, *, resume: bool, progress: bool | None, 
         calls = [(cfg, n, s, str(out), resume, threads) for n, s in todo]
         run_in_processes(_worker_run, calls, workers=workers, say=say)
         return
-    bar = _progress(len(runs) * cfg.steps, sys.stderr.isatty() if progress is None else progress)
-    bar.update((len(runs) - len(todo)) * cfg.steps)
+    bar = progress_bar(len(runs) * cfg.steps, mode=progress, tty=sys.stderr.isatty(), say=say, label="RL steps")
+    bar.skip((len(runs) - len(todo)) * cfg.steps)
     for name, seed in todo:
 
         def on_step(row: dict[str, Any], _name: str = name, _seed: int = seed) -> None:
-            bar.update(1)
-            bar.set_postfix_str(f"{_name} s{_seed} step {row['step']} H {row['entropy']:.3f} acc {row['accuracy']:.2f}")
+            bar.update(1, f"{_name} seed {_seed} step {row['step']}, entropy {row['entropy']:.3f}, "
+                          f"accuracy {row['accuracy']:.2f}")  # fmt: skip
 
         _train_and_mark(
             cfg, name, seed, out, task=task, tok=tok, init_model=init_model, eval_examples=eval_examples,
@@ -549,25 +555,3 @@ def _worker_run(cfg: LabConfig, name: str, seed: int, out: str, resume: bool, th
         exclude=exclude, max_new=max_new, resume=resume,
     )  # fmt: skip
     return name, seed, float(last.get("pass@1", math.nan))
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, show: bool) -> Any:
-    """A tqdm bar on a terminal (step, ETA, entropy, accuracy); nothing otherwise."""
-    if not show:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
