@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The main job: the entropy lab on the embedded default (report in lab-runs/demo/report.html).
 demo: $(STAMP)
-	$(PY) -m entrolab lab --out lab-runs/demo --overwrite
+	$(PY) -m entrolab lab --out lab-runs/demo --continue --overwrite
 
 # The engines the integration suites run inside (TRL and verl share one environment: transformers 5.10.x satisfies
 # both), the gallery's (gymnasium, stable-baselines3) and bitsandbytes (8-bit optimizers);

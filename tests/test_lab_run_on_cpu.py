@@ -226,6 +226,20 @@ def test_cli_quick_smoke_and_report_command(tmp_path):
         [sys.executable, "-m", "entrolab", "lab", "--quick", "--out", str(out)], capture_output=True, text=True
     )
     assert exists.returncode == 1 and "--overwrite" in exists.stderr
+    # make demo's --continue: the same settings resume (here: every run is done, only the report is rebuilt) ...
+    (out / "runs" / "grpo" / "seed0" / "done.json").unlink()  # as if interrupted before the last run was marked
+    again = subprocess.run(
+        [sys.executable, "-m", "entrolab", "lab", "--quick", "--out", str(out), "--continue", "--threads", "2"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 0 and "resuming it" in again.stderr, again.stderr[-2000:]
+    assert (out / "runs" / "grpo" / "seed0" / "done.json").exists() and (out / "runs" / "clip_cov").exists()
+    # ... other settings are a different run: refused without --overwrite, as before
+    other = subprocess.run(
+        [sys.executable, "-m", "entrolab", "lab", "--quick", "--steps", "21", "--out", str(out), "--continue"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert other.returncode == 1 and "--overwrite" in other.stderr and "resuming" not in other.stderr
     help_text = subprocess.run([sys.executable, "-m", "entrolab", "lab", "--help"], capture_output=True, text=True)
     for flag in (
         "--methods",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from entrolab.lab.presets import PRESETS, preset_from_mapping
-from entrolab.lab.trainer import LabConfig, LabError, run_lab
+from entrolab.lab.trainer import LabConfig, LabError, run_lab, same_settings
 
 __all__ = ["QUICK", "load_config_file", "main", "report_main"]
 
@@ -201,6 +201,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {json.dumps(QUICK)}")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoints")
     parser.add_argument("--overwrite", action="store_true", help="replace the runs of an existing --out directory")
+    parser.add_argument(
+        "--continue", dest="continue_run", action="store_true",
+        help="if --out already holds a run with the same settings, resume it (an interrupted run continues, a "
+        "finished one only rebuilds the report); otherwise start as usual (make demo uses this)",
+    )  # fmt: skip
     parser.add_argument("--no-report", action="store_true", help="skip the report (build it with entrolab report)")
     parser.add_argument(
         "--progress", choices=("auto", "on", "off"),
@@ -270,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                 if f.name in args:
                     values[f.name] = args[f.name]
             cfg = LabConfig(**values)
-            resume = False
+            resume = bool(args.get("continue_run")) and same_settings(cfg, Path(cfg.out))
+            if resume:
+                print(f"entrolab lab: {cfg.out} holds a run with these settings: resuming it", file=sys.stderr)
     except (ValueError, TypeError) as exc:
         print(f"entrolab lab: {exc}", file=sys.stderr)
         return 2

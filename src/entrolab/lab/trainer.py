@@ -429,16 +429,29 @@ def run_directory_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+_FREE = ("workers", "ray", "out")
+"""Settings that change no result: where runs execute, and where the directory is (a moved directory is the same
+run)."""
+
+
+def same_settings(cfg: LabConfig, out: Path) -> bool:
+    """Whether ``out`` holds a lab run (its ``config.json``) with exactly ``cfg``'s result-changing settings."""
+    path = out / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    mine = json.loads(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in _FREE}))
+    return isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in _FREE} == mine
+
+
 def _prepare_directory(cfg: LabConfig, out: Path, *, resume: bool, overwrite: bool) -> None:
     """Check ``out`` against ``resume``/``overwrite`` and write ``config.json``."""
     config_path = out / "config.json"
     if resume:
         if not config_path.exists():
             raise LabError(f"--resume {out}: no config.json there (not a lab run directory)")
-        saved = json.loads(config_path.read_text())
-        free = ("workers", "ray", "out")  # where runs execute changes no result; a moved directory is the same run
-        same = {k: v for k, v in cfg.to_dict().items() if k not in free}
-        if {k: v for k, v in saved.items() if k not in free} != json.loads(json.dumps(same)):
+        if not same_settings(cfg, out):
             raise LabError(f"--resume {out}: the settings differ from the saved config.json; resume with the same ones")
     elif any(p.name != ".lock" for p in out.iterdir()):
         if not overwrite:
