@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.entrolab-installed
 
-.PHONY: all demo test browser bench bench-quick lint format clean
+.PHONY: all demo test docs browser bench bench-quick lint format clean
 
 all: test
 
@@ -31,6 +31,12 @@ $(ENGINES_STAMP): $(STAMP)
 
 test: $(ENGINES_STAMP) browser
 	ENTROLAB_REQUIRE_ENGINES=1 $(PY) -m pytest
+
+# The API reference, generated from the docstrings (Sphinx autodoc; warnings are errors): docs/_build/api/index.html.
+# The test suite builds it too (tests/test_api_docs_on_cpu.py).
+docs: $(ENGINES_STAMP)
+	$(PY) -m sphinx -b html -W --keep-going -q docs/api docs/_build/api
+	@echo "API reference: docs/_build/api/index.html"
 
 # Debian's chromium for the test that opens the lab report in a headless browser; installed when missing and this
 # is root on a Debian-like machine (CI is), else that test skips (under CI it fails instead).

@@ -357,6 +357,8 @@ class LagrangianTemperature:
         ``"log_alpha"`` minimises ``-log alpha E[log pi + H]`` as softlearning and stable-baselines3 do (gradient
         without the factor ``alpha``).  Same fixed point, different step size.
 
+    Notes
+    -----
     The protocol of :mod:`entrolab.control`: ``value`` (the current ``alpha``, a float), ``observe(log_prob)`` (one
     Adam step from a batch of ``log pi(a|s)`` of freshly sampled actions; returns nothing), ``state_dict()`` (JSON,
     Adam moments included) and ``load_state_dict()``.  :meth:`loss` gives the differentiable ``J`` for callers that

@@ -339,7 +339,7 @@ def aepo_mix(
     k_max : int
         ``>= 0``; the authors' ``reinforce_sample_num`` (60 of 2560 samples).
     below_target : bool
-        Whether the previous update's entropy was ``<= `` the target (the same test as :func:`aepo_temperature`).
+        Whether the previous update's entropy was at most the target (the same test as :func:`aepo_temperature`).
     adv_threshold : float
         The code's hard-coded 0.05.
     batch_size : int
