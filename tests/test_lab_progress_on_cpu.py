@@ -43,3 +43,23 @@ def test_a_run_off_a_terminal_logs_progress_during_the_warm_start_and_rl(tmp_pat
     quiet: list[str] = []
     run_lab(LabConfig(methods=("grpo",), out=str(tmp_path / "q"), **TINY), progress=False, log=quiet.append)
     assert not [s for s in quiet if "steps: " in s]
+
+
+def test_available_cpus_honours_the_affinity_mask_and_a_cgroup_quota(monkeypatch):
+    import io
+    import os
+
+    from entrolab import _cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(_cpus, "open", lambda path: io.StringIO("250000 100000\n"), raising=False)
+    assert _cpus.available_cpus() == 2  # a 2.5-CPU quota: 2 threads, not 8
+    monkeypatch.setattr(_cpus, "open", lambda path: io.StringIO("max 100000\n"), raising=False)
+    assert _cpus.available_cpus() == 8
+
+    def missing(path: str) -> None:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(_cpus, "open", missing, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert _cpus.available_cpus() == 1

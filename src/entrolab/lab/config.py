@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from entrolab._cpus import available_cpus
 from entrolab._validation import check_choice, check_int, check_positive_float
 from entrolab.lab.presets import Preset, get_preset
 from entrolab.lab.task_files import VERIFIERS
@@ -201,8 +201,9 @@ class LabConfig:
         return float(getattr(task, "demonstrator_accuracy", 1.0))
 
     def run_workers(self, runs: int) -> int:
-        """How many runs train at once for ``runs`` runs (``workers``, or the machine's cores when 0)."""
-        want = self.workers or (os.cpu_count() or 1)
+        """How many runs train at once for ``runs`` runs (``workers``, or the CPUs available to this process when 0:
+        its affinity, capped by a cgroup quota)."""
+        want = self.workers or available_cpus()
         return max(1, min(want, runs))
 
     def to_dict(self) -> dict[str, Any]:

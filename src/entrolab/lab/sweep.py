@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +27,22 @@ def run_in_processes(job: Job, calls: Sequence[tuple[Any, ...]], *, workers: int
     pools); a line per finished run with an ETA.  A worker that dies is a :class:`LabError` saying what to do."""
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
+    # OpenMP threads that wait passively instead of spinning: on a machine other processes also load, spinning
+    # threads burn the CPU the others need (bench/contention.py: 1.67x slower next to one busy process with
+    # spinning, 1.09x passive).  Read by each worker's OpenMP runtime when it starts; the user's setting wins.
+    passive = "OMP_WAIT_POLICY" not in os.environ
+    if passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        _run_pool(job, calls, workers=workers, say=say, ctx=ctx, t0=t0)
+    finally:
+        if passive:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+
+
+def _run_pool(
+    job: Job, calls: Sequence[tuple[Any, ...]], *, workers: int, say: Callable[[str], None], ctx: Any, t0: float
+) -> None:
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(job, *call) for call in calls]
         for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):

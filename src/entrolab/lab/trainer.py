@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from entrolab._cpus import available_cpus
 from entrolab.lab.agentic import spear_schedule_steps
 from entrolab.lab.checkpoints import CheckpointError, read_checkpoint, resume_point, write_checkpoint
 from entrolab.lab.config import LAB_OPTIMIZERS, LabConfig, LabError
@@ -499,6 +500,8 @@ def _run_all(cfg: LabConfig, out: Path, *, resume: bool, progress: bool | None, 
     """The warm start, its evaluation, then every (method, seed) run not already marked done."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif not os.environ.get("ENTROLAB_NO_THREAD_POLICY"):  # bench/contention.py measures the old default with it
+        torch.set_num_threads(available_cpus())  # not the machine's core count: a quota or an affinity mask
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     task, tok, max_new, eval_examples, exclude = _task_and_splits(cfg)
@@ -522,7 +525,7 @@ def _run_all(cfg: LabConfig, out: Path, *, resume: bool, progress: bool | None, 
         run_on_ray(_worker_run, calls, address=cfg.ray, cpus=threads, say=say)
         return
     if workers > 1:
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+        threads = cfg.threads or max(1, available_cpus() // workers)
         say(f"{len(todo)} runs on {workers} worker processes, {threads} thread(s) each")
         calls = [(cfg, n, s, str(out), resume, threads) for n, s in todo]
         run_in_processes(_worker_run, calls, workers=workers, say=say)
