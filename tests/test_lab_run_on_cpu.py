@@ -107,6 +107,18 @@ def test_every_preset_trains_and_the_report_renders(tmp_path):
     for fig in ("entropy_accuracy", "heldout", "entropy_law", "mechanism", "pass_at_k"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
         assert (out / "figures" / f"{fig}.svg").exists()
+    # the report reads on its own: what entropy collapse is, the metrics, captions that say what a figure shows
+    # (held-out pass@1 and pass@k against the step), and what the run does not show
+    for text in ("Entropy collapse", "pass@k", "Held-out pass@1 (solid) and pass@k", "What this does not show"):
+        assert text in page, text
+    # an unfinished run is named and left out of every number
+    metrics = out / "runs" / "cure" / "seed0" / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
+    (out / "runs" / "cure" / "seed0" / "done.json").unlink()
+    paths = build_report(out)
+    page = paths["html"].read_text()
+    assert "Unfinished runs, left out of every number: cure seed 0 (stopped at step" in page
+    assert "| cure |" not in next(t for t in paths["summary"].read_text().split("\n\n") if "| method | seeds |" in t)
 
     # the warm start is cached: a second run with the same settings reuses it
     sft = list((out / "sft").glob("sft-*.pt"))

@@ -328,11 +328,23 @@ def test_preset_composition_and_errors():
         preset_from_mapping("x", {"rollout_kwargs": [1]})
     # knobs merge into the base's while the stage is unchanged, and reset when it changes
     p = preset_from_mapping("cure_wide", {"base": "cure", "rollout_kwargs": {"top_k": 5}})
-    assert p.rollout_knobs == {"top_k": 5, "stage1_fraction": 0.5}
+    assert p.rollout_knobs == {
+        "top_k": 5,
+        "stage1_fraction": 0.5,
+        "max_prompt_tokens": None,
+        "truncate": "error",
+        "compat": "paper",
+    }
     p = preset_from_mapping(
         "c2", {"base": "cure_wide", "rollout_kwargs": {"stage1_fraction": 1.0}}, known={"cure_wide": p}
     )
-    assert p.rollout_knobs == {"top_k": 5, "stage1_fraction": 1.0}
+    assert p.rollout_knobs == {
+        "top_k": 5,
+        "stage1_fraction": 1.0,
+        "max_prompt_tokens": None,
+        "truncate": "error",
+        "compat": "paper",
+    }
     p = preset_from_mapping("std", {"base": "cure", "rollout": "standard"})
     assert p.rollout_kwargs == {} and p.rollout_knobs == {}
     assert PRESETS["spear"].replay_knobs == {"buffer_size": 64, "schedule_fraction": 0.5, "tool_bonus": True}
@@ -362,7 +374,13 @@ def test_docs_config_example_loads_and_stage_tables_agree(tmp_path):
     block = text.split("```toml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "lab.toml").write_text(block)
     cfg = LabConfig(**load_config_file(tmp_path / "lab.toml"))
-    assert cfg.presets["cure_wide"].rollout_knobs == {"top_k": 40, "stage1_fraction": 0.5}
+    assert cfg.presets["cure_wide"].rollout_knobs == {
+        "top_k": 40,
+        "stage1_fraction": 0.5,
+        "max_prompt_tokens": None,
+        "truncate": "error",
+        "compat": "paper",
+    }
     assert cfg.presets["steer_hot"].kl_coef == 0.01
     assert set(ROLLOUTS) == set(ROLLOUT_KNOBS)
 
