@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from tests._trl_fixtures import CUT, config, data, fixed_batch, grads, model, reward, tokenizer
+from tests._trl_fixtures import CUT, GRAD_CASES, config, data, fixed_batch, grads, model, reward, tokenizer
 
 LOSSES = {
     "ppo": {}, "cispo": {}, "gspo": {}, "clip_cov": {"ratio": 0.2, "cov_lb": 0.0}, "kl_cov": {"ratio": 0.2},
@@ -67,8 +67,7 @@ def grad(out: Path) -> None:
 
     tok = tokenizer()
     saved = {}
-    for name, kw in (("ppo", {}), ("clip_cov", {"ratio": 0.3, "cov_lb": 0.0, "global_stats": True}),
-                     ("kl_cov", {"ratio": 0.3, "global_stats": True})):  # fmt: skip
+    for name, kw in GRAD_CASES:
         trainer = EntropyGRPOTrainer(
             model(tok, seed=2), reward_funcs=reward, args=config(out / name), train_dataset=data(),
             processing_class=tok, policy_loss=name, loss_kwargs=kw,

@@ -13,6 +13,12 @@ from trl import GRPOConfig
 
 CHARS = sorted(set("0123456789+-*= abcdefghijklmnopqrstuvwxyz"))
 CUT = 3  # in the 2-process tests rank 0 holds rows [0, 3) of fixed_batch, rank 1 rows [3, 8)
+GRAD_CASES = (
+    ("ppo", {}),
+    ("clip_cov", {"ratio": 0.3, "cov_lb": 0.0, "global_stats": True}),
+    ("kl_cov", {"ratio": 0.3, "global_stats": True}),
+)
+"""The losses whose DDP-averaged gradient on a split batch must equal one process on the whole batch."""
 
 
 def tokenizer() -> Any:

@@ -22,7 +22,7 @@ from tests.conftest import engine
 
 trl = engine("trl")
 from entrolab.integrations.trl import EntropyGRPOTrainer  # noqa: E402
-from tests._trl_fixtures import config, data, fixed_batch, grads, model, reward, tokenizer  # noqa: E402
+from tests._trl_fixtures import GRAD_CASES, config, data, fixed_batch, grads, model, reward, tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +71,7 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     _torchrun("grad", tmp_path)
     saved = torch.load(tmp_path / "grad.pt")
     tok = tokenizer()
-    for name, kw in (("ppo", {}), ("clip_cov", {"ratio": 0.3, "cov_lb": 0.0, "global_stats": True}),
-                     ("kl_cov", {"ratio": 0.3, "global_stats": True})):  # fmt: skip
+    for name, kw in GRAD_CASES:
         trainer = EntropyGRPOTrainer(
             model(tok, seed=2), reward_funcs=reward, args=config(tmp_path / name), train_dataset=data(),
             processing_class=tok, policy_loss=name, loss_kwargs=kw,

@@ -39,6 +39,27 @@ def _batch(seed: int, b: int = 6, t: int = 9):
     return old, new, adv, mask
 
 
+def _actor_batch(attn, p: int, g, old, adv, **extra):
+    """A batch as verl's actor loss receives it: the TensorDict (prompts, responses, masks, old log-probs,
+    advantages and ``extra`` columns, with verl's non-tensor batch info) and the unpadded model outputs
+    (``log_probs`` with gradient, ``entropy``) drawn from ``g``."""
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+
+    b, t = attn.shape[0], attn.shape[1] - p
+    n_tok = int(attn.sum())
+    flat_lp = (-torch.rand(n_tok, generator=g) * 2).requires_grad_()
+    flat_ent = torch.rand(n_tok, generator=g) * 3
+    data = TensorDict(
+        {"prompts": torch.ones(b, p, dtype=torch.long), "responses": torch.ones(b, t, dtype=torch.long),
+         "attention_mask": attn, "response_mask": attn[:, p:].clone(), "old_log_probs": old, "advantages": adv,
+         **extra},
+        batch_size=[b],
+    )  # fmt: skip
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
+    return data, flat_lp, flat_ent
+
+
 INFOS = [
     {},
     {"dp_size": 2, "batch_num_tokens": 97, "global_batch_size": 13, "loss_scale_factor": 16},
@@ -170,8 +191,6 @@ def test_entropy_reaches_the_loss_through_verls_actor_loss_function():
     """verl's real ``ppo_loss`` (unpadded model output, TensorDict batch) with ``loss_mode=entrolab_hapo``: after the
     explicit opt-in the hook hands the update's entropy to the loss, whose value equals entrolab's HAPO on the padded
     tensors."""
-    from tensordict import TensorDict
-    from verl.utils import tensordict_utils as tu
     from verl.workers.utils import losses as verl_losses
 
     b, p, t = 3, 4, 5
@@ -184,15 +203,7 @@ def test_entropy_reaches_the_loss_through_verls_actor_loss_function():
     response_mask = attn[:, p:].clone()
     old = -torch.rand(b, t, generator=g) * 2
     adv = torch.randn(b, 1, generator=g).expand(b, t).clone()
-    n_tok = int(attn.sum())
-    flat_lp = (-torch.rand(n_tok, generator=g) * 2).requires_grad_()
-    flat_ent = torch.rand(n_tok, generator=g) * 3
-    data = TensorDict(
-        {"prompts": torch.ones(b, p, dtype=torch.long), "responses": torch.ones(b, t, dtype=torch.long),
-         "attention_mask": attn, "response_mask": response_mask, "old_log_probs": old, "advantages": adv},
-        batch_size=[b],
-    )  # fmt: skip
-    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
+    data, flat_lp, flat_ent = _actor_batch(attn, p, g, old, adv)
     config = _config(calculate_entropy=True, loss_mode="entrolab_hapo")
     unhooked = getattr(verl_losses.ppo_loss, "__wrapped__", verl_losses.ppo_loss)  # another test may have opted in
     with pytest.raises(ValueError, match="verl_entropy"):  # without the opt-in the loss says how to get entropy
@@ -362,8 +373,6 @@ def test_hapo_advantage_through_verls_own_compute_advantage():
 def test_steer_takes_the_old_log_prob_pass_entropy_when_the_batch_carries_it():
     """verl's v1 trainer writes the old-log-prob pass's ``entropy`` next to ``old_log_probs``; through verl's real
     ``ppo_loss`` (after the opt-in) ``entrolab_steer`` weights with it, not with the update forward's entropy."""
-    from tensordict import TensorDict
-    from verl.utils import tensordict_utils as tu
     from verl.workers.utils import losses as verl_losses
     from verl.workers.utils.padding import no_padding_2_padding
 
@@ -377,16 +386,7 @@ def test_steer_takes_the_old_log_prob_pass_entropy_when_the_batch_carries_it():
     old = -torch.rand(b, t, generator=g) * 2
     old_ent = torch.rand(b, t, generator=g) * 2 + 0.1
     adv = torch.randn(b, 1, generator=g).expand(b, t).clone()
-    n_tok = int(attn.sum())
-    flat_lp = (-torch.rand(n_tok, generator=g) * 2).requires_grad_()
-    flat_ent = torch.rand(n_tok, generator=g) * 3
-    data = TensorDict(
-        {"prompts": torch.ones(b, p, dtype=torch.long), "responses": torch.ones(b, t, dtype=torch.long),
-         "attention_mask": attn, "response_mask": response_mask, "old_log_probs": old, "advantages": adv,
-         "entropy": old_ent},
-        batch_size=[b],
-    )  # fmt: skip
-    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
+    data, flat_lp, flat_ent = _actor_batch(attn, p, g, old, adv, entropy=old_ent)
     config = _config(calculate_entropy=True, loss_mode="entrolab_steer")
     loss, _ = verl_losses.ppo_loss(config, {"log_probs": flat_lp, "entropy": flat_ent}, data)
     lp = no_padding_2_padding(flat_lp, data)
@@ -402,8 +402,6 @@ def test_steer_takes_the_old_log_prob_pass_entropy_when_the_batch_carries_it():
 def test_entropy_reshaped_advantages_inside_verls_loss(advantage, kwargs):
     """``register(alias, "ppo", advantage=...)``: through verl's real ``ppo_loss`` the advantages are reshaped with
     the update's token entropy (verl's estimators get none); equal to entrolab's PPO on the method's own output."""
-    from tensordict import TensorDict
-    from verl.utils import tensordict_utils as tu
     from verl.workers.utils import losses as verl_losses
     from verl.workers.utils.padding import no_padding_2_padding
 
@@ -420,15 +418,7 @@ def test_entropy_reshaped_advantages_inside_verls_loss(advantage, kwargs):
     old = -torch.rand(b, t, generator=g) * 2
     seq = torch.randn(b, generator=g)
     adv = seq.unsqueeze(1) * response_mask  # verl broadcasts the sequence advantage over the valid tokens
-    n_tok = int(attn.sum())
-    flat_lp = (-torch.rand(n_tok, generator=g) * 2).requires_grad_()
-    flat_ent = torch.rand(n_tok, generator=g) * 3
-    data = TensorDict(
-        {"prompts": torch.ones(b, p, dtype=torch.long), "responses": torch.ones(b, t, dtype=torch.long),
-         "attention_mask": attn, "response_mask": response_mask, "old_log_probs": old, "advantages": adv},
-        batch_size=[b],
-    )  # fmt: skip
-    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
+    data, flat_lp, flat_ent = _actor_batch(attn, p, g, old, adv)
     config = _config(calculate_entropy=True, loss_mode=alias)
     loss, _ = verl_losses.ppo_loss(config, {"log_probs": flat_lp, "entropy": flat_ent}, data)
     lp, ent = no_padding_2_padding(flat_lp, data), no_padding_2_padding(flat_ent, data)
