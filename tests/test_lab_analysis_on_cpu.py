@@ -69,3 +69,20 @@ def test_trailing_mean_worked_example():
     assert trailing_mean(np.array([1.0, 2.0, 3.0, 4.0]), 2).tolist() == [1.0, 1.5, 2.5, 3.5]
     assert trailing_mean(np.array([4.0, 2.0, 0.0]), 5).tolist() == [4.0, 3.0, 2.0]  # fewer points at the start
     assert trailing_mean(np.array([]), 3).size == 0
+
+
+def test_one_seed_reports_its_difference_without_an_interval_or_a_nan():
+    from entrolab.lab.report import analyse, findings, tables
+
+    ev = [(4, {"pass@1": 0.6, "pass@8": 0.9})]
+    runs = {"grpo": {0: _run([0.4, 0.3, 0.2, 0.1], [0.2, 0.4, 0.6, 0.8], evals=ev)},
+            "clip_cov": {0: _run([0.4, 0.35, 0.3, 0.3], [0.2, 0.3, 0.4, 0.5], evals=ev)}}  # fmt: skip
+    data = {"config": {"methods": ["grpo", "clip_cov"], "steps": 4}, "sft": {"eval": {"pass@1": 0.3, "pass@8": 0.8}},
+            "runs": runs}  # fmt: skip
+    an = analyse(data)
+    _header, rows = tables(an)["diffs"]
+    text = " ".join(findings(an)) + " ".join(" ".join(r) for r in rows)
+    assert "nan" not in text.lower()
+    # final entropy = mean of the last 5 steps (all 4 here): 0.3375 - 0.25
+    assert rows[0][2].startswith("+0.088") and "1 seed: no interval" in rows[0][2]
+    assert "no interval or test with fewer than 2 seeds" in text

@@ -256,9 +256,15 @@ def findings(an: Analysis) -> list[str]:
 def _difference_sentences(an: Analysis) -> list[str]:
     out = []
     for m, d in an.diffs.items():
+        ratio = d["entropy_ratio"]
+        if d["entropy"].n < 2:
+            out.append(
+                f"**`{m}` vs `{BASELINE}`** ({d['entropy'].n} paired seed): final entropy {ratio.mean:.2f}x the "
+                "baseline's; no interval or test with fewer than 2 seeds."
+            )
+            continue
         sig = [key for key in ("entropy", "pass@1", f"pass@{an.k_max}") if d[key].p_value < 0.05]
         not_sig = [key for key in ("entropy", "pass@1", f"pass@{an.k_max}") if not d[key].p_value < 0.05]
-        ratio = d["entropy_ratio"]
         out.append(
             f"**`{m}` vs `{BASELINE}`** ({d['entropy'].n} paired seeds): final entropy {ratio.mean:.2f}x the "
             f"baseline's; significant at 0.05: {', '.join(sig) or 'none'}; "
@@ -287,6 +293,9 @@ def tables(an: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
         cells = [m, f"{d['entropy_ratio'].mean:.2f}x"]
         for key in ("entropy", "pass@1", f"pass@{k}"):
             x = d[key]
+            if x.n < 2:  # no interval or test from one pair
+                cells.append(f"{x.mean:+.3f} (1 seed: no interval)")
+                continue
             lo, hi = x.mean - x.half_width, x.mean + x.half_width
             cells.append(f"{x.mean:+.3f} [{lo:+.3f}, {hi:+.3f}], p {_p(x.p_value)}")
         diff_rows.append(cells)
