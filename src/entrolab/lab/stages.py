@@ -477,6 +477,7 @@ def step_row(ctx: RunContext, b: Batch, loss_metrics: dict[str, float], *, t0: f
     assert r.sample_entropy is not None
     dyn = {k: float(v) for k, v in dynamics_metrics(r.sample_logp, b.adv_seq, mask, entropy=r.sample_entropy).items()}
     n_tok = int(mask.sum())
+    groups = b.rewards.view(-1, ctx.cfg.group_size)  # [prompts, group_size]
     seconds = time.perf_counter() - t0
     row: dict[str, Any] = {
         "reward": float(b.rewards.mean()),
@@ -490,7 +491,9 @@ def step_row(ctx: RunContext, b: Batch, loss_metrics: dict[str, float], *, t0: f
         row["kl_to_init"] = float((kl * mask).sum() / max(n_tok, 1))
     row.update(
         response_length=float(mask.sum(-1).float().mean()),
-        zero_variance_groups=float((b.rewards.view(-1, ctx.cfg.group_size).std(-1) == 0).float().mean()),
+        zero_variance_groups=float((groups.std(-1) == 0).float().mean()),
+        solve_none=float((groups <= 0.5).all(-1).float().mean()),  # 1 - pass@group_size on this step's prompts
+        solve_all=float((groups > 0.5).all(-1).float().mean()),
         tokens_per_s=n_tok / max(seconds, 1e-9),
         generation_seconds=t_gen,
         step_seconds=seconds,
