@@ -511,3 +511,28 @@ def test_a_sweep_on_a_local_ray_instance_equals_the_serial_sweep(tmp_path):
     before = (on_ray / "runs" / "grpo" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
     run_lab(LabConfig(methods=("grpo",), out=str(on_ray), **base), resume=True, progress=False, log=lambda s: None)
     assert (on_ray / "runs" / "grpo" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == before
+
+
+def test_a_run_made_by_another_version_of_its_task_is_never_resumed_as_this_one(tmp_path):
+    """config.json records the task as run (``SortTask(length=10, ...)``): a directory whose task differed (an earlier
+    version's 6-digit sort, or a config.json from before the record) is refused by --resume with both named, and is
+    not "the same settings" for --continue."""
+    from entrolab.lab.cli import main
+    from entrolab.lab.trainer import same_settings, task_spec
+
+    out = tmp_path / "run"
+    cfg = LabConfig(methods=("grpo",), out=str(out), **TINY)
+    run_lab(cfg, progress=False, log=lambda s: None)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["task_spec"] == task_spec(cfg) and task_spec(cfg).startswith("SortTask(length=10,")
+    assert same_settings(cfg, out)
+    saved["task_spec"] = task_spec(cfg).replace("length=10", "length=6")
+    (out / "config.json").write_text(json.dumps(saved))
+    assert not same_settings(cfg, out)
+    with pytest.raises(LabError, match=r"made with task SortTask\(length=6.*this version runs SortTask\(length=10"):
+        run_lab(cfg, resume=True, progress=False, log=lambda s: None)
+    assert main(["--resume", str(out), "--no-report", "--progress", "off"]) == 1  # the message, no traceback
+    del saved["task_spec"]  # written before the record existed
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(LabError, match="made with task of an earlier version"):
+        run_lab(cfg, resume=True, progress=False, log=lambda s: None)

@@ -25,7 +25,8 @@ from entrolab.lab.trainer import LabConfig, LabError, run_lab, same_settings
 __all__ = ["QUICK", "load_config_file", "main", "report_main"]
 
 QUICK: dict[str, Any] = {
-    "methods": ("grpo", "clip_cov"),
+    # KL-Cov, not Clip-Cov: the lab-scaled Clip-Cov unlearns on some 8-prompt batches (docs/lab.md, "Departure")
+    "methods": ("grpo", "kl_cov"),
     "seeds": 1,
     "steps": 20,
     "prompts_per_step": 8,
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 def _saved_config(directory: Path) -> LabConfig:
     """The LabConfig of an existing run directory (its config.json), presets included."""
     saved = json.loads((directory / "config.json").read_text())
+    saved.pop("task_spec", None)  # checked against this version's task by run_lab (trainer.task_spec)
     presets = {
         n: preset_from_mapping(n, {k: v for k, v in p.items() if k != "name"})
         for n, p in saved.pop("presets", {}).items()

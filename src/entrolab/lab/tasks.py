@@ -2,9 +2,10 @@
 
 Four tasks ship with entrolab, chosen so that the entropy story shows on a laptop:
 
-- ``sort`` (the default): sort the given digits (``507193=`` -> ``013579``).  One correct answer and a skill the
-  built-in model has after its warm start; with a warm start on an imperfect demonstrator (``sft_correct``) the
-  policy can solve nearly every prompt but spreads over near misses, which RL sharpens (see :class:`SortTask`).
+- ``sort`` (the default): sort ten given digits (``5071930264=`` -> ``0012345679``).  One correct answer and a skill
+  the built-in model partly has after its warm start; with a warm start on an imperfect demonstrator
+  (``sft_correct``) the policy can solve nearly every prompt but spreads over near misses, which RL sharpens -- and,
+  on the prompts it does not learn, narrows (see :class:`SortTask`).
 - ``arithmetic``: evaluate a short integer expression (``3+4*2-5=`` -> ``6``).  One correct answer per prompt:
   accuracy is what matters, and entropy collapse shows as a policy that stops trying alternatives.
 - ``countdown``: reach a target with given numbers, each used once (``3,7,4:25=`` -> ``3*7+4``, or ``4+7*3``, ...).
@@ -381,15 +382,23 @@ class CalculatorTask:
 
 @dataclass(frozen=True)
 class SortTask:
-    """Sort the digits: ``507193=`` -> ``013579``.  One correct answer, a skill the built-in model learns well.
+    """Sort the digits: ``5071930264=`` -> ``0012345679``.  One correct answer, a skill the built-in model learns
+    on most prompts but not all.
 
     The lab's default task, paired with a warm start on an imperfect demonstrator (``sft_correct`` < 1): most of
     its demonstrations make one slip, :meth:`near_miss` (two neighbouring digits swapped), so the warm-started policy
     *can* sort (pass@16 near 1) but spreads its probability over the right answer and its near misses (pass@1 near
-    ``sft_correct``) -- the regime in which RL sharpens a policy and spends its entropy doing it.
+    ``sft_correct``) -- the regime in which RL sharpens a policy and spends its entropy doing it.  Ten digits (not
+    fewer) so that the built-in model does not learn every prompt in a short run: on the prompts it does not learn,
+    RL collapses onto a wrong answer the warm start only sometimes gave, and pass@k at large k ends below the warm
+    start's, as the papers report for LLMs (Yue et al., arXiv 2504.13837).  (Chosen on training prompts with seeds
+    100-104, GRPO, 60 steps: the training pass@8 goes 0.975 -> 0.960 at 6 digits, 0.987 -> 0.935 at 8 and
+    0.971 -> 0.820 at 10, while the training accuracy rises 0.56 -> 0.89, 0.59 -> 0.82 and 0.54 -> 0.67.)
+
+    ``length`` sets the number of digits (2 to 32).
     """
 
-    length: int = 6
+    length: int = 10
     name: str = "sort"
     description: str = "sort the given digits (one correct answer)"
     alphabet: str = "0123456789="

@@ -69,7 +69,7 @@ from entrolab.lab.stages import (
 )
 from entrolab.lab.sweep import run_in_processes, run_on_ray
 from entrolab.lab.task_files import FileTask
-from entrolab.lab.tasks import Example, Task, make_splits, resolve_task, sample_train
+from entrolab.lab.tasks import TASKS, Example, Task, get_task, make_splits, resolve_task, sample_train
 from entrolab.losses import Aggregation, get_policy_loss
 
 __all__ = ["LAB_OPTIMIZERS", "LabConfig", "LabError", "pass_at_k", "run_lab", "sft_loss", "train_one", "warm_start"]
@@ -435,6 +435,19 @@ _FREE = ("workers", "ray", "out")
 run)."""
 
 
+def task_spec(cfg: LabConfig) -> str:
+    """The built-in task's parameters as this version runs it (``SortTask(length=10, ...)``); a task file's path.
+
+    Saved in ``config.json`` (``"task_spec"``) so that a run made by a version whose task differed (the default
+    ``sort`` had 6 digits before it had 10) is never resumed or continued as if it were this one."""
+    return cfg.task if cfg.task not in TASKS else repr(get_task(cfg.task))
+
+
+def saved_settings(cfg: LabConfig) -> dict[str, Any]:
+    """What ``config.json`` holds: ``cfg.to_dict()`` and the :func:`task_spec`."""
+    return {**cfg.to_dict(), "task_spec": task_spec(cfg)}
+
+
 def same_settings(cfg: LabConfig, out: Path) -> bool:
     """Whether ``out`` holds a lab run (its ``config.json``) with exactly ``cfg``'s result-changing settings."""
     path = out / "config.json"
@@ -442,7 +455,7 @@ def same_settings(cfg: LabConfig, out: Path) -> bool:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    mine = json.loads(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in _FREE}))
+    mine = json.loads(json.dumps({k: v for k, v in saved_settings(cfg).items() if k not in _FREE}))
     return isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in _FREE} == mine
 
 
@@ -453,13 +466,19 @@ def _prepare_directory(cfg: LabConfig, out: Path, *, resume: bool, overwrite: bo
         if not config_path.exists():
             raise LabError(f"--resume {out}: no config.json there (not a lab run directory)")
         if not same_settings(cfg, out):
+            saved = json.loads(config_path.read_text()).get("task_spec")
+            if saved != task_spec(cfg):
+                raise LabError(
+                    f"--resume {out}: the run was made with task {saved or 'of an earlier version'}, this version "
+                    f"runs {task_spec(cfg)}; start it afresh (--overwrite) or resume it with the version that made it"
+                )
             raise LabError(f"--resume {out}: the settings differ from the saved config.json; resume with the same ones")
     elif any(p.name != ".lock" for p in out.iterdir()):
         if not overwrite:
             raise LabError(f"run directory {out} exists and is not empty; pass --overwrite or choose another --out")
         if (out / "runs").exists():
             shutil.rmtree(out / "runs")
-    _atomic_write_bytes(config_path, json.dumps(cfg.to_dict(), indent=1).encode())
+    _atomic_write_bytes(config_path, json.dumps(saved_settings(cfg), indent=1).encode())
 
 
 def _task_and_splits(cfg: LabConfig) -> tuple[Task, Tokenizer, int, list[Example], set[str]]:
