@@ -86,3 +86,22 @@ def test_one_seed_reports_its_difference_without_an_interval_or_a_nan():
     # final entropy = mean of the last 5 steps (all 4 here): 0.3375 - 0.25
     assert rows[0][2].startswith("+0.088") and "1 seed: no interval" in rows[0][2]
     assert "no interval or test with fewer than 2 seeds" in text
+
+
+def test_change_from_the_warm_start_is_paired_per_seed_and_tested():
+    from entrolab.lab.analysis import change_from_start
+
+    def run(start, end):
+        return _run(
+            [0.3, 0.2], [0.5, 0.6], evals=[(0, {"pass@1": 0.3, "pass@8": start}), (2, {"pass@1": 0.8, "pass@8": end})]
+        )
+
+    # pass@8 falls by 0.10, 0.12, 0.08, 0.10 from seed-specific starts: mean -0.10, sd 0.0163, t = -12.2 on 3 df
+    by_seed = {0: run(0.99, 0.89), 1: run(0.95, 0.83), 2: run(0.97, 0.89), 3: run(1.0, 0.9)}
+    d = change_from_start(by_seed, k_max=8)
+    assert d["pass@8"].n == 4 and d["pass@8"].mean == pytest.approx(-0.10)
+    assert d["pass@8"].half_width == pytest.approx(3.182446 * 0.0163299 / 2, rel=1e-4)
+    assert 0.001 < d["pass@8"].p_value < 0.002  # two-sided p of t = -12.25 on 3 df: 0.00117
+    assert d["pass@1"].mean == pytest.approx(0.5) and d["pass@1"].p_value == 0.0  # identical changes: no spread
+    no_start = {0: _run([0.3], [0.5], evals=[(2, {"pass@1": 0.8, "pass@8": 0.9})])}
+    assert change_from_start(no_start, k_max=8)["pass@8"].n == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,10 @@ def test_every_preset_trains_and_the_report_renders(tmp_path):
     # (held-out pass@1 and pass@k against the step), and what the run does not show
     for text in ("Entropy collapse", "pass@k", "Held-out pass@1 (solid) and pass@k", "What this does not show"):
         assert text in page, text
+    # the change from the warm start, per method (one seed here: the mean alone, never a NaN interval)
+    assert "Change from the warm start (paired over seeds)" in page and "nan" not in summary.lower()
+    assert "(one seed: no test of the change)" in summary
+    assert re.search(r"\| grpo \| [+-]\d\.\d{3} \(1 seed: no interval\) \| [+-]\d\.\d{3} \(1 seed", summary)
     # an unfinished run is named and left out of every number
     metrics = out / "runs" / "cure" / "seed0" / "metrics.jsonl"
     metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))

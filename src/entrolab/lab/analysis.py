@@ -37,6 +37,7 @@ __all__ = [
     "TAIL",
     "LawFit",
     "Mechanism",
+    "change_from_start",
     "final_values",
     "is_finished",
     "law_fit",
@@ -184,3 +185,21 @@ def paired_to_baseline(
         diffs["entropy_ratio"] = PairedDifference(mean, half, math.nan, len(ratios))
         out[method] = diffs
     return out
+
+
+def change_from_start(rows_by_seed: dict[int, Rows], *, k_max: int) -> dict[str, PairedDifference]:
+    """How far a method's held-out ``pass@1`` and ``pass@{k_max}`` moved from where its runs started: per seed, the
+    last evaluation minus the run's own step-0 evaluation (the warm start, on that seed's sampling stream), then the
+    mean, its 95% interval and the paired t-test over seeds.  A negative ``pass@{k_max}`` change is RL narrowing what
+    the policy reaches (Yue et al., arXiv 2504.13837).  Runs without a step-0 evaluation are left out."""
+    firsts, lasts = [], []
+    for rows in rows_by_seed.values():
+        evals = _evals(rows)
+        if len(evals) >= 2 and evals[0].get("step") == 0:
+            firsts.append(evals[0])
+            lasts.append(evals[-1])
+    keys = ("pass@1", f"pass@{k_max}")
+    return {
+        k: paired_difference([float(r.get(k, math.nan)) for r in lasts], [float(r.get(k, math.nan)) for r in firsts])
+        for k in keys
+    }

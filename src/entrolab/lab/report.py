@@ -22,6 +22,7 @@ from entrolab.lab.analysis import (
     TAIL,
     LawFit,
     Mechanism,
+    change_from_start,
     final_values,
     is_finished,
     law_fit,
@@ -169,6 +170,7 @@ class Analysis:
     fits: dict[str, list[LawFit]] = field(default_factory=dict)
     mech: dict[str, Mechanism] = field(default_factory=dict)
     diffs: dict[str, dict[str, PairedDifference]] = field(default_factory=dict)
+    vs_start: dict[str, dict[str, PairedDifference]] = field(default_factory=dict)
     start_entropy: dict[str, tuple[float, float]] = field(default_factory=dict)
     times: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
 
@@ -196,6 +198,7 @@ def analyse(data: dict[str, Any]) -> Analysis:
             an.mech[m] = me
         first = [next(r["entropy"] for r in rows if r.get("kind") == "train") for rows in runs[m].values()]
         an.start_entropy[m] = mean_interval(first)
+        an.vs_start[m] = change_from_start(runs[m], k_max=an.k_max)
     an.diffs = paired_to_baseline(runs, baseline=BASELINE, steps=steps, k_max=an.k_max)
     return an
 
@@ -230,7 +233,7 @@ def findings(an: Analysis) -> list[str]:
         out.append(
             f"**Entropy {'collapses' if drop >= 0.6 else 'falls'}.** `{BASELINE}`'s mean token entropy falls from "
             f"{h0:.3f} to {_fmt(*h1)} nats ({100 * drop:.0f}%); pass@{k} ends at {_fmt(*pk)} against the warm "
-            f"start's {wk:.3f} ({'below it: RL narrowed what the policy reaches' if pk[0] < wk else 'not below it'})."
+            f"start's {wk:.3f}{_narrowing(an.vs_start[BASELINE][f'pass@{k}'])}."
         )
     for m in an.methods:
         fits = an.fits.get(m, [])
@@ -241,16 +244,36 @@ def findings(an: Analysis) -> list[str]:
         ceil = f"; predicted ceiling {_ceiling(float(np.median([f.ceiling for f in good])))}" if good else ""
         reached = np.median([f.reached for f in fits])
         out.append(
-            f"**Law, `{m}`:** median R² {r2:.2f} over {len(fits)} runs ({len(good)} meaningful{ceil}; reward "
+            f"**Law, `{m}`:** median R² {_r2(r2)} over {len(fits)} runs ({len(good)} meaningful{ceil}; reward "
             f"reached {reached:.3f})."
         )
     for m, me in an.mech.items():
+        if not math.isfinite(me.r):
+            out.append(
+                f"**Mechanism, `{m}`:** no correlation to compute over {len(me.observed)} steps (fewer than 3, or "
+                "the predicted or the observed entropy change did not vary)."
+            )
+            continue
         out.append(
             f"**Mechanism, `{m}`:** predicted and observed entropy change per step correlate with r = {me.r:.2f} "
             f"(slope {me.slope:.3g}, same sign in {100 * me.sign_agreement:.0f}% of {len(me.observed)} steps)."
         )
     out += _difference_sentences(an)
     return out
+
+
+def _narrowing(d: PairedDifference) -> str:
+    """The clause on pass@k's change from the warm start, with its test (none with fewer than 2 seeds)."""
+    if d.n < 2:
+        return " (one seed: no test of the change)"
+    change = f"{d.mean:+.3f} [{d.mean - d.half_width:+.3f}, {d.mean + d.half_width:+.3f}], p {_p(d.p_value)}"
+    if d.mean < 0 and d.p_value < 0.05:
+        verdict = "below it: RL narrowed what the policy reaches"
+    elif d.mean < 0:
+        verdict = "below it, but not significantly"
+    else:
+        verdict = "not below it"
+    return f" ({verdict}; per seed, final minus the run's step-0 evaluation: {change})"
 
 
 def _difference_sentences(an: Analysis) -> list[str]:
@@ -274,7 +297,8 @@ def _difference_sentences(an: Analysis) -> list[str]:
 
 
 def tables(an: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
-    """The report's tables: final metrics, differences to the baseline, and the law per method."""
+    """The report's tables: final metrics, differences to the baseline, changes from the warm start, and the law per
+    method."""
     k = an.k_max
     final = (
         ["method", "seeds", "entropy start", "entropy end", "pass@1", f"pass@{k}", f"SE of pass@{k}", "CPU s / run",
@@ -291,26 +315,35 @@ def tables(an: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
     diff_rows = []
     for m, d in an.diffs.items():
         cells = [m, f"{d['entropy_ratio'].mean:.2f}x"]
-        for key in ("entropy", "pass@1", f"pass@{k}"):
-            x = d[key]
-            if x.n < 2:  # no interval or test from one pair
-                cells.append(f"{x.mean:+.3f} (1 seed: no interval)")
-                continue
-            lo, hi = x.mean - x.half_width, x.mean + x.half_width
-            cells.append(f"{x.mean:+.3f} [{lo:+.3f}, {hi:+.3f}], p {_p(x.p_value)}")
-        diff_rows.append(cells)
+        diff_rows.append(cells + [_diff_cell(d[key]) for key in ("entropy", "pass@1", f"pass@{k}")])
     diffs = ([f"method - {BASELINE}", "entropy ratio", "entropy", "pass@1", f"pass@{k}"], diff_rows)
+    start = (
+        ["method", "pass@1: final - step 0", f"pass@{k}: final - step 0"],
+        [[m, *(_diff_cell(an.vs_start[m][key]) for key in ("pass@1", f"pass@{k}"))] for m in an.methods],
+    )
     law_rows = []
     for m in an.methods:
         fits = an.fits.get(m, [])
         good = [f for f in fits if f.meaningful]
         law_rows.append([
-            m, f"{np.median([f.r2 for f in fits]):.2f}" if fits else "-", f"{len(good)} / {len(fits)}",
+            m, _r2(float(np.median([f.r2 for f in fits]))) if fits else "-", f"{len(good)} / {len(fits)}",
             _ceiling(float(np.median([f.ceiling for f in good]))) if good else "not reported",
             f"{np.median([f.reached for f in fits]):.3f}" if fits else "-",
         ])  # fmt: skip
     law = (["method", "median R²", "meaningful fits", "median ceiling b - a", "reward reached"], law_rows)
-    return {"final": final, "diffs": diffs, "law": law}
+    return {"final": final, "diffs": diffs, "start": start, "law": law}
+
+
+def _diff_cell(x: PairedDifference) -> str:
+    """A paired difference as ``mean [low, high], p value`` (the mean alone with fewer than 2 pairs)."""
+    if x.n < 2:  # no interval or test from one pair
+        return f"{x.mean:+.3f} (1 seed: no interval)"
+    return f"{x.mean:+.3f} [{x.mean - x.half_width:+.3f}, {x.mean + x.half_width:+.3f}], p {_p(x.p_value)}"
+
+
+def _r2(value: float) -> str:
+    """R², or why there is none (a training reward that never varied leaves nothing to explain)."""
+    return f"{value:.2f}" if math.isfinite(value) else "undefined (the reward did not vary)"
 
 
 def _ceiling(value: float) -> str:
@@ -387,6 +420,14 @@ def _figures(plt: Any, out: Path, an: Analysis, steps: int) -> dict[str, Path]:
     return paths
 
 
+START_TITLE = "Change from the warm start (paired over seeds)"
+START_NOTE = (
+    "Per seed, the last held-out evaluation minus the run's step-0 evaluation of the warm start: pass@1 rising is RL "
+    "sharpening; pass@k at the largest k falling is RL narrowing what the policy can reach (Yue et al., arXiv "
+    "2504.13837)."
+)
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -396,6 +437,7 @@ def _markdown(intro: str, an: Analysis, tabs: dict, diagnostics: list, paths: di
     md += ["", "## Final metrics", "", *_md_table(*tabs["final"])]
     if tabs["diffs"][1]:
         md += ["", f"## Differences to `{BASELINE}` (paired over seeds)", "", *_md_table(*tabs["diffs"])]
+    md += ["", f"## {START_TITLE}", "", START_NOTE, "", *_md_table(*tabs["start"])]
     md += ["", "## The entropy law per run", "", *_md_table(*tabs["law"])]
     if diagnostics:
         md += ["", "## Method diagnostics (mean over the last 10 train steps, then over seeds)", ""]
@@ -433,6 +475,7 @@ def _html(intro: str, an: Analysis, tabs: dict, diagnostics: list, paths: dict[s
     parts += ["<h2>Final metrics</h2>", _html_table(*tabs["final"])]
     if tabs["diffs"][1]:
         parts += [f"<h2>Differences to {BASELINE} (paired over seeds)</h2>", _html_table(*tabs["diffs"])]
+    parts += [f"<h2>{START_TITLE}</h2><p>{_inline(START_NOTE)}</p>", _html_table(*tabs["start"])]
     parts += ["<h2>The entropy law per run</h2>", _html_table(*tabs["law"])]
     if diagnostics:
         parts += ["<h2>Method diagnostics</h2><p>Mean over the last 10 train steps, then over seeds.</p>"]

@@ -116,7 +116,8 @@ def fig_mechanism(plt: Any, methods: list[str], colors: dict[str, Any], mech: di
         ax.scatter(me.predicted, me.observed, s=4, color=colors[m], alpha=0.5)
         ax.axhline(0, color="0.7", lw=0.6)
         ax.axvline(0, color="0.7", lw=0.6)
-        ax.set_title(f"{m}: r = {me.r:.2f}, slope = {me.slope:.3g}", fontsize=9)
+        fit = f"r = {me.r:.2f}, slope = {me.slope:.3g}" if math.isfinite(me.r) else "no correlation (no spread)"
+        ax.set_title(f"{m}: {fit}", fontsize=9)
         ax.set_xlabel("predicted: -Cov(log pi, A)")
         ax.set_ylabel("observed entropy change")
         ax.grid(alpha=0.3)
