@@ -29,7 +29,7 @@ QUICK: dict[str, Any] = {
     "methods": ("grpo", "kl_cov"),
     "seeds": 1,
     "steps": 20,
-    "prompts_per_step": 8,
+    "prompts_per_step": 16,
     "eval_every": 10,
     "eval_prompts": 32,
     "eval_samples": 8,
