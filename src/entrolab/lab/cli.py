@@ -25,7 +25,7 @@ from entrolab.lab.trainer import LabConfig, LabError, run_lab, same_settings
 __all__ = ["QUICK", "load_config_file", "main", "report_main"]
 
 QUICK: dict[str, Any] = {
-    # KL-Cov, not Clip-Cov: the lab-scaled Clip-Cov unlearns on some 8-prompt batches (docs/lab.md, "Departure")
+    # KL-Cov, not Clip-Cov: the lab-scaled Clip-Cov is bistable and can unlearn on a smoke run's small batches
     "methods": ("grpo", "kl_cov"),
     "seeds": 1,
     "steps": 20,
