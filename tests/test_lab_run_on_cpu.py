@@ -250,7 +250,7 @@ def test_cli_quick_smoke_and_report_command(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert again.returncode == 0 and "resuming it" in again.stderr, again.stderr[-2000:]
-    assert (out / "runs" / "grpo" / "seed0" / "done.json").exists() and (out / "runs" / "clip_cov").exists()
+    assert (out / "runs" / "grpo" / "seed0" / "done.json").exists() and (out / "runs" / "kl_cov").exists()
     # ... other settings are a different run: refused without --overwrite, as before
     other = subprocess.run(
         [sys.executable, "-m", "entrolab", "lab", "--quick", "--steps", "21", "--out", str(out), "--continue"],
