@@ -2,8 +2,9 @@
 
 Runs GRPO and each variant for 5 seeds x 60 steps on the default task with seeds 100-104 (the demo uses 0-4, so the
 evidence the demo reports is not the data the knobs were chosen on; held-out prompts are never read), then prints,
-per variant, the final training entropy (mean of the last 5 steps) as a multiple of GRPO's on the same seed and the
-final training reward.  About 4 minutes per 3 variants on 2 cores.
+per variant, the final training entropy (mean of the last 5 steps) as a multiple of GRPO's on the same seed, the
+final training reward, how many runs unlearned (final reward under half of GRPO's) and the final pass@group_size on
+the training prompts.  About 6 minutes per 3 variants on 2 cores.
 
     python examples/lab_knob_sweep.py '[["kl_cov", "kc", {"ratio": 0.1, "kl_coef": 2.0}]]' /tmp/sweep
 """
@@ -37,8 +38,15 @@ def main(variants: list[list], out: str) -> None:
     run_lab(cfg, overwrite=True, progress=False)
     for m in methods:
         ratios = [_final(out, m, s, "entropy") / _final(out, "grpo", s, "entropy") for s in SEEDS]
-        reward = statistics.mean(_final(out, m, s, "reward") for s in SEEDS)
-        print(f"{m:16s} entropy / grpo {statistics.mean(ratios):.2f} (min {min(ratios):.2f})  reward {reward:.3f}")
+        rewards = [_final(out, m, s, "reward") for s in SEEDS]
+        # a run that unlearned: its final training reward under half of GRPO's on the same seed
+        diverged = sum(r < 0.5 * _final(out, "grpo", s, "reward") for r, s in zip(rewards, SEEDS))
+        # 1 - solve_none: pass@group_size on the step's fresh training prompts (narrowing shows as a fall)
+        reach = statistics.mean(1 - _final(out, m, s, "solve_none") for s in SEEDS)
+        print(
+            f"{m:16s} entropy / grpo {statistics.mean(ratios):.2f} (min {min(ratios):.2f})  "
+            f"reward {statistics.mean(rewards):.3f}  diverged {diverged}/{len(SEEDS)}  train pass@group {reach:.3f}"
+        )
 
 
 if __name__ == "__main__":  # spawned sweep workers import this module again
