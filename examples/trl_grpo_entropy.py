@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     last = [row for row in trainer.state.log_history if "loss" in row]
     if tmp is not None:
         tmp.cleanup()
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # under torchrun: tear the group down before the interpreter exits
+        dist.barrier()  # (left to shutdown, gloo/NCCL threads can abort it: pytorch/pytorch#190489)
+        dist.destroy_process_group()
     return last[-1] if last else {}
 
 
