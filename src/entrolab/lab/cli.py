@@ -36,7 +36,7 @@ QUICK: dict[str, Any] = {
     "sft_steps": 300,
     "checkpoint_every": 10,
 }
-"""``--quick``: a smoke run (about a minute on a 2-core CPU)."""
+"""``--quick``: a smoke run (about 30 s on a 2-core CPU)."""
 
 
 def _field_docs() -> dict[str, str]:
