@@ -266,14 +266,13 @@ def _narrowing(d: PairedDifference) -> str:
     """The clause on pass@k's change from the warm start, with its test (none with fewer than 2 seeds)."""
     if d.n < 2:
         return " (one seed: no test of the change)"
-    change = f"{d.mean:+.3f} [{d.mean - d.half_width:+.3f}, {d.mean + d.half_width:+.3f}], p {_p(d.p_value)}"
     if d.mean < 0 and d.p_value < 0.05:
         verdict = "below it: RL narrowed what the policy reaches"
     elif d.mean < 0:
         verdict = "below it, but not significantly"
     else:
         verdict = "not below it"
-    return f" ({verdict}; per seed, final minus the run's step-0 evaluation: {change})"
+    return f" ({verdict}; per seed, final minus the run's step-0 evaluation: {_diff_cell(d)})"
 
 
 def _difference_sentences(an: Analysis) -> list[str]:
