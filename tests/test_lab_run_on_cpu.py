@@ -541,3 +541,21 @@ def test_a_run_made_by_another_version_of_its_task_is_never_resumed_as_this_one(
     (out / "config.json").write_text(json.dumps(saved))
     with pytest.raises(LabError, match="made with task of an earlier version"):
         run_lab(cfg, resume=True, progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize(
+    ("methods", "task"), [(("grpo", "cure", "ettrl", "aepo_entropy"), "sort"), (("aepo_agentic",), "calculator")]
+)
+def test_the_entropy_before_an_update_is_the_policys_own_on_the_batch(tmp_path, methods, task):
+    """The mechanism check takes the entropy before the update from the rollout itself (no second forward).  With a
+    learning rate of 1e-12 the policy does not move, so the observed change must vanish for every rollout kind: it
+    would not if a rollout's entropies were not the policy's full-distribution entropies on the batch it trains on
+    (branched, tempered-then-rescored and tool-interleaved rollouts included)."""
+    cfg = LabConfig(methods=methods, task=task, lr=1e-12, out=str(tmp_path / "run"), **{**TINY, "steps": 2})
+    out = run_lab(cfg, progress=False, log=lambda s: None)
+    for name in methods:
+        train = [r for r in _rows(out / "runs" / name / "seed0" / "metrics.jsonl") if r["kind"] == "train"]
+        assert len(train) == 2, name
+        for r in train:
+            assert r["entropy_before_update"] == r["entropy"] > 0.0, name
+            assert abs(r["observed_entropy_change"]) < 1e-5, (name, r["observed_entropy_change"])

@@ -228,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         help_text = f"{docs.get(f.name, '')} (default: {','.join(default) if isinstance(default, tuple) else default})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings; a docstring's "80%" is literal
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         elif isinstance(default, tuple):

@@ -361,8 +361,9 @@ CAVEATS = (
     "What this does not show: a small model on a synthetic task, warm-started on an imperfect demonstrator so that "
     "it can solve most prompts but spreads over near misses (the regime RL sharpens); the methods' knobs are "
     "lab-scaled (chosen on training entropy, never on the held-out prompts) and the papers' own scale and tasks "
-    "may rank them differently.  Intervals are over seeds of one warm start per seed; a difference that is not "
-    "significant here is not shown to be absent."
+    "may rank them differently.  Intervals are over RL seeds that share one warm start and one held-out split "
+    "(both drawn from the base seed, `--seed`): they leave out how much another warm start would change the "
+    "numbers.  A difference that is not significant here is not shown to be absent."
 )
 
 

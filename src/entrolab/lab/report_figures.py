@@ -120,6 +120,7 @@ def fig_mechanism(plt: Any, methods: list[str], colors: dict[str, Any], mech: di
         ax.set_title(f"{m}: {fit}", fontsize=9)
         ax.set_xlabel("predicted: -Cov(log pi, A)")
         ax.set_ylabel("observed entropy change")
+        ax.locator_params(axis="x", nbins=4)  # 4-inch panels: the default ticks ran into each other
         ax.grid(alpha=0.3)
     for j in range(len(shown), rows_n * cols):
         axes[j // cols][j % cols].axis("off")

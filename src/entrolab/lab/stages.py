@@ -431,9 +431,10 @@ def update_stage(
 def batch_entropy(ctx: RunContext, state: RunState, b: Batch) -> float:
     """The current policy's mean token entropy over this step's completion tokens (at the method's temperature).
 
-    Evaluated just before and just after :func:`update_stage` on the same batch, its change is the *observed*
-    entropy change of the step, which the report sets against the covariance prediction ``-Cov(log pi, A)``
-    (``predicted_entropy_change``; Cui et al., arXiv 2505.22617, section 3)."""
+    Evaluated just after :func:`update_stage`; minus the batch's entropy before it (the rollout's own entropies: the
+    sampling pass scores the batch with the same model and temperature, so no second forward is needed), it is the
+    *observed* entropy change of the step, which the report sets against the covariance prediction
+    ``-Cov(log pi, A)`` (``predicted_entropy_change``; Cui et al., arXiv 2505.22617, section 3)."""
     _, ent, _ = score_completions(state.model, b.rollout, temperature=ctx.preset.temperature)
     mask = b.rollout.completion_mask
     return float(ent[mask].double().mean()) if bool(mask.any()) else 0.0

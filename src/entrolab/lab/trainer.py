@@ -363,10 +363,11 @@ def train_one(
             score_batch(ctx, b)
             advantage_stage(ctx, state, b, step)
             behaviour_stage(ctx, state, b, step)
-            check = cfg.entropy_check_every > 0 and step % cfg.entropy_check_every == 0
-            h_before = batch_entropy(ctx, state, b) if check else 0.0
             loss_metrics = update_stage(ctx, state, b, terms, seed=seed, step=step, ckpt=ckpt_path)
-            if check:  # the step's observed entropy change on its own batch (the report's mechanism check)
+            if cfg.entropy_check_every > 0 and step % cfg.entropy_check_every == 0:
+                # the step's observed entropy change on its own batch (the report's mechanism check); before the
+                # update it is the rollout's own mean entropy (the behaviour policy is the policy before the update)
+                h_before = b.mean_entropy
                 h_after = batch_entropy(ctx, state, b)
                 b.metrics.update(entropy_before_update=h_before, observed_entropy_change=h_after - h_before)
             after_update(ctx, state, b, loss_metrics, step)
