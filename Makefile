@@ -10,11 +10,11 @@ STAMP := $(VENV)/.entrolab-installed
 
 all: test
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e ".[dev,lab,hf]"
+	$(PY) -m pip install --quiet -e ".[dev,lab,hf]" -c constraints.txt
 	@touch $(STAMP)
 
 # The main job: the entropy lab on the embedded default (report in lab-runs/demo/report.html).
@@ -26,7 +26,7 @@ demo: $(STAMP)
 # ENTROLAB_REQUIRE_ENGINES=1 turns a missing engine into a failure instead of a skip.
 ENGINES_STAMP := $(VENV)/.entrolab-engines-installed
 $(ENGINES_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,lab,hf,trl,verl,gallery,optim]"
+	$(PY) -m pip install --quiet -e ".[dev,lab,hf,trl,verl,gallery,optim]" -c constraints.txt
 	@touch $(ENGINES_STAMP)
 
 test: $(ENGINES_STAMP) browser
